@@ -1,0 +1,163 @@
+"""Wiring for `python -m bot`: settings + character → runtime with plugins → connectors + HTTP.
+
+Platform connectors are imported by name only when their token is set, so `bot/` never imports a
+platform SDK and a missing optional dependency only matters to the platform that needs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bot.character import Character, CharacterError, load_character
+from bot.plugin import Plugin, Priority
+from bot.runtime import AgentRuntime
+from bot.settings import Settings, SettingsError
+from bot.store.base import Store
+
+log = logging.getLogger(__name__)
+
+# Connector plugins: setting that enables each, and the module whose `create_plugin(settings)` builds it.
+CONNECTORS: dict[str, tuple[str, str]] = {
+    "telegram": ("telegram_bot_token", "connectors.telegram_connector"),
+    "discord": ("discord_api_token", "connectors.discord_connector"),
+}
+BUILTIN = {"sql", "bootstrap", "openai", "anthropic", "local", "telegram", "discord"}
+
+
+class StartupError(Exception):
+    """Start-up cannot continue; the message is one line for the operator."""
+
+
+@dataclass
+class PluginSelection:
+    plugins: list[Plugin]
+    notes: list[str] = field(default_factory=list)
+
+
+def character_plugin_notes(character: Character) -> list[str]:
+    """Map elizaOS plugin names in the character file to built-ins; unknown names warn and continue."""
+    from plugins.models import PLUGIN_ALIASES
+
+    notes = []
+    for name in character.plugins:
+        builtin = PLUGIN_ALIASES.get(name, name if name in BUILTIN else None)
+        if builtin is None:
+            notes.append(f"character plugin {name!r} has no parley equivalent; ignored")
+    return notes
+
+
+def select_plugins(
+    settings: Settings, character: Character, *, console_finished: Callable[[], None] | None = None
+) -> PluginSelection:
+    """Bootstrap, the model providers in fallback order, and a connector per configured platform."""
+    from plugins.bootstrap import bootstrap_plugin
+    from plugins.models import model_plugins
+
+    models, notes = model_plugins(settings, character)
+    selection = PluginSelection([bootstrap_plugin(), *models], [*notes, *character_plugin_notes(character)])
+    for name, (setting, module_name) in CONNECTORS.items():
+        if getattr(settings, setting) is None:
+            continue
+        module = importlib.import_module(module_name)
+        plugin = module.create_plugin(settings)
+        if plugin is not None:
+            selection.plugins.append(plugin)
+            log.info("%s connector enabled", name)
+    if console_finished is not None:
+        from connectors.console import console_plugin
+
+        selection.plugins.append(console_plugin(console_finished))
+    return selection
+
+
+def has_platform_token(settings: Settings) -> bool:
+    return any(getattr(settings, setting) is not None for setting, _ in CONNECTORS.values())
+
+
+def load_character_or_raise(settings: Settings) -> Character:
+    try:
+        loaded = load_character(settings.character_path)
+    except CharacterError as error:
+        raise StartupError(str(error)) from None
+    for warning in loaded.warnings:
+        log.warning("%s: %s", loaded.path, warning)
+    return loaded.character
+
+
+def create_runtime(settings: Settings, character: Character, store: Store, plugins: list[Plugin]) -> AgentRuntime:
+    try:
+        return AgentRuntime(character, settings, store, plugins)
+    except Exception as error:
+        raise StartupError(f"plugins: {error}") from None
+
+
+class App:
+    """The whole process: runtime, connectors (as services) and the HTTP server, with clean shutdown."""
+
+    def __init__(self, settings: Settings, character: Character, *, console: bool = False,
+                 store_factory: Callable[[Settings], Store] | None = None) -> None:
+        from bot.store.factory import create_store
+
+        self.settings = settings
+        self.character = character
+        self._stopping = asyncio.Event()
+        self.selection = select_plugins(settings, character,
+                                        console_finished=self.request_stop if console else None)
+        self.store = (store_factory or create_store)(settings)
+        self.runtime = create_runtime(settings, character, self.store, self.selection.plugins)
+        self.server = None
+
+    async def start(self) -> None:
+        from bot.server import WebServer
+
+        for note in self.selection.notes:
+            log.warning("%s", note)
+        self.server = WebServer(self.runtime, self.settings)
+        await self.server.start()
+        try:
+            await self.runtime.initialize()
+        except Exception as error:
+            await self.server.stop()
+            raise StartupError(f"start-up failed: {error}") from error
+        self.server.mark_started()
+        log.info("%s is ready (agent %s) on port %s", self.character.name, self.runtime.agent_id,
+                 self.settings.port)
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def wait_for_stop(self) -> None:
+        await self._stopping.wait()
+
+    async def stop(self) -> None:
+        """Stop taking work, finish replies in flight (≤ SHUTDOWN_TIMEOUT), then close everything."""
+        if self.server is not None:
+            self.server.mark_stopping()
+        if self.runtime.message_handler is not None:
+            await self.runtime.message_handler.drain(self.settings.shutdown_timeout)
+        await self.runtime.stop()
+        if self.server is not None:
+            await self.server.stop()
+        await self.store.close()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.request_stop)
+            except (NotImplementedError, RuntimeError):
+                pass
+        await self.start()
+        try:
+            await self.wait_for_stop()
+        finally:
+            log.info("shutting down")
+            await self.stop()
+
+
+__all__ = ["App", "StartupError", "SettingsError", "Priority"]

@@ -1,0 +1,83 @@
+"""`python -m bot`: run the bot, or validate character files."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from bot.character import CharacterError, load_character
+from bot.settings import SettingsError, load_settings
+
+log = logging.getLogger("bot")
+
+EPILOG = """\
+Without a platform token (TELEGRAM_BOT_TOKEN, DISCORD_API_TOKEN) the bot opens a terminal chat;
+with stdin piped it answers one message per line. Settings come from the environment and .env
+(see .env.example). The HTTP server (health, metrics, API, web chat) listens on $PORT."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bot", description="parley: a character-driven chat agent for Discord and Telegram.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--character", metavar="PATH", help="character file (default: $CHARACTER_PATH or "
+                        "characters/default.json)")
+    parser.add_argument("--port", type=int, help="HTTP port (default: $PORT or 3000)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("run", help="run the bot (the default)")
+    check = commands.add_parser("check-character", help="validate character files; exit 1 if any fails")
+    check.add_argument("paths", nargs="+", metavar="PATH")
+    return parser
+
+
+def check_characters(paths: list[str]) -> int:
+    failed = 0
+    for path in paths:
+        try:
+            loaded = load_character(path)
+        except CharacterError as error:
+            print(f"FAIL {error}")
+            failed += 1
+            continue
+        c = loaded.character
+        note = f"; {len(loaded.warnings)} legacy field(s) mapped" if loaded.warnings else ""
+        print(f"ok   {path}: {c.name} ({len(c.bio_lines)} bio lines, {len(c.message_examples)} examples{note})")
+    return 1 if failed else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from bot.app import App, StartupError, has_platform_token, load_character_or_raise
+    from bot.logging_setup import configure_logging
+
+    overrides = {}
+    if args.character:
+        overrides["character_path"] = Path(args.character)
+    if args.port is not None:
+        overrides["port"] = args.port
+    try:
+        settings = load_settings(**overrides)
+    except SettingsError as error:
+        print(f"parley: configuration error: {error}", file=sys.stderr)
+        return 2
+    configure_logging(settings)
+    try:
+        character = load_character_or_raise(settings)
+        app = App(settings, character, console=not has_platform_token(settings))
+        asyncio.run(app.run())
+    except (StartupError, SettingsError) as error:
+        print(f"parley: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "check-character":
+        return check_characters(args.paths)
+    return run(args)

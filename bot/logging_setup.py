@@ -1,0 +1,75 @@
+"""Logging that can never print a secret.
+
+Connector libraries log request URLs, and a Telegram URL carries the bot token. Rather than
+trust every library, a filter on the root handler masks each configured secret and anything
+shaped like a bot token, in the message and its arguments, before a record is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable
+
+from bot.settings import Settings
+
+MASK = "***"
+_TOKEN_SHAPES = [
+    re.compile(r"\d{6,12}:[A-Za-z0-9_-]{30,}"),  # Telegram bot token
+    re.compile(r"sk-[A-Za-z0-9_-]{16,}"),  # OpenAI / Anthropic style keys
+    re.compile(r"[MNO][A-Za-z\d_-]{23,25}\.[A-Za-z\d_-]{6}\.[A-Za-z\d_-]{27,}"),  # Discord bot token
+]
+
+
+def secret_values(settings: Settings) -> list[str]:
+    values = []
+    for name, value in settings:
+        if hasattr(value, "get_secret_value"):
+            secret = value.get_secret_value()
+            if secret and len(secret) >= 4:
+                values.append(secret)
+    return values
+
+
+class RedactingFilter(logging.Filter):
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def add(self, secret: str) -> None:
+        if secret and secret not in self.secrets:
+            self.secrets = sorted([*self.secrets, secret], key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, MASK)
+        for shape in _TOKEN_SHAPES:
+            text = shape.sub(MASK, text)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        record.msg = self.redact(message)
+        record.args = None
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        return True
+
+
+def configure_logging(settings: Settings) -> RedactingFilter:
+    """Root logging to stderr with redaction; noisy HTTP client loggers kept at WARNING."""
+    redactor = RedactingFilter(secret_values(settings))
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(redactor)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(settings.log_level.upper() if settings.log_level.upper() in logging._nameToLevel else "INFO")
+    for noisy in ("httpx", "httpcore", "discord.gateway", "discord.client", "telegram.ext", "aiosqlite"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return redactor

@@ -1,0 +1,239 @@
+"""The plugin system: what a plugin may contribute and the order plugins load in.
+
+A plugin bundles actions (things the agent can do), providers (context for the prompt),
+evaluators (work after a reply), services (long-lived objects such as connectors), model
+handlers, event handlers and HTTP routes. Plugins use only the runtime's public API.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from abc import ABC
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from bot.types import Attachment, Content, EventType, Memory, ModelType, Room
+
+if TYPE_CHECKING:
+    from bot.runtime import AgentRuntime
+
+log = logging.getLogger(__name__)
+
+
+class Priority(IntEnum):
+    """Load order among plugins with no dependency between them: lower loads first."""
+
+    STORAGE = 0
+    MODEL = 100
+    FEATURE = 200
+    PLATFORM = 300
+
+
+@dataclass
+class State:
+    """Composed context for one message: `text` goes into prompts, `values` fill template slots."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    text: str = ""
+
+
+@dataclass
+class ProviderResult:
+    text: str = ""
+    values: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ActionResult:
+    success: bool = True
+    text: str | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+# A connector's reply function: sends the content to the room the message came from and returns
+# the platform ids of the messages it sent (empty when nothing was sent).
+HandlerCallback = Callable[[Content], Awaitable[list[str]]]
+ProviderGet = Callable[["AgentRuntime", Memory, State], Awaitable[ProviderResult]]
+Validator = Callable[["AgentRuntime", Memory, State | None], Awaitable[bool]]
+ActionHandler = Callable[
+    ["AgentRuntime", Memory, State, dict[str, Any], HandlerCallback | None, list[Memory]],
+    Awaitable[ActionResult | None],
+]
+EvaluatorHandler = Callable[["AgentRuntime", Memory, State, list[Memory]], Awaitable[ActionResult | None]]
+ModelHandler = Callable[["AgentRuntime", dict[str, Any]], Awaitable[Any]]
+EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def always_valid(runtime: AgentRuntime, message: Memory, state: State | None) -> bool:
+    return True
+
+
+@dataclass
+class Provider:
+    name: str
+    get: ProviderGet
+    description: str = ""
+    dynamic: bool = False  # composed only when asked for by name
+    private: bool = False  # never listed; composed only when included explicitly
+    position: int = 0  # order of the text in the prompt (lower first)
+
+
+@dataclass
+class Action:
+    name: str
+    description: str
+    handler: ActionHandler
+    validate: Validator = always_valid
+    similes: list[str] = field(default_factory=list)
+    examples: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class Evaluator:
+    name: str
+    description: str
+    handler: EvaluatorHandler
+    validate: Validator = always_valid
+    always: bool = False  # run even when the agent did not reply
+    similes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ModelOutput:
+    """What a model handler returns when it knows its token usage."""
+
+    value: Any
+    model: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class ModelRegistration:
+    model_type: ModelType
+    handler: ModelHandler
+    provider: str
+    priority: int = 0  # lower is tried first
+
+
+@dataclass
+class Route:
+    """An HTTP route served by the project's aiohttp server; `handler(request) -> response`."""
+
+    method: str
+    path: str
+    handler: Callable[[Any], Awaitable[Any]]
+    public: bool = False  # True: not under /api auth (e.g. a webhook with its own secret)
+
+
+class Service(ABC):  # noqa: B024 - concrete services override what they need
+    """A long-lived object started after plugins load and stopped in reverse order."""
+
+    service_type: ClassVar[str] = "service"
+
+    def __init__(self, runtime: AgentRuntime) -> None:
+        self.runtime = runtime
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Acquire resources; raise to abort start-up with a clear message."""
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook
+        """Release resources; must not raise."""
+
+
+class Connector(Service):
+    """A platform connection: platform events in as Memories, replies out through callbacks."""
+
+    service_type = "connector"
+    source: ClassVar[str] = ""
+
+    @property
+    def connected(self) -> bool:
+        return False
+
+    async def send_to_room(self, room: Room, content: Content) -> list[str]:
+        """Send unprompted content (the SEND_MESSAGE action) to a room this connector owns."""
+        raise NotImplementedError(f"{self.source} cannot send to a room directly")
+
+    def describe_attachment(self, attachment: Attachment) -> str:
+        return attachment.title or attachment.kind
+
+
+@dataclass
+class Plugin:
+    name: str
+    description: str = ""
+    priority: int = Priority.FEATURE
+    dependencies: list[str] = field(default_factory=list)
+    init: Callable[[dict[str, Any], AgentRuntime], Awaitable[None]] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    actions: list[Action] = field(default_factory=list)
+    providers: list[Provider] = field(default_factory=list)
+    evaluators: list[Evaluator] = field(default_factory=list)
+    services: list[type[Service]] = field(default_factory=list)
+    models: list[ModelRegistration] = field(default_factory=list)
+    events: dict[EventType | str, list[EventHandler]] = field(default_factory=dict)
+    routes: list[Route] = field(default_factory=list)
+
+
+class PluginError(Exception):
+    """A plugin set that cannot load: a missing dependency, a cycle or a duplicate name."""
+
+
+def resolve_plugin_order(plugins: Iterable[Plugin]) -> list[Plugin]:
+    """Dependencies first, then priority, then the order given; errors name the culprit."""
+    by_name: dict[str, Plugin] = {}
+    for plugin in plugins:
+        if plugin.name in by_name:
+            raise PluginError(f"plugin {plugin.name!r} is registered twice")
+        by_name[plugin.name] = plugin
+    for plugin in by_name.values():
+        for dep in plugin.dependencies:
+            if dep not in by_name:
+                raise PluginError(f"plugin {plugin.name!r} needs plugin {dep!r}, which is not loaded")
+
+    ordered: list[Plugin] = []
+    visiting: set[str] = set()
+    done: set[str] = set()
+
+    def visit(plugin: Plugin) -> None:
+        if plugin.name in done:
+            return
+        if plugin.name in visiting:
+            raise PluginError(f"plugin dependency cycle through {plugin.name!r}")
+        visiting.add(plugin.name)
+        for dep in sorted(plugin.dependencies, key=lambda n: by_name[n].priority):
+            visit(by_name[dep])
+        visiting.discard(plugin.name)
+        done.add(plugin.name)
+        ordered.append(plugin)
+
+    for plugin in sorted(by_name.values(), key=lambda p: p.priority):
+        visit(plugin)
+    return ordered
+
+
+def check_unique_components(plugins: Iterable[Plugin]) -> None:
+    """Two plugins contributing an action/provider/evaluator of one name would shadow each other."""
+    seen: dict[tuple[str, str], str] = {}
+    for plugin in plugins:
+        for kind, items in (("action", plugin.actions), ("provider", plugin.providers),
+                            ("evaluator", plugin.evaluators)):
+            for item in items:
+                key = (kind, item.name.upper())
+                if key in seen:
+                    raise PluginError(
+                        f"{kind} {item.name!r} is defined by both plugin {seen[key]!r} and {plugin.name!r}"
+                    )
+                seen[key] = plugin.name
+
+
+def new_run_id() -> uuid.UUID:
+    return uuid.uuid4()

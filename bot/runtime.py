@@ -1,0 +1,476 @@
+"""AgentRuntime: one character, its plugins, its store, and the public API plugins build on."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from bot.character import Character
+from bot.events import EventBus
+from bot.plugin import (
+    Action,
+    ActionResult,
+    Connector,
+    Evaluator,
+    EventHandler,
+    HandlerCallback,
+    ModelOutput,
+    ModelRegistration,
+    Plugin,
+    PluginError,
+    Provider,
+    ProviderResult,
+    Route,
+    Service,
+    State,
+    check_unique_components,
+    resolve_plugin_order,
+)
+from bot.settings import Settings
+from bot.store.base import Store
+from bot.types import Agent, Content, Entity, EventType, Memory, ModelType, Room, RoomState, World
+
+log = logging.getLogger(__name__)
+S = TypeVar("S", bound=Service)
+
+STATE_CACHE_SIZE = 512
+
+
+class ModelError(Exception):
+    """Every handler for a model type failed (or none is registered)."""
+
+
+@dataclass
+class RunOutcome:
+    """How the pipeline ended for one message (`status`: completed, ignored, muted, error, duplicate)."""
+
+    status: str
+    run_id: uuid.UUID | None = None
+    responses: list[Content] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class MessageTicket:
+    """Returned when a message is accepted: it is stored already; `outcome` resolves after the run."""
+
+    message: Memory
+    duplicate: bool
+    outcome: asyncio.Future[RunOutcome]
+
+
+class MessageHandler:
+    """Implemented by the bootstrap plugin: stores a message, then schedules its processing."""
+
+    async def receive(self, message: Memory, callback: HandlerCallback | None) -> MessageTicket:
+        raise NotImplementedError
+
+    async def drain(self, timeout: float) -> None:
+        """Stop taking new work and wait for runs in flight."""
+
+
+def _normalise_action(name: str) -> str:
+    return name.strip().upper().replace(" ", "_")
+
+
+class AgentRuntime:
+    def __init__(
+        self,
+        character: Character,
+        settings: Settings,
+        store: Store,
+        plugins: Sequence[Plugin] = (),
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.character = character
+        self.settings = settings
+        self.store = store
+        self.agent_id: uuid.UUID = character.agent_id
+        self.clock = clock
+        self.events = EventBus()
+        self.plugins: list[Plugin] = resolve_plugin_order(plugins)
+        check_unique_components(self.plugins)
+        self.actions: list[Action] = []
+        self.providers: list[Provider] = []
+        self.evaluators: list[Evaluator] = []
+        self.routes: list[Route] = []
+        self.services: list[Service] = []
+        self.message_handler: MessageHandler | None = None
+        self._models: dict[ModelType, list[ModelRegistration]] = {}
+        self._state_cache: OrderedDict[uuid.UUID, dict[str, ProviderResult]] = OrderedDict()
+        self._known_rooms: set[uuid.UUID] = set()
+        self._known_entities: dict[tuple[uuid.UUID, uuid.UUID], tuple[str, ...]] = {}
+        self._entities: dict[uuid.UUID, Entity] = {}
+        self._room_members: dict[uuid.UUID, set[uuid.UUID]] = {}
+        self._room_cache: dict[uuid.UUID, Room] = {}
+        self._states: dict[tuple[uuid.UUID, uuid.UUID], RoomState | None] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # Lifecycle -----------------------------------------------------------------------------
+    async def initialize(self) -> None:
+        """Open the store, register plugins in order, then start their services."""
+        await self.store.init()
+        await self.store.upsert_agent(
+            Agent(id=self.agent_id, name=self.character.name, username=self.character.username,
+                  character=self.character.public_dict())
+        )
+        await self.store.upsert_entity(
+            Entity(id=self.agent_id, agent_id=self.agent_id,
+                   names=[n for n in (self.character.name, self.character.username) if n])
+        )
+        for plugin in self.plugins:
+            await self._register_plugin(plugin)
+        for plugin in self.plugins:
+            for service_cls in plugin.services:
+                service = service_cls(self)
+                await service.start()
+                self.services.append(service)
+
+    async def _register_plugin(self, plugin: Plugin) -> None:
+        if plugin.init is not None:
+            await plugin.init(plugin.config, self)
+        self.actions.extend(plugin.actions)
+        self.providers.extend(plugin.providers)
+        self.providers.sort(key=lambda p: p.position)
+        self.evaluators.extend(plugin.evaluators)
+        self.routes.extend(plugin.routes)
+        for registration in plugin.models:
+            self.register_model(registration)
+        for event, handlers in plugin.events.items():
+            for handler in handlers:
+                self.events.on(event, handler)
+
+    async def stop(self) -> None:
+        """Stop services in reverse start order; one failing stop does not block the others."""
+        for service in reversed(self.services):
+            try:
+                await service.stop()
+            except Exception:
+                log.exception("stopping service %s failed", type(service).__name__)
+        self.services.clear()
+
+    # Settings -----------------------------------------------------------------------------------
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        """Character secrets, then character settings, then settings.secrets, then the environment.
+
+        Unlike elizaOS, falsy values such as "false" or 0 are returned as real values.
+        """
+        character_settings = self.character.settings
+        nested = character_settings.get("secrets") if isinstance(character_settings.get("secrets"), dict) else {}
+        for source in (self.character.secrets, character_settings, nested):
+            if key in source and source[key] is not None:
+                return source[key]
+        if key in os.environ:
+            return os.environ[key]
+        field_name = key.lower()
+        if field_name in Settings.model_fields:
+            value = getattr(self.settings, field_name)
+            return value.get_secret_value() if hasattr(value, "get_secret_value") else value
+        return default
+
+    # Services -----------------------------------------------------------------------------------
+    def get_service(self, service_type: type[S] | str) -> S | None:
+        for service in self.services:
+            if (isinstance(service_type, str) and service.service_type == service_type) or (
+                isinstance(service_type, type) and isinstance(service, service_type)
+            ):
+                return service  # type: ignore[return-value]
+        return None
+
+    @property
+    def connectors(self) -> list[Connector]:
+        return [s for s in self.services if isinstance(s, Connector)]
+
+    def connector_for(self, source: str) -> Connector | None:
+        return next((c for c in self.connectors if c.source == source), None)
+
+    # Events -------------------------------------------------------------------------------------
+    def on(self, event: EventType | str, handler: EventHandler) -> None:
+        self.events.on(event, handler)
+
+    async def emit(self, event: EventType | str, payload: dict[str, Any]) -> None:
+        await self.events.emit(event, payload)
+
+    # Connections: entities, rooms, worlds -------------------------------------------------------
+    async def ensure_connection(self, entity: Entity, room: Room, world: World | None = None) -> None:
+        """Make sure the entity, room, world and participation exist; cached so repeats cost nothing."""
+        entity_key = (entity.id, room.id)
+        names = tuple(entity.names)
+        if room.id not in self._known_rooms:
+            if world is not None:
+                await self.store.upsert_world(world)
+            await self.store.upsert_room(room)
+            await self.store.add_participant(self.agent_id, room.id)
+            self._known_rooms.add(room.id)
+            self._room_cache[room.id] = room
+        if self._known_entities.get(entity_key) != names:
+            await self.store.upsert_entity(entity)
+            await self.store.add_participant(entity.id, room.id)
+            self._known_entities[entity_key] = names
+            self._entities.pop(entity.id, None)
+        self._room_members.setdefault(room.id, set()).add(entity.id)
+        self._entities.setdefault(entity.id, entity)
+
+    async def entity_names(self, entity_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
+        """Display names, from the cache when possible (one query for the ones not seen yet)."""
+        missing = [i for i in entity_ids if i not in self._entities]
+        if missing:
+            for entity in await self.store.get_entities(missing):
+                self._entities[entity.id] = entity
+        names = {i: e.names[0] for i, e in self._entities.items() if i in entity_ids and e.names}
+        if self.agent_id in entity_ids:
+            names[self.agent_id] = self.character.name
+        return names
+
+    def room_entities(self, room_id: uuid.UUID) -> list[Entity]:
+        """Entities seen in the room since start-up (cached; no query on the reply path)."""
+        return [self._entities[i] for i in self._room_members.get(room_id, ()) if i in self._entities]
+
+    def remember_entity(self, entity: Entity) -> None:
+        self._entities[entity.id] = entity
+
+    def known_room_ids(self) -> set[uuid.UUID]:
+        return set(self._known_rooms)
+
+    async def get_room(self, room_id: uuid.UUID) -> Room | None:
+        room = self._room_cache.get(room_id)
+        if room is None:
+            room = await self.store.get_room(room_id)
+            if room is not None:
+                self._room_cache[room_id] = room
+        return room
+
+    async def get_room_state(self, room_id: uuid.UUID) -> RoomState | None:
+        key = (room_id, self.agent_id)
+        if key not in self._states:
+            self._states[key] = await self.store.get_participant_state(room_id, self.agent_id)
+        return self._states[key]
+
+    async def set_room_state(self, room_id: uuid.UUID, state: RoomState | None) -> None:
+        await self.store.set_participant_state(room_id, self.agent_id, state)
+        self._states[(room_id, self.agent_id)] = state
+
+    # Messages -----------------------------------------------------------------------------------
+    async def receive_message(self, message: Memory, callback: HandlerCallback | None = None) -> MessageTicket:
+        """Entry point for connectors: the message is stored when this returns, then processed."""
+        if self.message_handler is None:
+            raise RuntimeError("no message handler: the bootstrap plugin is not loaded")
+        return await self.message_handler.receive(message, callback)
+
+    async def send_message_to_room(self, room_id: uuid.UUID, content: Content) -> list[str]:
+        """Send content to any room the agent knows, through the connector that owns it."""
+        room = await self.get_room(room_id)
+        if room is None:
+            raise LookupError(f"unknown room {room_id}")
+        connector = self.connector_for(room.source)
+        if connector is None:
+            raise LookupError(f"no connector is running for {room.source!r}")
+        return await connector.send_to_room(room, content)
+
+    # State --------------------------------------------------------------------------------------
+    def _select_providers(self, include: Sequence[str] | None, only: Sequence[str] | None) -> list[Provider]:
+        if only is not None:
+            wanted = {n.upper() for n in only}
+            return [p for p in self.providers if p.name.upper() in wanted]
+        extra = {n.upper() for n in include or ()}
+        return [
+            p for p in self.providers
+            if p.name.upper() in extra or not (p.dynamic or p.private)
+        ]
+
+    async def compose_state(
+        self,
+        message: Memory,
+        include: Sequence[str] | None = None,
+        only: Sequence[str] | None = None,
+        *,
+        skip_cache: bool = False,
+    ) -> State:
+        """Run the selected providers concurrently and join their text in position order.
+
+        Results are cached per message (bounded LRU) so asking for one more dynamic provider later
+        in the same run does not recompute the others.
+        """
+        providers = self._select_providers(include, only)
+        cached = {} if skip_cache else dict(self._state_cache.get(message.id, {}))
+        missing = [p for p in providers if p.name not in cached]
+        if missing:
+            partial = State(data={"providers": cached})
+            results = await asyncio.gather(
+                *(p.get(self, message, partial) for p in missing), return_exceptions=True
+            )
+            for provider, result in zip(missing, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.error("provider %s failed: %s", provider.name, result,
+                              exc_info=(type(result), result, result.__traceback__))
+                    result = ProviderResult()
+                cached[provider.name] = result
+            self._state_cache[message.id] = cached
+            self._state_cache.move_to_end(message.id)
+            while len(self._state_cache) > STATE_CACHE_SIZE:
+                self._state_cache.popitem(last=False)
+        state = State(data={"providers": {}})
+        texts: list[str] = []
+        for provider in providers:
+            result = cached[provider.name]
+            state.data["providers"][provider.name] = result
+            state.values.update(result.values)
+            if result.text:
+                texts.append(result.text)
+        state.text = "\n\n".join(texts)
+        return state
+
+    def forget_state(self, message_id: uuid.UUID) -> None:
+        self._state_cache.pop(message_id, None)
+
+    # Models -------------------------------------------------------------------------------------
+    def register_model(self, registration: ModelRegistration) -> None:
+        handlers = self._models.setdefault(registration.model_type, [])
+        handlers.append(registration)
+        handlers.sort(key=lambda r: r.priority)
+
+    def has_model(self, model_type: ModelType) -> bool:
+        return bool(self._models.get(model_type))
+
+    def model_providers(self, model_type: ModelType) -> list[str]:
+        return [r.provider for r in self._models.get(model_type, [])]
+
+    async def use_model(
+        self, model_type: ModelType, params: dict[str, Any], *, provider: str | None = None
+    ) -> Any:
+        """Call the best handler for `model_type`, falling back to the next one when it fails."""
+        handlers = [r for r in self._models.get(model_type, []) if provider is None or r.provider == provider]
+        if not handlers:
+            raise ModelError(f"no model is configured for {model_type}")
+        errors: list[str] = []
+        for registration in handlers:
+            started = time.perf_counter()
+            try:
+                output = await registration.handler(self, params)
+            except Exception as error:
+                errors.append(f"{registration.provider}: {type(error).__name__}: {error}")
+                log.warning("model %s via %s failed: %s", model_type, registration.provider, error)
+                await self.emit(EventType.MODEL_USED, {
+                    "runtime": self, "type": model_type, "provider": registration.provider, "ok": False,
+                    "error": type(error).__name__, "duration": time.perf_counter() - started,
+                })
+                continue
+            result = output if isinstance(output, ModelOutput) else ModelOutput(value=output)
+            await self._record_usage(model_type, registration.provider, result, params,
+                                     time.perf_counter() - started)
+            return result.value
+        raise ModelError(f"every model for {model_type} failed: " + "; ".join(errors))
+
+    async def _record_usage(
+        self, model_type: ModelType, provider: str, result: ModelOutput, params: dict[str, Any], duration: float
+    ) -> None:
+        room_id, entity_id = params.get("room_id"), params.get("entity_id")
+        if result.prompt_tokens or result.completion_tokens:
+            await self.store.record_model_usage(
+                agent_id=self.agent_id, provider=provider, model_type=str(model_type), model=result.model,
+                prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+                room_id=room_id, entity_id=entity_id,
+            )
+        await self.emit(EventType.MODEL_USED, {
+            "runtime": self, "type": model_type, "provider": provider, "model": result.model, "ok": True,
+            "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+            "duration": duration, "room_id": room_id, "entity_id": entity_id,
+        })
+
+    # Actions and evaluators -----------------------------------------------------------------------
+    def find_action(self, name: str) -> Action | None:
+        wanted = _normalise_action(name)
+        for action in self.actions:
+            if _normalise_action(action.name) == wanted:
+                return action
+        for action in self.actions:
+            if any(_normalise_action(s) == wanted for s in action.similes):
+                return action
+        return None
+
+    async def process_actions(
+        self,
+        message: Memory,
+        responses: Sequence[Memory],
+        state: State,
+        callback: HandlerCallback | None,
+        *,
+        run_id: uuid.UUID | None = None,
+    ) -> list[ActionResult]:
+        """Run every action named by the responses, in order; a failing action is reported, not raised."""
+        results: list[ActionResult] = []
+        for response in responses:
+            for name in response.content.actions:
+                action = self.find_action(name)
+                if action is None:
+                    log.warning("model asked for unknown action %r", name)
+                    continue
+                payload = {"runtime": self, "message": message, "action": action.name, "run_id": run_id}
+                await self.emit(EventType.ACTION_STARTED, payload)
+                try:
+                    result = await action.handler(self, message, state, {"response": response}, callback,
+                                                  list(responses))
+                    result = result or ActionResult()
+                except Exception as error:
+                    log.exception("action %s failed (run %s)", action.name, run_id)
+                    result = ActionResult(success=False, error=f"{type(error).__name__}: {error}")
+                results.append(result)
+                await self.emit(EventType.ACTION_COMPLETED, {**payload, "result": result})
+        return results
+
+    async def evaluate(
+        self,
+        message: Memory,
+        state: State,
+        did_respond: bool,
+        responses: Sequence[Memory] = (),
+    ) -> list[str]:
+        """Run the evaluators whose validate passes, concurrently; return the names that ran."""
+        chosen: list[Evaluator] = []
+        for evaluator in self.evaluators:
+            if not (did_respond or evaluator.always):
+                continue
+            try:
+                if await evaluator.validate(self, message, state):
+                    chosen.append(evaluator)
+            except Exception:
+                log.exception("evaluator %s validate failed", evaluator.name)
+        results = await asyncio.gather(
+            *(e.handler(self, message, state, list(responses)) for e in chosen), return_exceptions=True
+        )
+        for evaluator, result in zip(chosen, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("evaluator %s failed: %s", evaluator.name, result,
+                          exc_info=(type(result), result, result.__traceback__))
+            await self.emit(EventType.EVALUATOR_COMPLETED, {"runtime": self, "evaluator": evaluator.name})
+        return [e.name for e in chosen]
+
+    def register_route(self, route: Route) -> None:
+        self.routes.append(route)
+
+    def run_in_background(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        """Start a task that logs its failure instead of losing it."""
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_log_task_failure)
+        return task
+
+
+def _log_task_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        error = task.exception()
+        log.error("background task %s failed: %s", task.get_name(), error,
+                  exc_info=(type(error), error, error.__traceback__))
+
+
+__all__ = ["AgentRuntime", "MessageHandler", "MessageTicket", "ModelError", "PluginError", "RunOutcome"]

@@ -1,0 +1,188 @@
+"""Every setting parley reads, from the environment and `.env`.
+
+One class, so a typo or a bad value is caught at start-up with one line naming the variable and
+the fix, instead of surfacing later as a confusing failure deep inside a connector.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class ShouldRespondMode(StrEnum):
+    AUTO = "auto"
+    MENTIONS = "mentions"
+
+
+class VoiceReplies(StrEnum):
+    AUTO = "auto"
+    ALWAYS = "always"
+    NEVER = "never"
+
+
+def _split_list(value: Any) -> Any:
+    """Accept a JSON array or a comma-separated string for list settings."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return []
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+StrList = Annotated[list[str], NoDecode]
+IntList = Annotated[list[int], NoDecode]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # Core
+    character_path: Path = Path("characters/default.json")
+    data_dir: Path = Path("./data")
+    database_url: str | None = None
+    log_level: str = "INFO"
+    port: int = Field(3000, ge=0, le=65535)  # 0: any free port (tests)
+    host: str = "0.0.0.0"
+
+    # Pipeline
+    should_respond_mode: ShouldRespondMode = ShouldRespondMode.AUTO
+    conversation_length: int = Field(32, ge=1, le=500)
+    reflection_interval: int = Field(8, ge=1)
+    max_concurrent_rooms: int = Field(8, ge=1, le=1000)
+    respond_to_bots: bool = False
+    error_reply: str = "Sorry, I couldn't answer that just now. Please try again in a moment."
+
+    # Models
+    model_providers: StrList = Field(default_factory=list)
+    model_timeout: float = Field(60.0, gt=0)
+    model_max_retries: int = Field(3, ge=0, le=10)
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    openai_small_model: str = "gpt-4o-mini"
+    openai_large_model: str = "gpt-4o"
+    openai_embedding_model: str = "text-embedding-3-small"
+    openai_embedding_dimensions: int | None = Field(None, ge=1)
+    openai_transcription_model: str = "whisper-1"
+    openai_tts_model: str = "tts-1"
+    openai_tts_voice: str = "alloy"
+    openai_image_model: str = "dall-e-3"
+    openai_image_description_model: str = "gpt-4o-mini"
+    anthropic_api_key: SecretStr | None = None
+    anthropic_base_url: str | None = None
+    anthropic_small_model: str = "claude-3-5-haiku-latest"
+    anthropic_large_model: str = "claude-sonnet-4-5"
+    local_model_path: Path | None = None
+    local_context_size: int = Field(2048, ge=256)
+    local_max_tokens: int = Field(256, ge=1)
+
+    # Telegram
+    telegram_bot_token: SecretStr | None = None
+    telegram_api_root: str = "https://api.telegram.org"
+    telegram_webhook_url: str | None = None
+    telegram_webhook_secret: SecretStr | None = None
+    telegram_allowed_chats: IntList = Field(default_factory=list)
+    voice_replies: VoiceReplies = VoiceReplies.AUTO
+
+    # Discord
+    discord_api_token: SecretStr | None = None
+    discord_application_id: int | None = None
+    discord_api_base: str = "https://discord.com/api/v10"
+    discord_gateway_url: str = "wss://gateway.discord.gg"
+    channel_ids: IntList = Field(default_factory=list)
+    discord_ignore_bots: bool = True
+    discord_guild_id: int | None = None
+    discord_voice_channel_id: int | None = None
+
+    # HTTP service
+    api_key: SecretStr | None = None
+    rate_limit_per_minute: int = Field(30, ge=0)
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    session_timeout_minutes: float = Field(30, gt=0)
+    session_auto_renew: bool = True
+    session_max_duration_minutes: float = Field(720, gt=0)
+    session_warning_threshold_minutes: float = Field(5, ge=0)
+    session_max_concurrent: int = Field(1000, ge=1)
+    session_cleanup_interval_seconds: float = Field(60, gt=0)
+    shutdown_timeout: float = Field(25, gt=0)
+
+    @field_validator("model_providers", "telegram_allowed_chats", "channel_ids", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("model_providers")
+    @classmethod
+    def _known_providers(cls, value: list[str]) -> list[str]:
+        names = [v.lower() for v in value]
+        unknown = [n for n in names if n not in {"openai", "anthropic", "local"}]
+        if unknown:
+            raise ValueError(f"unknown provider {unknown[0]!r}; use openai, anthropic or local")
+        return names
+
+    @field_validator(
+        "openai_api_key", "anthropic_api_key", "telegram_bot_token", "discord_api_token", "api_key",
+        "telegram_webhook_secret", mode="before",
+    )
+    @classmethod
+    def _empty_secret_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator(
+        "database_url", "openai_base_url", "anthropic_base_url", "telegram_webhook_url",
+        "discord_application_id", "discord_guild_id", "discord_voice_channel_id", "local_model_path",
+        "openai_embedding_dimensions", mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "parley.db"
+
+
+class SettingsError(Exception):
+    """A bad setting, already phrased as one line for the operator."""
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """Turn pydantic's multi-line report into one line: variable, problem, fix."""
+    first = error.errors()[0]
+    name = str(first["loc"][0]).upper() if first["loc"] else "settings"
+    value = first.get("input")
+    secret = any(word in name for word in ("TOKEN", "KEY", "SECRET", "PASSWORD"))
+    shown = "" if secret or value is None or isinstance(value, dict) else f" (got {str(value)[:60]!r})"
+    more = len(error.errors()) - 1
+    suffix = f" [and {more} more bad setting{'s' if more > 1 else ''}]" if more else ""
+    return (
+        f"{name}: {first['msg']}{shown}. Fix: set {name} to a valid value in the environment or .env "
+        f"(see .env.example).{suffix}"
+    )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings; raise SettingsError with a one-line description when a value is bad."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise SettingsError(describe_validation_error(error)) from None
+
+
+def load_settings_or_exit(**overrides: Any) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except SettingsError as error:
+        print(f"parley: configuration error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,266 @@
+"""The memory store's contract: what the runtime, plugins and connectors may ask of the database.
+
+One implementation (`bot.store.sql.SqlStore`) serves SQLite and PostgreSQL through SQLAlchemy.
+Everything is scoped to one agent id, so several characters can share one database.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bot.types import (
+    Agent,
+    Entity,
+    Memory,
+    MemoryType,
+    Participant,
+    Relationship,
+    Room,
+    RoomState,
+    Task,
+    World,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredMemory:
+    memory: Memory
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class UsageTotals:
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Store(ABC):
+    """Async persistence for one or more agents."""
+
+    # Lifecycle -----------------------------------------------------------------------------
+    @abstractmethod
+    async def init(self) -> None:
+        """Create or upgrade the schema without losing data."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def ping(self) -> bool:
+        """True when the database answers (for readiness checks)."""
+
+    # Agents, entities, worlds, rooms, participants -----------------------------------------
+    @abstractmethod
+    async def upsert_agent(self, agent: Agent) -> None: ...
+
+    @abstractmethod
+    async def get_agent(self, agent_id: uuid.UUID) -> Agent | None: ...
+
+    @abstractmethod
+    async def list_agents(self) -> list[Agent]: ...
+
+    @abstractmethod
+    async def upsert_entity(self, entity: Entity) -> None:
+        """Insert, or merge names (kept unique, order preserved) and metadata into the stored row."""
+
+    @abstractmethod
+    async def get_entity(self, entity_id: uuid.UUID) -> Entity | None: ...
+
+    @abstractmethod
+    async def get_entities(self, entity_ids: Sequence[uuid.UUID]) -> list[Entity]: ...
+
+    @abstractmethod
+    async def upsert_world(self, world: World) -> None: ...
+
+    @abstractmethod
+    async def get_world(self, world_id: uuid.UUID) -> World | None: ...
+
+    @abstractmethod
+    async def upsert_room(self, room: Room) -> None: ...
+
+    @abstractmethod
+    async def get_room(self, room_id: uuid.UUID) -> Room | None: ...
+
+    @abstractmethod
+    async def get_rooms(self, agent_id: uuid.UUID, world_id: uuid.UUID | None = None) -> list[Room]: ...
+
+    @abstractmethod
+    async def add_participant(self, entity_id: uuid.UUID, room_id: uuid.UUID) -> None:
+        """Idempotent."""
+
+    @abstractmethod
+    async def get_participants(self, room_id: uuid.UUID) -> list[Participant]: ...
+
+    @abstractmethod
+    async def set_participant_state(
+        self, room_id: uuid.UUID, entity_id: uuid.UUID, state: RoomState | None
+    ) -> None: ...
+
+    @abstractmethod
+    async def get_participant_state(self, room_id: uuid.UUID, entity_id: uuid.UUID) -> RoomState | None: ...
+
+    # Memories --------------------------------------------------------------------------------
+    @abstractmethod
+    async def create_memory(self, memory: Memory) -> bool:
+        """Store a memory; idempotent on id. Returns True when the row is new, False if it existed.
+
+        A memory with an embedding also stores it; text search indexes `content.text`.
+        """
+
+    @abstractmethod
+    async def update_memory(self, memory: Memory) -> bool:
+        """Replace content/metadata of an existing memory (e.g. an edited message). False if absent."""
+
+    @abstractmethod
+    async def get_memory(self, memory_id: uuid.UUID) -> Memory | None: ...
+
+    @abstractmethod
+    async def get_memories(
+        self,
+        *,
+        agent_id: uuid.UUID,
+        room_id: uuid.UUID | None = None,
+        entity_id: uuid.UUID | None = None,
+        type: MemoryType = MemoryType.MESSAGE,
+        count: int | None = 32,
+        before: int | None = None,
+        after: int | None = None,
+    ) -> list[Memory]:
+        """Newest first. `before`/`after` are created_at bounds in ms (exclusive)."""
+
+    @abstractmethod
+    async def count_memories(
+        self,
+        *,
+        agent_id: uuid.UUID,
+        room_id: uuid.UUID | None = None,
+        entity_id: uuid.UUID | None = None,
+        type: MemoryType = MemoryType.MESSAGE,
+    ) -> int: ...
+
+    @abstractmethod
+    async def delete_memory(self, memory_id: uuid.UUID) -> bool: ...
+
+    @abstractmethod
+    async def delete_room_memories(self, room_id: uuid.UUID, type: MemoryType | None = None) -> int: ...
+
+    @abstractmethod
+    async def set_embeddings(self, items: Sequence[tuple[uuid.UUID, Sequence[float]]]) -> None:
+        """Attach embeddings (any dimension) to existing memories in one batch."""
+
+    @abstractmethod
+    async def search_memories_by_embedding(
+        self,
+        embedding: Sequence[float],
+        *,
+        agent_id: uuid.UUID,
+        count: int = 10,
+        room_id: uuid.UUID | None = None,
+        entity_id: uuid.UUID | None = None,
+        type: MemoryType | None = None,
+        min_score: float | None = None,
+    ) -> list[ScoredMemory]:
+        """Cosine similarity, best first, over memories whose embedding has the same dimension."""
+
+    @abstractmethod
+    async def search_memories_by_text(
+        self,
+        query: str,
+        *,
+        agent_id: uuid.UUID,
+        count: int = 10,
+        room_id: uuid.UUID | None = None,
+        entity_id: uuid.UUID | None = None,
+        type: MemoryType | None = None,
+    ) -> list[ScoredMemory]:
+        """Full-text search (SQLite FTS5 / PostgreSQL tsvector), best first; any word may match."""
+
+    # Relationships -------------------------------------------------------------------------
+    @abstractmethod
+    async def upsert_relationship(self, relationship: Relationship) -> None:
+        """One row per (agent, source, target); tags are merged, metadata updated."""
+
+    @abstractmethod
+    async def get_relationships(
+        self, *, agent_id: uuid.UUID, entity_id: uuid.UUID, tags: Sequence[str] | None = None
+    ) -> list[Relationship]:
+        """Relationships where the entity is source or target, optionally having all `tags`."""
+
+    # Tasks -----------------------------------------------------------------------------------
+    @abstractmethod
+    async def create_task(self, task: Task) -> None: ...
+
+    @abstractmethod
+    async def get_tasks(
+        self,
+        *,
+        agent_id: uuid.UUID,
+        room_id: uuid.UUID | None = None,
+        name: str | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> list[Task]: ...
+
+    @abstractmethod
+    async def update_task(self, task: Task) -> None: ...
+
+    @abstractmethod
+    async def delete_task(self, task_id: uuid.UUID) -> None: ...
+
+    # Cache (key/value with optional expiry) ----------------------------------------------------
+    @abstractmethod
+    async def get_cache(self, agent_id: uuid.UUID, key: str) -> Any | None:
+        """The JSON value, or None when absent or expired."""
+
+    @abstractmethod
+    async def set_cache(
+        self, agent_id: uuid.UUID, key: str, value: Any, ttl_seconds: float | None = None
+    ) -> None: ...
+
+    @abstractmethod
+    async def delete_cache(self, agent_id: uuid.UUID, key: str) -> bool: ...
+
+    @abstractmethod
+    async def list_cache(self, agent_id: uuid.UUID, prefix: str) -> dict[str, Any]:
+        """Every unexpired key starting with `prefix`, with its value."""
+
+    # Logs and model usage ----------------------------------------------------------------------
+    @abstractmethod
+    async def log(
+        self,
+        *,
+        agent_id: uuid.UUID,
+        type: str,
+        body: dict[str, Any],
+        room_id: uuid.UUID | None = None,
+        entity_id: uuid.UUID | None = None,
+    ) -> None: ...
+
+    @abstractmethod
+    async def get_logs(
+        self, *, agent_id: uuid.UUID, type: str | None = None, room_id: uuid.UUID | None = None, count: int = 50
+    ) -> list[dict[str, Any]]:
+        """Newest first: dicts with id, type, body, room_id, entity_id, created_at."""
+
+    @abstractmethod
+    async def record_model_usage(
+        self,
+        *,
+        agent_id: uuid.UUID,
+        provider: str,
+        model_type: str,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        room_id: uuid.UUID | None = None,
+        entity_id: uuid.UUID | None = None,
+    ) -> None: ...
+
+    @abstractmethod
+    async def usage_totals(
+        self, *, agent_id: uuid.UUID, room_id: uuid.UUID | None = None, entity_id: uuid.UUID | None = None
+    ) -> UsageTotals: ...

@@ -1,0 +1,17 @@
+"""Build the configured store: a SQLite file under DATA_DIR, or PostgreSQL when DATABASE_URL is set."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bot.settings import Settings
+from bot.store.sql import SqlStore
+
+
+def create_store(settings: Settings, **engine_options: Any) -> SqlStore:
+    """An uninitialised store (call `await store.init()`); creates DATA_DIR for the SQLite file."""
+    if settings.database_url:
+        return SqlStore.from_url(settings.database_url, **engine_options)
+    path = settings.sqlite_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return SqlStore.from_url(f"sqlite:///{path.resolve()}", **engine_options)

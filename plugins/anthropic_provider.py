@@ -1,0 +1,138 @@
+"""Anthropic (Claude) models for text, JSON objects and image descriptions, via the async SDK.
+
+Anthropic has no embeddings, audio or image generation; for those the runtime falls through to
+the next provider that registers them.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import anthropic
+
+from bot.plugin import ModelOutput, ModelRegistration, Plugin, Priority
+from bot.settings import Settings
+from bot.types import ModelType
+from plugins.models import (
+    DESCRIBE_INSTRUCTION,
+    DESCRIBE_PROMPT,
+    describe_result,
+    json_instruction,
+    parse_json_object,
+    provider_error,
+    sniff_image_type,
+)
+
+if TYPE_CHECKING:
+    from bot.runtime import AgentRuntime
+
+NAME = "anthropic"
+DEFAULT_MAX_TOKENS = 2048  # the Messages API requires max_tokens on every call
+
+Handler = Callable[["AgentRuntime", dict[str, Any]], Awaitable[Any]]
+
+
+def image_block(params: dict[str, Any]) -> dict[str, Any]:
+    """An image content block: a URL source, or the bytes inline as base64."""
+    if params.get("image_url"):
+        url = str(params["image_url"])
+        if url.startswith("data:"):
+            header, _, data = url.partition(",")
+            mime = header[5:].split(";")[0]
+            return {"type": "image", "source": {"type": "base64", "media_type": mime, "data": data}}
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    data = params.get("image")
+    if not data:
+        raise ValueError("IMAGE_DESCRIPTION needs image_url or image bytes")
+    mime = params.get("mime_type") or sniff_image_type(data)
+    return {"type": "image",
+            "source": {"type": "base64", "media_type": mime, "data": base64.b64encode(data).decode()}}
+
+
+class AnthropicProvider:
+    """Model handlers sharing one lazily created client (created on first use, inside the loop)."""
+
+    def __init__(self, settings: Settings, api_key: str) -> None:
+        self.settings = settings
+        self.api_key = api_key
+        self._client: anthropic.AsyncAnthropic | None = None
+
+    @property
+    def client(self) -> anthropic.AsyncAnthropic:
+        if self._client is None:
+            self._client = anthropic.AsyncAnthropic(
+                api_key=self.api_key,
+                base_url=self.settings.anthropic_base_url or None,
+                timeout=self.settings.model_timeout,
+                max_retries=self.settings.model_max_retries,
+            )
+        return self._client
+
+    async def _messages(self, model: str, content: str | list[dict[str, Any]], params: dict[str, Any],
+                        system: str | None = None) -> ModelOutput:
+        options: dict[str, Any] = {}
+        if system:
+            options["system"] = system
+        if params.get("temperature") is not None:
+            options["temperature"] = float(params["temperature"])
+        if params.get("stop"):
+            options["stop_sequences"] = list(params["stop"])
+        try:
+            response = await self.client.messages.create(
+                model=model,
+                max_tokens=int(params.get("max_tokens") or DEFAULT_MAX_TOKENS),
+                messages=[{"role": "user", "content": content}],
+                **options,
+            )
+        except anthropic.AnthropicError as error:
+            raise provider_error(NAME, error, [self.api_key]) from None
+        text = "".join(block.text for block in response.content if getattr(block, "type", "") == "text")
+        return ModelOutput(value=text, model=response.model or model,
+                           prompt_tokens=response.usage.input_tokens,
+                           completion_tokens=response.usage.output_tokens)
+
+    def _text(self, model: str) -> Handler:
+        async def handler(runtime: AgentRuntime, params: dict[str, Any]) -> ModelOutput:
+            return await self._messages(model, str(params["prompt"]), params, params.get("system"))
+        return handler
+
+    def _object(self, model: str) -> Handler:
+        async def handler(runtime: AgentRuntime, params: dict[str, Any]) -> ModelOutput:
+            system = "\n\n".join(s for s in (params.get("system"), json_instruction(params.get("schema"))) if s)
+            output = await self._messages(model, str(params["prompt"]), params, system)
+            output.value = parse_json_object(output.value)
+            return output
+        return handler
+
+    async def describe_image(self, runtime: AgentRuntime, params: dict[str, Any]) -> ModelOutput:
+        content = [image_block(params),
+                   {"type": "text", "text": f"{params.get('prompt') or DESCRIBE_PROMPT}\n{DESCRIBE_INSTRUCTION}"}]
+        output = await self._messages(self.settings.anthropic_small_model, content,
+                                      {"max_tokens": params.get("max_tokens")})
+        output.value = describe_result(output.value)
+        return output
+
+    def registrations(self, priority: int) -> list[ModelRegistration]:
+        small, large = self.settings.anthropic_small_model, self.settings.anthropic_large_model
+        handlers: dict[ModelType, Handler] = {
+            ModelType.TEXT_SMALL: self._text(small),
+            ModelType.TEXT_LARGE: self._text(large),
+            ModelType.OBJECT_SMALL: self._object(small),
+            ModelType.OBJECT_LARGE: self._object(large),
+            ModelType.IMAGE_DESCRIPTION: self.describe_image,
+        }
+        return [ModelRegistration(t, h, provider=NAME, priority=priority) for t, h in handlers.items()]
+
+
+def anthropic_plugin(settings: Settings, api_key: str | None, priority: int = 0) -> Plugin:
+    """The Anthropic model plugin; `priority` is its place in the fallback order (lower first)."""
+    if not api_key:
+        raise ValueError("Anthropic needs ANTHROPIC_API_KEY")
+    return Plugin(
+        name=NAME,
+        description="Anthropic Claude for text, JSON and image descriptions",
+        priority=Priority.MODEL,
+        models=AnthropicProvider(settings, api_key).registrations(priority),
+    )

@@ -1,0 +1,37 @@
+"""The bootstrap plugin: the message pipeline and the built-in actions, providers and evaluators."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from bot.plugin import Plugin, Priority
+from bot.types import EventType
+
+from .actions import ACTIONS
+from .dispatcher import MessageDispatcher, ShuttingDown
+from .evaluators import ReflectionCounter, reflection_evaluator
+from .providers import PROVIDERS
+
+if TYPE_CHECKING:
+    from bot.runtime import AgentRuntime
+
+
+def bootstrap_plugin() -> Plugin:
+    counter = ReflectionCounter()
+
+    async def init(config: dict[str, Any], runtime: AgentRuntime) -> None:
+        runtime.message_handler = MessageDispatcher(runtime)
+
+    return Plugin(
+        name="bootstrap",
+        description="Message pipeline, core actions, providers and evaluators",
+        priority=Priority.FEATURE,
+        init=init,
+        actions=list(ACTIONS),
+        providers=list(PROVIDERS),
+        evaluators=[reflection_evaluator(counter)],
+        events={EventType.MESSAGE_RECEIVED: [counter.on_message]},
+    )
+
+
+__all__ = ["MessageDispatcher", "ShuttingDown", "bootstrap_plugin"]

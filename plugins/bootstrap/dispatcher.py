@@ -1,0 +1,159 @@
+"""Accepts messages: store first, then run them — rooms concurrently, each room in order.
+
+elizaOS drops a quarter to a half of a burst in one room because a new message cancels the run
+in progress. Here every message waits its turn in its room's queue, so every DM and every
+mention gets an answer, and each run sees every message stored before it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, deque
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+from bot.plugin import HandlerCallback
+from bot.runtime import MessageHandler, MessageTicket, RunOutcome
+from bot.types import DIRECT_CHANNELS, Content, EventType, Memory
+
+from .embeddings import EmbeddingQueue
+from .pipeline import Job, Pipeline
+
+if TYPE_CHECKING:
+    from bot.runtime import AgentRuntime
+
+log = logging.getLogger(__name__)
+
+SLOW_DOWN = "You're sending messages faster than I can keep up with. Please slow down a little."
+MAX_TRACKED_USERS = 10_000
+
+
+class ShuttingDown(RuntimeError):
+    """Raised to connectors once a shutdown has begun: the message was not accepted."""
+
+
+class RateLimiter:
+    """Per-user token bucket shared by every entry point (API, Telegram, Discord).
+
+    aiolimiter only offers a waiting acquire; here an over-budget message must be answered with
+    "slow down" at once, so the check is a non-blocking bucket.
+    """
+
+    def __init__(self, per_minute: int, clock=time.monotonic) -> None:
+        self.per_minute = per_minute
+        self.clock = clock
+        self._buckets: OrderedDict[UUID, tuple[float, float]] = OrderedDict()
+        self._warned: dict[UUID, float] = {}
+
+    def allow(self, entity_id: UUID) -> bool:
+        if self.per_minute <= 0:
+            return True
+        now = self.clock()
+        tokens, last = self._buckets.pop(entity_id, (float(self.per_minute), now))
+        tokens = min(float(self.per_minute), tokens + (now - last) * self.per_minute / 60)
+        allowed = tokens >= 1
+        self._buckets[entity_id] = (tokens - 1 if allowed else tokens, now)
+        if len(self._buckets) > MAX_TRACKED_USERS:
+            self._buckets.popitem(last=False)
+        return allowed
+
+    def should_warn(self, entity_id: UUID) -> bool:
+        """Say "slow down" once a minute at most, so the warning itself is not a flood."""
+        now = self.clock()
+        if now - self._warned.get(entity_id, -1e9) < 60:
+            return False
+        self._warned[entity_id] = now
+        return True
+
+
+class MessageDispatcher(MessageHandler):
+    def __init__(self, runtime: AgentRuntime) -> None:
+        self.runtime = runtime
+        self.pipeline = Pipeline(runtime)
+        self.embeddings = EmbeddingQueue(runtime)
+        self.rate_limiter = RateLimiter(runtime.settings.rate_limit_per_minute)
+        self._queues: dict[UUID, deque[tuple[Job, asyncio.Future[RunOutcome]]]] = {}
+        self._workers: dict[UUID, asyncio.Task[None]] = {}
+        self._slots = asyncio.Semaphore(runtime.settings.max_concurrent_rooms)
+        self._accepting = True
+
+    @property
+    def queue_depth(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    @property
+    def active_rooms(self) -> int:
+        return len(self._workers)
+
+    async def receive(self, message: Memory, callback: HandlerCallback | None) -> MessageTicket:
+        if not self._accepting:
+            raise ShuttingDown("shutting down: not accepting new messages")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[RunOutcome] = loop.create_future()
+        if message.entity_id == self.runtime.agent_id:
+            future.set_result(RunOutcome(status="ignored", error="own message"))
+            return MessageTicket(message, duplicate=False, outcome=future)
+        if not await self.runtime.store.create_memory(message):
+            future.set_result(RunOutcome(status="duplicate"))
+            return MessageTicket(message, duplicate=True, outcome=future)
+        await self.runtime.emit(EventType.MESSAGE_RECEIVED, {"runtime": self.runtime, "message": message})
+        self.embeddings.add(message)
+        if not self.rate_limiter.allow(message.entity_id):
+            future.set_result(await self._slow_down(message, callback))
+            return MessageTicket(message, duplicate=False, outcome=future)
+        self._queues.setdefault(message.room_id, deque()).append((Job(message, callback), future))
+        if message.room_id not in self._workers:
+            self._workers[message.room_id] = asyncio.create_task(
+                self._drain_room(message.room_id), name=f"room-{message.room_id}"
+            )
+        return MessageTicket(message, duplicate=False, outcome=future)
+
+    async def _slow_down(self, message: Memory, callback: HandlerCallback | None) -> RunOutcome:
+        if callback is not None and self.rate_limiter.should_warn(message.entity_id):
+            try:
+                await callback(Content(text=SLOW_DOWN, in_reply_to=message.id, actions=["RATE_LIMITED"]))
+            except Exception:
+                log.exception("could not send the rate-limit notice")
+        return RunOutcome(status="rate_limited")
+
+    def _addressed(self, message: Memory) -> bool:
+        mention = message.content.mention_context
+        return message.content.channel_type in DIRECT_CHANNELS or bool(
+            mention and (mention.is_mention or mention.is_reply)
+        )
+
+    async def _drain_room(self, room_id: UUID) -> None:
+        queue = self._queues[room_id]
+        try:
+            while queue:
+                job, future = queue.popleft()
+                if queue and not self._addressed(job.message):
+                    # A later message is waiting: its run sees this one, so one decision covers both.
+                    future.set_result(RunOutcome(status="ignored", run_id=job.run_id, error="superseded"))
+                    continue
+                async with self._slots:
+                    try:
+                        outcome = await self.pipeline.run(job)
+                    except Exception as error:  # run() handles its own errors; this is a last guard
+                        log.exception("pipeline crashed for message %s", job.message.id)
+                        outcome = RunOutcome(status="error", run_id=job.run_id, error=str(error))
+                if not future.done():
+                    future.set_result(outcome)
+        finally:
+            self._workers.pop(room_id, None)
+            if not queue:
+                self._queues.pop(room_id, None)
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, let queued and running messages finish (up to `timeout`), flush embeddings."""
+        self._accepting = False
+        workers = list(self._workers.values())
+        if workers:
+            done, pending = await asyncio.wait(workers, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("shutdown: %d room(s) still busy after %.0fs", len(pending), timeout)
+        await self.embeddings.close()

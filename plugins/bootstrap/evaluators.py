@@ -1,0 +1,96 @@
+"""REFLECTION: every N messages in a room, extract lasting facts and relationships and store them.
+
+elizaOS's flat XML parser loses nested facts; we ask for JSON and store every fact as a memory
+of type `facts`, so the FACTS provider can recall it later by text (or by embedding).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from bot.plugin import ActionResult, Evaluator, State
+from bot.types import Content, Memory, MemoryType, ModelType, Relationship
+
+from .parsing import parse_json_object
+from .templates import render, template_for
+
+if TYPE_CHECKING:
+    from bot.runtime import AgentRuntime
+
+log = logging.getLogger(__name__)
+
+
+class ReflectionCounter:
+    """Messages received per room since the last reflection (fed by MESSAGE_RECEIVED)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[UUID] = Counter()
+
+    async def on_message(self, payload: dict[str, Any]) -> None:
+        self.counts[payload["message"].room_id] += 1
+
+
+def reflection_evaluator(counter: ReflectionCounter) -> Evaluator:
+    async def validate(runtime: AgentRuntime, message: Memory, state: State | None) -> bool:
+        if counter.counts[message.room_id] < runtime.settings.reflection_interval:
+            return False
+        counter.counts[message.room_id] = 0
+        return True
+
+    async def handler(runtime: AgentRuntime, message: Memory, state: State, responses: list[Memory]):
+        known = await runtime.store.get_memories(
+            agent_id=runtime.agent_id, room_id=message.room_id, type=MemoryType.FACT, count=30
+        )
+        known_texts = {m.content.text.strip().lower() for m in known}
+        recent = state.values.get("recentMessages") or message.content.text
+        prompt = render(template_for(runtime.character.templates, "reflectionTemplate"), {
+            "recentMessages": recent, "agentName": runtime.character.name,
+            "knownFacts": "\n".join(f"- {m.content.text}" for m in known) or "(none)",
+        })
+        model = ModelType.OBJECT_SMALL if runtime.has_model(ModelType.OBJECT_SMALL) else ModelType.TEXT_SMALL
+        raw = await runtime.use_model(model, {"prompt": prompt, "room_id": message.room_id})
+        found = parse_json_object(raw)
+        if found is None:
+            log.info("reflection in room %s produced no JSON; nothing stored", message.room_id)
+            return ActionResult(success=False, error="no JSON")
+        by_name = _names_in_room(runtime, message.room_id)
+        stored = 0
+        for fact in found.get("facts") or []:
+            claim = str(fact.get("claim", "") if isinstance(fact, dict) else fact).strip()
+            if not claim or claim.lower() in known_texts:
+                continue
+            about = by_name.get(str(fact.get("about", "")).lower()) if isinstance(fact, dict) else None
+            memory = Memory(
+                entity_id=about or message.entity_id, agent_id=runtime.agent_id, room_id=message.room_id,
+                world_id=message.world_id, type=MemoryType.FACT,
+                content=Content(text=claim, source="reflection", metadata={"about": str(about or "")}),
+            )
+            await runtime.store.create_memory(memory)
+            known_texts.add(claim.lower())
+            stored += 1
+        for rel in found.get("relationships") or []:
+            if not isinstance(rel, dict):
+                continue
+            source = by_name.get(str(rel.get("source", "")).lower())
+            target = by_name.get(str(rel.get("target", "")).lower())
+            if source and target and source != target:
+                tags = [str(t) for t in rel.get("tags") or [] if str(t).strip()] or ["known"]
+                await runtime.store.upsert_relationship(Relationship(
+                    agent_id=runtime.agent_id, source_entity_id=source, target_entity_id=target, tags=tags,
+                ))
+        return ActionResult(values={"facts_stored": stored})
+
+    return Evaluator("REFLECTION", "Remember lasting facts and relationships from the conversation.",
+                     handler, validate, always=True)
+
+
+def _names_in_room(runtime: AgentRuntime, room_id: UUID) -> dict[str, UUID]:
+    names: dict[str, UUID] = {}
+    for entity in runtime.room_entities(room_id):
+        for name in entity.names:
+            names.setdefault(name.lower(), entity.id)
+    names[runtime.character.name.lower()] = runtime.agent_id
+    return names

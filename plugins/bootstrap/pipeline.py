@@ -1,0 +1,175 @@
+"""One run of the message pipeline: decide, compose, generate once, act, store, evaluate later."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from bot.ids import create_unique_uuid
+from bot.plugin import HandlerCallback, State
+from bot.runtime import RunOutcome
+from bot.settings import ShouldRespondMode
+from bot.types import DIRECT_CHANNELS, ChannelType, Content, EventType, Memory, ModelType, RoomState
+
+from .parsing import ParsedResponse, parse_decision, parse_response
+from .templates import render, template_for
+
+if TYPE_CHECKING:
+    from bot.runtime import AgentRuntime
+
+log = logging.getLogger(__name__)
+
+PLAIN_REPLY = {"REPLY", "NONE"}
+
+
+@dataclass
+class Job:
+    message: Memory
+    callback: HandlerCallback | None
+    run_id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+
+@dataclass
+class Decision:
+    respond: bool
+    status: str = "completed"  # when not responding: ignored | muted
+    reason: str = ""
+
+
+class ReplySender:
+    """Wraps a connector callback: stamps replies, stores each as a memory and emits MESSAGE_SENT."""
+
+    def __init__(self, runtime: AgentRuntime, message: Memory, callback: HandlerCallback | None,
+                 run_id: uuid.UUID) -> None:
+        self.runtime, self.message, self.callback, self.run_id = runtime, message, callback, run_id
+        self.sent: list[Content] = []
+
+    async def __call__(self, content: Content) -> list[str]:
+        content.in_reply_to = content.in_reply_to or self.message.id
+        content.source = content.source or self.message.content.source
+        content.channel_type = content.channel_type or self.message.content.channel_type
+        keys = await self.callback(content) if self.callback else []
+        memory_id = create_unique_uuid(self.runtime.agent_id, keys[0]) if keys else uuid.uuid4()
+        reply = Memory(
+            id=memory_id, entity_id=self.runtime.agent_id, agent_id=self.runtime.agent_id,
+            room_id=self.message.room_id, world_id=self.message.world_id, content=content,
+            metadata={"platform_keys": keys, "run_id": str(self.run_id)} if keys else {"run_id": str(self.run_id)},
+        )
+        await self.runtime.store.create_memory(reply)
+        self.sent.append(content)
+        await self.runtime.emit(EventType.MESSAGE_SENT, {
+            "runtime": self.runtime, "message": reply, "in_reply_to": self.message, "run_id": self.run_id,
+        })
+        return keys
+
+
+class Pipeline:
+    def __init__(self, runtime: AgentRuntime) -> None:
+        self.runtime = runtime
+
+    # Should-respond -------------------------------------------------------------------------------
+    def _names_agent(self, text: str) -> bool:
+        names = [n for n in (self.runtime.character.name, self.runtime.character.username) if n]
+        return any(re.search(rf"(?<!\w)@?{re.escape(n)}(?!\w)", text, re.IGNORECASE) for n in names)
+
+    async def should_respond(self, message: Memory, run_id: uuid.UUID) -> Decision:
+        runtime, content = self.runtime, message.content
+        if message.metadata.get("author_is_bot") and not runtime.settings.respond_to_bots:
+            return Decision(False, "ignored", "author is a bot")
+        named = self._names_agent(content.text)
+        state = await runtime.get_room_state(message.room_id)
+        if state is RoomState.MUTED:
+            return Decision(True) if named else Decision(False, "muted", "room is muted")
+        mention = content.mention_context
+        if content.channel_type in DIRECT_CHANNELS or (mention and (mention.is_mention or mention.is_reply)) or named:
+            return Decision(True)
+        if runtime.settings.should_respond_mode is ShouldRespondMode.MENTIONS:
+            return Decision(False, "ignored", "not addressed (SHOULD_RESPOND_MODE=mentions)")
+        recent = await runtime.compose_state(message, only=["RECENT_MESSAGES"])
+        note = ("You follow this room: answer unless the message is clearly meant for someone else."
+                if state is RoomState.FOLLOWED else "")
+        prompt = render(template_for(runtime.character.templates, "shouldRespondTemplate"), {
+            **recent.values, "agentName": runtime.character.name, "roomNote": note,
+        })
+        raw = await runtime.use_model(ModelType.TEXT_SMALL, {
+            "prompt": prompt, "max_tokens": 8, "room_id": message.room_id, "entity_id": message.entity_id,
+        })
+        decision = parse_decision(raw)
+        return Decision(decision == "RESPOND", "ignored", f"model said {decision}")
+
+    # Generation -----------------------------------------------------------------------------------
+    async def _generate(self, message: Memory, state: State) -> ParsedResponse:
+        runtime = self.runtime
+        prompt = render(template_for(runtime.character.templates, "messageHandlerTemplate"), {
+            **state.values, "providers": state.text, "agentName": runtime.character.name,
+        })
+        params = {"prompt": prompt, "system": runtime.character.system, "room_id": message.room_id,
+                  "entity_id": message.entity_id}
+        raw = ""
+        for _attempt in range(2):
+            raw = await runtime.use_model(ModelType.TEXT_LARGE, params)
+            parsed = parse_response(raw)
+            if parsed is not None:
+                return parsed
+        return ParsedResponse(text=raw.strip(), actions=["REPLY"])
+
+    async def run(self, job: Job) -> RunOutcome:
+        runtime, message = self.runtime, job.message
+        base = {"runtime": runtime, "message": message, "run_id": job.run_id}
+        await runtime.emit(EventType.RUN_STARTED, base)
+        sender = ReplySender(runtime, message, job.callback, job.run_id)
+        try:
+            decision = await self.should_respond(message, job.run_id)
+            if not decision.respond:
+                outcome = RunOutcome(status=decision.status, run_id=job.run_id)
+            else:
+                outcome = await self._respond(message, sender, job.run_id)
+        except Exception as error:
+            log.exception("run %s failed for message %s", job.run_id, message.id)
+            await self._apologise(sender)
+            outcome = RunOutcome(status="error", run_id=job.run_id, responses=sender.sent,
+                                 error=f"{type(error).__name__}: {error}")
+        await runtime.emit(EventType.RUN_ENDED, {**base, "status": outcome.status, "error": outcome.error})
+        return outcome
+
+    async def _respond(self, message: Memory, sender: ReplySender, run_id: uuid.UUID) -> RunOutcome:
+        runtime = self.runtime
+        state = await runtime.compose_state(message)
+        parsed = await self._generate(message, state)
+        actions = parsed.actions or ["REPLY"]
+        if "IGNORE" in actions and len(actions) == 1:
+            runtime.forget_state(message.id)
+            return RunOutcome(status="ignored", run_id=run_id)
+        response = Memory(
+            entity_id=runtime.agent_id, agent_id=runtime.agent_id, room_id=message.room_id,
+            content=Content(text=parsed.text, thought=parsed.thought, actions=actions, providers=parsed.providers,
+                            metadata={"options": parsed.options} if parsed.options else {}),
+        )
+        if parsed.providers:
+            state = await runtime.compose_state(message, include=parsed.providers)
+        if set(actions) <= PLAIN_REPLY and not parsed.providers:
+            if parsed.text:
+                await sender(Content(text=parsed.text, thought=parsed.thought or None, actions=actions))
+        else:
+            await runtime.process_actions(message, [response], state, sender, run_id=run_id)
+        runtime.run_in_background(self._evaluate(message, state, bool(sender.sent), response),
+                                  f"evaluate-{message.id}")
+        return RunOutcome(status="completed", run_id=run_id, responses=sender.sent)
+
+    async def _evaluate(self, message: Memory, state: State, responded: bool, response: Memory) -> None:
+        try:
+            await self.runtime.evaluate(message, state, responded, [response])
+        finally:
+            self.runtime.forget_state(message.id)
+
+    async def _apologise(self, sender: ReplySender) -> None:
+        text = self.runtime.settings.error_reply.strip()
+        if not text or sender.sent or sender.message.content.channel_type is ChannelType.FEED:
+            return
+        try:
+            await sender(Content(text=text, actions=["ERROR"], metadata={"error": True}))
+        except Exception:
+            log.exception("could not deliver the error reply")

@@ -1,0 +1,77 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+from bot.store.sql import SqlStore
+from bot.types import Agent
+
+# --- store fixtures ----------------------------------------------------------------------------
+STORE_BACKENDS = ["sqlite", "postgres"]
+
+
+async def _postgres_store(url: str) -> AsyncIterator[SqlStore]:
+    """A store in a fresh schema of the test database, dropped afterwards, so tests never collide."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    plain = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    admin = await asyncpg.connect(plain)
+    try:
+        await admin.execute(f"CREATE SCHEMA {schema}")
+        store = SqlStore.from_url(url, connect_args={"server_settings": {"search_path": schema}})
+        try:
+            yield store
+        finally:
+            await store.close()
+            await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+async def raw_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlStore]:
+    """An uninitialised SqlStore per backend (SQLite file; PostgreSQL when TEST_DATABASE_URL is set)."""
+    if request.param == "sqlite":
+        store = SqlStore.from_url(f"sqlite:///{tmp_path / 'parley.db'}")
+        try:
+            yield store
+        finally:
+            await store.close()
+        return
+    url = os.environ.get("TEST_DATABASE_URL")
+    if not url:
+        pytest.skip("set TEST_DATABASE_URL to run the PostgreSQL store tests")
+    async for store in _postgres_store(url):
+        yield store
+
+
+@pytest.fixture
+async def store(raw_store: SqlStore) -> SqlStore:
+    """An initialised SqlStore, parametrized over sqlite and postgres."""
+    await raw_store.init()
+    return raw_store
+
+
+@pytest.fixture
+def make_agent(store: SqlStore) -> Callable[..., Awaitable[uuid.UUID]]:
+    """`await make_agent(name="Eliza")` stores a new agent and returns its id."""
+
+    async def make(name: str = "Eliza", **fields: object) -> uuid.UUID:
+        agent = Agent(id=uuid.uuid4(), name=name, **fields)
+        await store.upsert_agent(agent)
+        return agent.id
+
+    return make
+
+
+@pytest.fixture
+async def agent_id(make_agent: Callable[..., Awaitable[uuid.UUID]]) -> uuid.UUID:
+    """The id of one stored agent in `store`."""
+    return await make_agent()

@@ -1,0 +1,383 @@
+"""A fake OpenAI-compatible HTTP API for tests: the real SDK talks to it through `base_url`.
+
+Replies are deterministic and scriptable per endpoint, so tests can exercise retries (429 with
+Retry-After, 500), timeouts (a hang) and malformed model output without any network access.
+
+In-process::
+
+    fake = FakeOpenAI(reply="hi")
+    base_url = await fake.start()          # http://127.0.0.1:PORT/v1
+    fake.script("first", RATE_LIMITED, "second")
+    ...
+    await fake.stop()
+
+From another process (prints the base URL on stdout, serves until killed)::
+
+    python -m tests.fakes.openai_server --port 0 --reply "text"
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import io
+import json
+import math
+import random
+import struct
+import sys
+import time
+import wave
+import zlib
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass(frozen=True)
+class Status:
+    """A scripted HTTP error: status code, extra headers and a JSON body."""
+
+    code: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Hang:
+    """A scripted hang: the server answers nothing until `seconds` pass or it stops."""
+
+    seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A scripted raw HTTP body, e.g. something that is not JSON at all."""
+
+    body: str
+    status: int = 200
+    content_type: str = "text/plain"
+
+
+RATE_LIMITED = Status(429, {"Retry-After": "1"}, {"error": {"message": "Rate limit reached", "type": "requests"}})
+SERVER_ERROR = Status(500, body={"error": {"message": "The server had an error", "type": "server_error"}})
+HANG = Hang()
+
+ScriptEntry = str | dict[str, Any] | list[Any] | Status | Hang | Raw
+Reply = str | Callable[[dict[str, Any]], str]
+
+
+@dataclass
+class RecordedRequest:
+    """One request the fake received. `body` is the JSON body, or the form fields for multipart."""
+
+    method: str
+    path: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+def fake_embedding(text: str, dimensions: int) -> list[float]:
+    """A unit vector seeded by the text's hash: same text, same vector, in any process."""
+    seed = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
+    rng = random.Random(seed)
+    vector = [rng.gauss(0.0, 1.0) for _ in range(dimensions)]
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [v / norm for v in vector]
+
+
+def sine_wav(seconds: float = 0.5, frequency: float = 440.0, rate: int = 16_000) -> bytes:
+    """A real, tiny mono 16-bit WAV so downstream audio tools (ffmpeg) can decode it."""
+    frames = b"".join(
+        struct.pack("<h", int(12_000 * math.sin(2 * math.pi * frequency * i / rate)))
+        for i in range(int(seconds * rate))
+    )
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(frames)
+    return buffer.getvalue()
+
+
+def tiny_png(width: int = 4, height: int = 4, rgb: tuple[int, int, int] = (200, 40, 40)) -> bytes:
+    """A valid solid-colour PNG built with zlib, so tests need no image library."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + bytes(rgb) * width
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(row * height))
+            + chunk(b"IEND", b""))
+
+
+def count_tokens(text: str) -> int:
+    """A stand-in tokenizer (whitespace words): deterministic usage numbers for assertions."""
+    return len(text.split())
+
+
+def message_text(messages: list[dict[str, Any]]) -> str:
+    """The text of chat messages, whether content is a string or a list of parts."""
+    parts: list[str] = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(p.get("text", "") for p in content if isinstance(p, dict))
+    return " ".join(parts)
+
+
+def has_image(messages: list[dict[str, Any]]) -> bool:
+    return any(
+        isinstance(m.get("content"), list)
+        and any(isinstance(p, dict) and p.get("type") in ("image_url", "image") for p in m["content"])
+        for m in messages
+    )
+
+
+class FakeServer:
+    """Lifecycle, request recording and per-endpoint scripting shared by the fake APIs."""
+
+    default_endpoint = "chat"
+
+    def __init__(self, reply: Reply = "Hello from the fake model.", *, host: str = "127.0.0.1",
+                 port: int = 0) -> None:
+        self.reply = reply
+        self.host = host
+        self.port = port
+        self.requests: list[RecordedRequest] = []
+        self._scripts: defaultdict[str, deque[ScriptEntry]] = defaultdict(deque)
+        self._runner: web.AppRunner | None = None
+        self._stopping = asyncio.Event()
+
+    # Scripting -------------------------------------------------------------------------------
+    def script(self, *responses: ScriptEntry, endpoint: str | None = None) -> None:
+        """Queue responses for an endpoint (default: chat); each request takes the next one.
+
+        A str is the model's reply text (any text, including malformed XML); Status, Hang and
+        Raw script failures. When the queue is empty the default reply is used.
+        """
+        self._scripts[endpoint or self.default_endpoint].extend(responses)
+
+    def pending(self, endpoint: str | None = None) -> int:
+        return len(self._scripts[endpoint or self.default_endpoint])
+
+    def requests_to(self, path_suffix: str) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.endswith(path_suffix)]
+
+    def reply_for(self, body: dict[str, Any]) -> str:
+        return self.reply(body) if callable(self.reply) else self.reply
+
+    # Lifecycle --------------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def routes(self) -> list[web.RouteDef]:
+        raise NotImplementedError
+
+    async def start(self) -> str:
+        """Serve on an ephemeral port (unless one was given) and return the SDK base URL."""
+        self._stopping = asyncio.Event()
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.add_routes(self.routes())
+        self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return self.base_url
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # Request handling ---------------------------------------------------------------------------
+    async def record(self, request: web.Request) -> dict[str, Any]:
+        if request.content_type.startswith("multipart/"):
+            body: dict[str, Any] = {}
+            for name, value in (await request.post()).items():
+                body[name] = value.file.read() if isinstance(value, web.FileField) else value
+                if isinstance(value, web.FileField):
+                    body[f"{name}_filename"] = value.filename
+                    body[f"{name}_content_type"] = value.content_type
+        else:
+            raw = await request.read()
+            body = json.loads(raw) if raw else {}
+        self.requests.append(RecordedRequest(request.method, request.path, body, dict(request.headers)))
+        return body
+
+    async def next_entry(self, endpoint: str) -> ScriptEntry | web.StreamResponse | None:
+        """Pop the next scripted entry; failures are turned into responses here."""
+        queue = self._scripts[endpoint]
+        entry = queue.popleft() if queue else None
+        if isinstance(entry, Hang):
+            try:
+                await asyncio.wait_for(self._stopping.wait(), entry.seconds)
+            except TimeoutError:
+                pass
+            return web.json_response({"error": {"message": "hung"}}, status=504)
+        if isinstance(entry, Status):
+            body = entry.body or {"error": {"message": f"scripted status {entry.code}"}}
+            return web.json_response(body, status=entry.code, headers=entry.headers)
+        if isinstance(entry, Raw):
+            return web.Response(text=entry.body, status=entry.status, content_type=entry.content_type)
+        return entry
+
+
+class FakeOpenAI(FakeServer):
+    """Chat completions, embeddings, transcription, speech and images, like api.openai.com/v1.
+
+    Endpoints to script: "chat", "embeddings", "transcriptions", "speech", "images".
+    """
+
+    def __init__(self, reply: Reply = "Hello from the fake model.", *, embedding_dimensions: int = 384,
+                 transcript: str = "hello from the audio", host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(reply, host=host, port=port)
+        self.embedding_dimensions = embedding_dimensions
+        self.transcript = transcript
+        self.image_description = {"title": "A red square", "description": "A small solid red square."}
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/v1/chat/completions", self._chat),
+            web.post("/v1/embeddings", self._embeddings),
+            web.post("/v1/audio/transcriptions", self._transcriptions),
+            web.post("/v1/audio/speech", self._speech),
+            web.post("/v1/images/generations", self._images),
+            web.get("/v1/files/{name}", self._file),
+        ]
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self.record(request)
+        entry = await self.next_entry("chat")
+        if isinstance(entry, web.StreamResponse):
+            return entry
+        messages = body.get("messages", [])
+        wants_json = (body.get("response_format") or {}).get("type") in ("json_object", "json_schema")
+        if entry is None and has_image(messages):
+            entry = self.image_description
+        if entry is None:
+            # Like the real API in JSON mode; scripted entries pass verbatim to test bad output.
+            entry = self.reply_for(body)
+            if wants_json and not _is_json(entry):
+                entry = {"text": entry}
+        text = entry if isinstance(entry, str) else json.dumps(entry)
+        prompt_tokens, completion_tokens = count_tokens(message_text(messages)), count_tokens(text)
+        return web.json_response({
+            "id": f"chatcmpl-fake{len(self.requests)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", "fake-model"),
+            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                         "message": {"role": "assistant", "content": text, "refusal": None}}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        })
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        body = await self.record(request)
+        entry = await self.next_entry("embeddings")
+        if isinstance(entry, web.StreamResponse):
+            return entry
+        inputs = body.get("input", "")
+        texts = [inputs] if isinstance(inputs, str) else [str(t) for t in inputs]
+        dimensions = int(body.get("dimensions") or self.embedding_dimensions)
+        data = []
+        for index, text in enumerate(texts):
+            vector = fake_embedding(text, dimensions)
+            if body.get("encoding_format") == "base64":
+                packed: Any = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+            else:
+                packed = vector
+            data.append({"object": "embedding", "index": index, "embedding": packed})
+        tokens = sum(count_tokens(t) for t in texts)
+        return web.json_response({"object": "list", "data": data, "model": body.get("model", "fake-embed"),
+                                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    async def _transcriptions(self, request: web.Request) -> web.StreamResponse:
+        body = await self.record(request)
+        entry = await self.next_entry("transcriptions")
+        if isinstance(entry, web.StreamResponse):
+            return entry
+        text = entry if isinstance(entry, str) else self.transcript
+        if body.get("response_format") in ("text", "srt", "vtt"):
+            return web.Response(text=text, content_type="text/plain")
+        return web.json_response({"text": text})
+
+    async def _speech(self, request: web.Request) -> web.StreamResponse:
+        await self.record(request)
+        entry = await self.next_entry("speech")
+        if isinstance(entry, web.StreamResponse):
+            return entry
+        return web.Response(body=sine_wav(), content_type="audio/wav")
+
+    async def _images(self, request: web.Request) -> web.StreamResponse:
+        body = await self.record(request)
+        entry = await self.next_entry("images")
+        if isinstance(entry, web.StreamResponse):
+            return entry
+        count = int(body.get("n") or 1)
+        if body.get("response_format") == "url":
+            items = [{"url": f"{self.base_url}/files/image{i}.png"} for i in range(count)]
+        else:
+            items = [{"b64_json": base64.b64encode(tiny_png()).decode(), "revised_prompt": body.get("prompt")}
+                     for _ in range(count)]
+        return web.json_response({"created": int(time.time()), "data": items})
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(body=tiny_png(), content_type="image/png")
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+async def _serve(port: int, reply: str, dimensions: int) -> None:
+    fake = FakeOpenAI(reply=reply, embedding_dimensions=dimensions, port=port)
+    print(await fake.start(), flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await fake.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve a fake OpenAI-compatible API on 127.0.0.1.")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (the default)")
+    parser.add_argument("--reply", default="Hello from the fake model.", help="the chat reply text")
+    parser.add_argument("--embedding-dimensions", type=int, default=384)
+    args = parser.parse_args(argv)
+    try:
+        asyncio.run(_serve(args.port, args.reply, args.embedding_dimensions))
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
