@@ -225,7 +225,10 @@ class AgentRuntime:
         if missing:
             for entity in await self.store.get_entities(missing):
                 self._entities[entity.id] = entity
-        names = {i: e.names[0] for i, e in self._entities.items() if i in entity_ids and e.names}
+        names = {
+            i: e.metadata.get("preferred_name") or e.names[0]
+            for i, e in self._entities.items() if i in entity_ids and e.names
+        }
         if self.agent_id in entity_ids:
             names[self.agent_id] = self.character.name
         return names

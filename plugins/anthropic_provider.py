@@ -18,6 +18,7 @@ from bot.types import ModelType
 from plugins.models import (
     DESCRIBE_INSTRUCTION,
     DESCRIBE_PROMPT,
+    client_closer,
     describe_result,
     json_instruction,
     parse_json_object,
@@ -69,6 +70,12 @@ class AnthropicProvider:
                 max_retries=self.settings.model_max_retries,
             )
         return self._client
+
+    async def aclose(self) -> None:
+        """Close the client; a later call makes a new one (e.g. in another event loop)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
 
     async def _messages(self, model: str, content: str | list[dict[str, Any]], params: dict[str, Any],
                         system: str | None = None) -> ModelOutput:
@@ -130,9 +137,11 @@ def anthropic_plugin(settings: Settings, api_key: str | None, priority: int = 0)
     """The Anthropic model plugin; `priority` is its place in the fallback order (lower first)."""
     if not api_key:
         raise ValueError("Anthropic needs ANTHROPIC_API_KEY")
+    provider = AnthropicProvider(settings, api_key)
     return Plugin(
         name=NAME,
         description="Anthropic Claude for text, JSON and image descriptions",
         priority=Priority.MODEL,
-        models=AnthropicProvider(settings, api_key).registrations(priority),
+        models=provider.registrations(priority),
+        services=[client_closer(NAME, provider)],
     )

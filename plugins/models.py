@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Protocol
 
 from bot.character import Character
-from bot.plugin import Plugin
+from bot.plugin import Plugin, Service
 from bot.settings import Settings, SettingsError
 
 PLUGIN_ALIASES: dict[str, str] = {
@@ -53,6 +53,24 @@ _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|[A-Za-z0-9_\-]{0,8}\*{4,}[A-Za
 
 class ModelProviderError(RuntimeError):
     """A provider call failed. The message names the provider and never contains a secret."""
+
+
+class Closable(Protocol):
+    async def aclose(self) -> None: ...
+
+
+def client_closer(name: str, owner: Closable) -> type[Service]:
+    """A service whose stop() closes the provider's SDK client, so its connection pool is shut
+    inside the running loop rather than by a finaliser after the loop is gone."""
+
+    class ClientCloser(Service):
+        service_type = f"{name}-client"
+
+        async def stop(self) -> None:
+            await owner.aclose()
+
+    ClientCloser.__name__ = ClientCloser.__qualname__ = f"{name.title()}ClientCloser"
+    return ClientCloser
 
 
 def plugin_name(name: str) -> str:

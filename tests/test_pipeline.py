@@ -1,0 +1,398 @@
+"""The bootstrap pipeline end to end: Memory in → reply callback out → rows in the store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from bot.plugin import Connector, Plugin, Priority
+from bot.settings import ShouldRespondMode
+from bot.store.factory import create_store
+from bot.types import Attachment, ChannelType, Content, EventType, MemoryType, ModelType, Room, RoomState
+from tests.runtime_helpers import ScriptedModel, make_character, make_chat, make_settings, start_runtime, xml_reply
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path):
+    store = create_store(make_settings(tmp_path))
+    await store.init()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+def model() -> ScriptedModel:
+    m = ScriptedModel()
+    m.defaults[ModelType.TEXT_LARGE] = xml_reply("Hello there!")
+    m.defaults[ModelType.TEXT_SMALL] = "IGNORE"
+    return m
+
+
+async def _runtime(store, tmp_path, model, *extra, **settings):
+    runtime = await start_runtime(store, make_settings(tmp_path, **settings), model, *extra,
+                                  model_types=settings.pop("_types", ()))
+    return runtime
+
+
+async def test_dm_gets_one_reply_stored_with_in_reply_to(sqlite_store, tmp_path, model):
+    runtime = await _runtime(sqlite_store, tmp_path, model)
+    chat = make_chat(runtime)
+    outcome = await chat.send("hi Ava")
+    assert outcome.status == "completed"
+    assert [c.text for c in chat.sent] == ["Hello there!"]
+    assert model.count(ModelType.TEXT_LARGE) == 1 and model.count(ModelType.TEXT_SMALL) == 0
+    rows = await sqlite_store.get_memories(agent_id=runtime.agent_id, room_id=chat.room.id)
+    assert [r.content.text for r in rows] == ["Hello there!", "hi Ava"]
+    assert rows[0].entity_id == runtime.agent_id and rows[0].content.in_reply_to == rows[1].id
+
+
+async def test_same_message_id_twice_never_replies_twice(sqlite_store, tmp_path, model):
+    runtime = await _runtime(sqlite_store, tmp_path, model)
+    chat = make_chat(runtime)
+    await runtime.ensure_connection(chat.user, chat.room)
+    message = chat.message("hello")
+    first = await runtime.receive_message(message, chat.callback)
+    second = await runtime.receive_message(message.model_copy(), chat.callback)
+    assert second.duplicate and (await second.outcome).status == "duplicate"
+    assert (await first.outcome).status == "completed"
+    assert len(chat.sent) == 1
+    assert await sqlite_store.count_memories(agent_id=runtime.agent_id, room_id=chat.room.id) == 2
+
+
+async def test_own_and_bot_messages_are_not_answered(sqlite_store, tmp_path, model):
+    runtime = await _runtime(sqlite_store, tmp_path, model)
+    chat = make_chat(runtime)
+    own = chat.message("echo").model_copy(update={"entity_id": runtime.agent_id})
+    assert (await (await runtime.receive_message(own, chat.callback)).outcome).status == "ignored"
+    await runtime.ensure_connection(chat.user, chat.room)
+    bot = chat.message("beep", metadata={"author_is_bot": True})
+    assert (await (await runtime.receive_message(bot, chat.callback)).outcome).status == "ignored"
+    assert chat.sent == [] and model.calls == []
+
+
+async def test_bots_are_answered_when_configured(sqlite_store, tmp_path, model):
+    runtime = await _runtime(sqlite_store, tmp_path, model, respond_to_bots=True)
+    chat = make_chat(runtime)
+    await runtime.ensure_connection(chat.user, chat.room)
+    bot = chat.message("beep", metadata={"author_is_bot": True})
+    assert (await (await runtime.receive_message(bot, chat.callback)).outcome).status == "completed"
+
+
+async def test_group_mentions_mode_needs_no_model_call(sqlite_store, tmp_path, model):
+    runtime = await _runtime(sqlite_store, tmp_path, model, should_respond_mode=ShouldRespondMode.MENTIONS)
+    chat = make_chat(runtime, channel=ChannelType.GROUP)
+    assert (await chat.send("anyone around?")).status == "ignored"
+    assert model.calls == []
+    assert (await chat.send("question for you", mention=True)).status == "completed"
+    assert (await chat.send("thanks", reply=True)).status == "completed"
+    assert model.count(ModelType.TEXT_SMALL) == 0 and len(chat.sent) == 2
+
+
+async def test_group_auto_mode_asks_the_small_model(sqlite_store, tmp_path, model):
+    runtime = await _runtime(sqlite_store, tmp_path, model)
+    chat = make_chat(runtime, channel=ChannelType.GROUP)
+    model.script(ModelType.TEXT_SMALL, "IGNORE", "RESPOND")
+    assert (await chat.send("lunch at noon?")).status == "ignored"
+    assert (await chat.send("what do bots eat?")).status == "completed"
+    assert model.count(ModelType.TEXT_SMALL) == 2 and len(chat.sent) == 1
+    assert "what do bots eat?" in model.prompts(ModelType.TEXT_SMALL)[1]
+
+
+async def test_named_in_group_answers_without_decision(sqlite_store, tmp_path, model):
+    runtime = await _runtime(sqlite_store, tmp_path, model)
+    chat = make_chat(runtime, channel=ChannelType.GROUP)
+    assert (await chat.send("hey ava, you there?")).status == "completed"
+    assert model.count(ModelType.TEXT_SMALL) == 0
+
+
+async def test_muted_room_answers_only_when_named(sqlite_store, tmp_path, model):
+    runtime = await _runtime(sqlite_store, tmp_path, model)
+    chat = make_chat(runtime, channel=ChannelType.GROUP)
+    await chat.send("hello", mention=True)
+    await runtime.set_room_state(chat.room.id, RoomState.MUTED)
+    assert (await chat.send("talking to you", mention=True)).status == "muted"
+    assert (await chat.send("Ava, are you there?")).status == "completed"
+    assert len(chat.sent) == 2
+
+
+async def test_followed_room_says_so_in_the_decision_prompt(sqlite_store, tmp_path, model):
+    runtime = await _runtime(sqlite_store, tmp_path, model)
+    chat = make_chat(runtime, channel=ChannelType.GROUP)
+    await chat.send("hello", mention=True)
+    await runtime.set_room_state(chat.room.id, RoomState.FOLLOWED)
+    model.script(ModelType.TEXT_SMALL, "RESPOND")
+    assert (await chat.send("nice weather")).status == "completed"
+    assert "You follow this room" in model.prompts(ModelType.TEXT_SMALL)[-1]
+
+
+async def test_burst_in_one_room_answers_every_message_in_order(sqlite_store, tmp_path, model):
+    gate = asyncio.Event()
+
+    async def slow_reply(params):
+        await gate.wait()
+        return xml_reply(f"reply {model.count(ModelType.TEXT_LARGE)}")
+
+    model.defaults[ModelType.TEXT_LARGE] = slow_reply
+    runtime = await _runtime(sqlite_store, tmp_path, model)
+    chat = make_chat(runtime)
+    await runtime.ensure_connection(chat.user, chat.room)
+    tickets = [await runtime.receive_message(chat.message(f"msg {i}"), chat.callback) for i in range(6)]
+    gate.set()
+    outcomes = [await t.outcome for t in tickets]
+    assert [o.status for o in outcomes] == ["completed"] * 6
+    assert [c.text for c in chat.sent] == [f"reply {i}" for i in range(1, 7)]
+    # Messages that arrived during the first generation were stored at once: the next one sees them all.
+    assert "msg 5" in model.prompts(ModelType.TEXT_LARGE)[1]
+    rows = await sqlite_store.get_memories(agent_id=runtime.agent_id, room_id=chat.room.id, count=None)
+    assert len(rows) == 12
+
+
+async def test_rooms_run_concurrently(sqlite_store, tmp_path, model):
+    both_started = asyncio.Event()
+    started: set[str] = set()
+
+    async def wait_for_other_room(params):
+        started.add(str(params["room_id"]))
+        if len(started) == 2:
+            both_started.set()
+        await asyncio.wait_for(both_started.wait(), 5)
+        return xml_reply("done")
+
+    model.defaults[ModelType.TEXT_LARGE] = wait_for_other_room
+    runtime = await _runtime(sqlite_store, tmp_path, model)
+    a, b = make_chat(runtime, "a"), make_chat(runtime, "b", user="Kim")
+    outcomes = await asyncio.gather(a.send("hi"), b.send("hi"))
+    assert [o.status for o in outcomes] == ["completed", "completed"]
+
+
+async def test_superseded_group_chatter_is_decided_once(sqlite_store, tmp_path, model):
+    gate = asyncio.Event()
+
+    async def slow(params):
+        await gate.wait()
+        return xml_reply("ok")
+
+    model.defaults[ModelType.TEXT_LARGE] = slow
+    model.defaults[ModelType.TEXT_SMALL] = "RESPOND"
+    runtime = await _runtime(sqlite_store, tmp_path, model)
+    chat = make_chat(runtime, channel=ChannelType.GROUP)
+    await runtime.ensure_connection(chat.user, chat.room)
+    first = await runtime.receive_message(chat.message("ava?", mention=True), chat.callback)
+    chatter = [await runtime.receive_message(chat.message(f"chat {i}"), chat.callback) for i in range(3)]
+    gate.set()
+    assert (await first.outcome).status == "completed"
+    statuses = [(await t.outcome).status for t in chatter]
+    assert statuses == ["ignored", "ignored", "completed"]
+    assert model.count(ModelType.TEXT_SMALL) == 1
+    assert "chat 0" in model.prompts(ModelType.TEXT_SMALL)[0]
+
+
+async def test_malformed_xml_retries_once_then_uses_raw_text(sqlite_store, tmp_path, model):
+    model.script(ModelType.TEXT_LARGE, "just words", "still just words")
+    runtime = await _runtime(sqlite_store, tmp_path, model)
+    chat = make_chat(runtime)
+    await chat.send("hi")
+    assert model.count(ModelType.TEXT_LARGE) == 2
+    assert [c.text for c in chat.sent] == ["still just words"]
+
+
+async def test_failing_models_send_one_apology_and_recover(sqlite_store, tmp_path, model, caplog):
+    model.script(ModelType.TEXT_LARGE, RuntimeError("boom"))
+    runtime = await _runtime(sqlite_store, tmp_path, model)
+    chat = make_chat(runtime)
+    outcome = await chat.send("hi")
+    assert outcome.status == "error" and "boom" in outcome.error
+    assert [c.text for c in chat.sent] == [runtime.settings.error_reply]
+    assert str(outcome.run_id) in caplog.text
+    assert (await chat.send("again")).status == "completed"
+    assert chat.sent[-1].text == "Hello there!"
+
+
+async def test_apology_can_be_turned_off(sqlite_store, tmp_path, model):
+    model.script(ModelType.TEXT_LARGE, RuntimeError("boom"))
+    runtime = await _runtime(sqlite_store, tmp_path, model, error_reply="")
+    chat = make_chat(runtime)
+    assert (await chat.send("hi")).status == "error"
+    assert chat.sent == []
+
+
+async def test_events_of_a_run(sqlite_store, tmp_path, model):
+    runtime = await _runtime(sqlite_store, tmp_path, model)
+    seen: list[str] = []
+    for event in EventType:
+        async def record(payload, event=event):
+            seen.append(str(event) + ("" if "status" not in payload else f":{payload['status']}"))
+        runtime.on(event, record)
+    await make_chat(runtime).send("hi")
+    for expected in ("MESSAGE_RECEIVED", "RUN_STARTED", "MODEL_USED", "MESSAGE_SENT", "RUN_ENDED:completed"):
+        assert expected in seen
+
+
+async def test_mute_and_follow_actions_change_room_state(sqlite_store, tmp_path, model):
+    model.script(ModelType.TEXT_LARGE, xml_reply("Okay, going quiet.", "MUTE_ROOM"))
+    runtime = await _runtime(sqlite_store, tmp_path, model)
+    chat = make_chat(runtime, channel=ChannelType.GROUP)
+    await chat.send("ava please be quiet", mention=True)
+    assert await sqlite_store.get_participant_state(chat.room.id, runtime.agent_id) is RoomState.MUTED
+    assert [c.text for c in chat.sent] == ["Okay, going quiet."]
+    model.script(ModelType.TEXT_LARGE, xml_reply("Back!", "FOLLOW_ROOM"))
+    await chat.send("Ava come back")
+    assert await runtime.get_room_state(chat.room.id) is RoomState.FOLLOWED
+
+
+async def test_ignore_action_sends_nothing(sqlite_store, tmp_path, model):
+    model.script(ModelType.TEXT_LARGE, xml_reply("", "IGNORE"))
+    runtime = await _runtime(sqlite_store, tmp_path, model)
+    chat = make_chat(runtime)
+    assert (await chat.send("ok bye")).status == "ignored"
+    assert chat.sent == []
+
+
+async def test_choose_option_sends_buttons(sqlite_store, tmp_path, model):
+    model.script(ModelType.TEXT_LARGE, xml_reply("Pick one:", "CHOOSE_OPTION", options="Tea|Coffee"))
+    runtime = await _runtime(sqlite_store, tmp_path, model)
+    chat = make_chat(runtime)
+    await chat.send("tea or coffee?")
+    [sent] = chat.sent
+    assert sent.text == "Pick one:"
+    assert [[b.value for b in row] for row in sent.buttons] == [["Tea"], ["Coffee"]]
+
+
+async def test_generate_image_returns_an_attachment(sqlite_store, tmp_path, model):
+    model.script(ModelType.TEXT_LARGE, xml_reply("Here you go", "GENERATE_IMAGE"))
+    model.defaults[ModelType.IMAGE] = lambda p: [Attachment(id="", kind="image", data=b"PNG", content_type="image/png")]
+    runtime = await start_runtime(sqlite_store, make_settings(tmp_path), model,
+                                  model_types=(ModelType.TEXT_SMALL, ModelType.TEXT_LARGE, ModelType.IMAGE))
+    chat = make_chat(runtime)
+    await chat.send("draw a cat")
+    [sent] = chat.sent
+    assert sent.attachments[0].data == b"PNG" and sent.attachments[0].kind == "image"
+    assert model.calls[-1][1]["prompt"] == "draw a cat"
+
+
+async def test_generate_image_is_not_offered_without_an_image_model(sqlite_store, tmp_path, model):
+    runtime = await _runtime(sqlite_store, tmp_path, model)
+    await make_chat(runtime).send("hi")
+    assert "GENERATE_IMAGE" not in model.prompts(ModelType.TEXT_LARGE)[0]
+    assert "MUTE_ROOM" in model.prompts(ModelType.TEXT_LARGE)[0]
+
+
+async def test_update_entity_remembers_the_user(sqlite_store, tmp_path, model):
+    model.script(ModelType.TEXT_LARGE, xml_reply("Nice to meet you, Robin!", "REPLY,UPDATE_ENTITY"))
+    model.script(ModelType.TEXT_SMALL, json.dumps({"name": "Robin", "profile": {"city": "Lisbon"}}))
+    runtime = await _runtime(sqlite_store, tmp_path, model)
+    chat = make_chat(runtime)
+    await chat.send("call me Robin, I live in Lisbon")
+    entity = await sqlite_store.get_entity(chat.user.id)
+    assert "Robin" in entity.names and entity.metadata["preferred_name"] == "Robin"
+    assert entity.metadata["profile"] == {"city": "Lisbon"}
+    assert (await runtime.entity_names({chat.user.id}))[chat.user.id] == "Robin"
+    assert "Nice to meet you, Robin!" in [c.text for c in chat.sent]
+
+
+class RecordingConnector(Connector):
+    source = "test"
+    delivered: list[tuple[str, str]] = []
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+    async def send_to_room(self, room: Room, content: Content) -> list[str]:
+        self.delivered.append((room.name, content.text))
+        return []
+
+
+async def test_send_message_reaches_another_room(sqlite_store, tmp_path, model):
+    RecordingConnector.delivered = []
+    connector = Plugin(name="test-connector", priority=Priority.PLATFORM, services=[RecordingConnector])
+    runtime = await _runtime(sqlite_store, tmp_path, model, connector)
+    await make_chat(runtime, "general", channel=ChannelType.GROUP).send("hi all", mention=True)
+    model.script(ModelType.TEXT_LARGE, xml_reply("Done, I told them.", "SEND_MESSAGE"))
+    model.script(ModelType.TEXT_SMALL, json.dumps({"room": "general", "text": "Meeting moved to 3pm"}))
+    chat = make_chat(runtime, "dm")
+    await chat.send("tell general the meeting moved to 3pm")
+    assert RecordingConnector.delivered == [("general", "Meeting moved to 3pm")]
+    assert chat.sent[-1].text == "Done, I told them."
+
+
+async def test_reflection_stores_facts_that_facts_provider_recalls(sqlite_store, tmp_path, model):
+    model.defaults[ModelType.TEXT_SMALL] = json.dumps({
+        "facts": [{"about": "Sam", "claim": "Sam has a dog named Biscuit"}],
+        "relationships": [],
+    })
+    runtime = await _runtime(sqlite_store, tmp_path, model, reflection_interval=2)
+    chat = make_chat(runtime)
+    await chat.send("I have a dog named Biscuit")
+    await chat.send("he is a corgi")
+    for _ in range(50):  # evaluators run in the background, after the reply
+        facts = await sqlite_store.get_memories(agent_id=runtime.agent_id, room_id=chat.room.id,
+                                                type=MemoryType.FACT)
+        if facts:
+            break
+        await asyncio.sleep(0.02)
+    assert [f.content.text for f in facts] == ["Sam has a dog named Biscuit"]
+    assert facts[0].entity_id == chat.user.id
+    await chat.send("what is my dog called?")
+    assert "Sam has a dog named Biscuit" in model.prompts(ModelType.TEXT_LARGE)[-1]
+
+
+async def test_reflection_stores_relationships(sqlite_store, tmp_path, model):
+    model.defaults[ModelType.TEXT_SMALL] = json.dumps({
+        "facts": [], "relationships": [{"source": "Sam", "target": "Kim", "tags": ["sibling"]}],
+    })
+    runtime = await _runtime(sqlite_store, tmp_path, model, reflection_interval=2)
+    sam = make_chat(runtime, "g", channel=ChannelType.GROUP)
+    kim = make_chat(runtime, "g", channel=ChannelType.GROUP, user="Kim")
+    await sam.send("Kim is my sister", mention=True)
+    await kim.send("yes Sam is my brother", mention=True)
+    for _ in range(50):
+        rels = await sqlite_store.get_relationships(agent_id=runtime.agent_id, entity_id=sam.user.id)
+        if rels:
+            break
+        await asyncio.sleep(0.02)
+    assert [(r.source_entity_id, r.target_entity_id, r.tags) for r in rels] == [
+        (sam.user.id, kim.user.id, ["sibling"])]
+
+
+async def test_character_template_override_is_used(sqlite_store, tmp_path, model):
+    character = make_character(templates={"messageHandlerTemplate": "CUSTOM {{agentName}} :: {{providers}}"})
+    runtime = await start_runtime(sqlite_store, make_settings(tmp_path), model, character=character)
+    await make_chat(runtime).send("hi")
+    assert model.prompts(ModelType.TEXT_LARGE)[0].startswith("CUSTOM Ava ::")
+
+
+async def test_requested_dynamic_provider_is_composed_before_the_reply(sqlite_store, tmp_path, model):
+    model.script(ModelType.TEXT_LARGE, xml_reply("let me look", "REPLY", providers="WORLD"),
+                 xml_reply("You are in world room1."))
+    runtime = await _runtime(sqlite_store, tmp_path, model)
+    chat = make_chat(runtime, channel=ChannelType.GROUP)
+    await chat.send("where am I?", mention=True)
+    assert "# World: world room1" in model.prompts(ModelType.TEXT_LARGE)[1]
+    assert [c.text for c in chat.sent] == ["You are in world room1."]
+
+
+async def test_rate_limit_says_slow_down_once(sqlite_store, tmp_path, model):
+    runtime = await _runtime(sqlite_store, tmp_path, model, rate_limit_per_minute=2)
+    chat = make_chat(runtime)
+    statuses = [(await chat.send(f"m{i}")).status for i in range(5)]
+    assert statuses == ["completed", "completed", "rate_limited", "rate_limited", "rate_limited"]
+    slow = [c for c in chat.sent if "slow down" in c.text]
+    assert len(slow) == 1
+    assert await sqlite_store.count_memories(agent_id=runtime.agent_id, room_id=chat.room.id) >= 5
+
+
+async def test_prompt_is_lean_with_full_history(sqlite_store, tmp_path, model):
+    from bot.character import load_character
+
+    character = load_character(Path(__file__).parents[1] / "characters" / "default.json").character
+    runtime = await start_runtime(sqlite_store, make_settings(tmp_path), model, character=character)
+    chat = make_chat(runtime)
+    for i in range(20):
+        await chat.send(f"message number {i} about the weekend plans")
+    prompt = model.prompts(ModelType.TEXT_LARGE)[-1]
+    assert "message number 19" in prompt and "message number 4" in prompt
+    assert len(prompt) < 5000
