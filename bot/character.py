@@ -129,13 +129,16 @@ _KNOWN_LEGACY = {
 }
 
 
-def _field_path(loc: tuple[Any, ...]) -> str:
-    out = ""
+def _field_path(loc: tuple[Any, ...], data: Any) -> str:
+    """The JSON path of an error; union type tags pydantic adds (`str`, `list[str]`) are skipped."""
+    out, node = "", data
     for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
+        if isinstance(part, int) and isinstance(node, list) and part < len(node):
+            out, node = out + f"[{part}]", node[part]
+        elif isinstance(node, dict) and part in node:
+            out, node = (out + f".{part}" if out else str(part)), node[part]
+        elif isinstance(node, dict) and not out and isinstance(part, str):
+            out = part  # a missing top-level field
     return out or "(top level)"
 
 
@@ -187,12 +190,12 @@ def parse_character(data: Any, source: str = "<character>") -> LoadedCharacter:
     if not isinstance(data, dict):
         raise CharacterError(f"{source}: (top level): expected a JSON object, got {type(data).__name__}")
     warnings: list[str] = []
+    modern = _modernise(dict(data), warnings)
     try:
-        character = Character.model_validate(_modernise(dict(data), warnings))
+        character = Character.model_validate(modern)
     except ValidationError as error:
-        first = error.errors()[0]
-        loc = tuple("messageExamples" if p == "message_examples" else p for p in first["loc"])
-        raise CharacterError(f"{source}: {_field_path(loc)}: {first['msg']}") from None
+        first = max(error.errors(), key=lambda e: len(e["loc"]))
+        raise CharacterError(f"{source}: {_field_path(first['loc'], modern)}: {first['msg']}") from None
     return LoadedCharacter(character=character, path=Path(source), warnings=list(dict.fromkeys(warnings)))
 
 

@@ -131,9 +131,9 @@ def describe_result(text: str) -> dict[str, str]:
 
 def redact(text: str, secrets: list[str | None]) -> str:
     """Remove secrets, and anything shaped like an API key (APIs echo masked keys on 401)."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[redacted]")
+    for value in secrets:
+        if value:
+            text = text.replace(value, "[redacted]")
     return _KEYLIKE.sub("[redacted]", text)
 
 
@@ -171,7 +171,9 @@ def model_plugins(settings: Settings, character: Character) -> tuple[list[Plugin
     from plugins.openai_provider import openai_plugin
 
     keys = {name: secret(settings, character, key) for name, key in KEY_SETTINGS.items()}
-    local_path, local_reason = local_model_file(settings)
+    # Only look for the local model when it may be used: a bad LOCAL_MODEL_PATH raises.
+    wants_local = not settings.model_providers or "local" in settings.model_providers
+    local_path, local_reason = local_model_file(settings) if wants_local else (None, "not in MODEL_PROVIDERS")
     available = {
         "openai": bool(keys["openai"] or settings.openai_base_url),
         "anthropic": bool(keys["anthropic"]),

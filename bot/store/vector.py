@@ -156,7 +156,9 @@ class VectorIndex:
         else:
             # Copying most of the matrix to drop a few rows costs more than scoring them all.
             rows = np.arange(size)
-            scores = np.where(mask, vectors[:size] @ unit, -np.inf)
+            scores = vectors[:size] @ unit
+            if matches < size:
+                scores[~mask] = -np.inf
         take = min(count, matches)
         top = np.argpartition(-scores, take - 1)[:take] if take < len(scores) else np.arange(len(scores))
         top = top[np.argsort(-scores[top], kind="stable")]

@@ -1,0 +1,147 @@
+"""The REST API: agents, messages (send one and get the reply; read a room's history) and memories."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from bot.types import Content, Memory
+
+from .app import ApiError, json_response, parse_body, parse_query
+from .conversation import converse, memory_page, room_id_for, user_id_for
+from .models import (
+    AgentList,
+    AgentOut,
+    MemoriesQuery,
+    MemoryHit,
+    MemoryIn,
+    MemoryOut,
+    MemoryPage,
+    MemorySearch,
+    MemorySearchResult,
+    MessageIn,
+    MessageOut,
+    MessagePage,
+    MessagesQuery,
+    MessageResult,
+    ReplyOut,
+)
+from .openapi import Operation
+
+if TYPE_CHECKING:
+    from bot.runtime import AgentRuntime
+
+
+def reply_timeout(runtime: AgentRuntime) -> float:
+    """Long enough for a slow model with its retries, short enough that a client is not left hanging."""
+    settings = runtime.settings
+    return settings.model_timeout * (settings.model_max_retries + 1) * 2 + 30
+
+
+def api_room_key(room: str) -> str:
+    return f"api:room:{room}"
+
+
+class RestApi:
+    def __init__(self, runtime: AgentRuntime) -> None:
+        self.runtime = runtime
+
+    def _agent(self) -> AgentOut:
+        character = self.runtime.character
+        return AgentOut(id=self.runtime.agent_id, name=character.name, username=character.username,
+                        character=character.public_dict())
+
+    def resolve_agent(self, agent: str | None) -> uuid.UUID:
+        """One agent runs per process: accept its id, its name, "default" or nothing."""
+        runtime = self.runtime
+        if agent in (None, "", "default", str(runtime.agent_id), runtime.character.name):
+            return runtime.agent_id
+        raise ApiError(404, "AGENT_NOT_FOUND", f"no agent {agent!r} runs here; use 'default' or "
+                       f"{runtime.agent_id}")
+
+    async def list_agents(self, request: web.Request) -> web.Response:
+        return json_response(AgentList(agents=[self._agent()]))
+
+    async def get_agent(self, request: web.Request) -> web.Response:
+        self.resolve_agent(request.match_info["agent_id"])
+        return json_response(self._agent())
+
+    async def send_message(self, request: web.Request) -> web.Response:
+        body = await parse_body(request, MessageIn)
+        key = api_room_key(body.room_id)
+        exchange = await converse(
+            self.runtime, user=body.user_id, user_name=body.user_name, room_key=key, room_name=body.room_id,
+            text=body.text, timeout=reply_timeout(self.runtime),
+            message_key=f"api:msg:{body.room_id}:{body.message_id}" if body.message_id else None,
+        )
+        replies = [ReplyOut.of(reply_id, content) for reply_id, content in exchange.replies]
+        return json_response(MessageResult(message_id=exchange.message.id, room_id=exchange.message.room_id,
+                                           status=exchange.status, reply=replies[0] if replies else None,
+                                           replies=replies))
+
+    async def list_messages(self, request: web.Request) -> web.Response:
+        query = parse_query(request, MessagesQuery)
+        room_id = room_id_for(self.runtime, api_room_key(query.room_id))
+        page, cursor = await memory_page(self.runtime, room_id=room_id, limit=query.limit, cursor=query.cursor)
+        agent_id = self.runtime.agent_id
+        return json_response(MessagePage(messages=[MessageOut.of(m, agent_id) for m in page], next_cursor=cursor))
+
+    async def create_memory(self, request: web.Request) -> web.Response:
+        body = await parse_body(request, MemoryIn)
+        runtime = self.runtime
+        memory = Memory(
+            entity_id=user_id_for(runtime, body.user_id) if body.user_id else runtime.agent_id,
+            agent_id=runtime.agent_id,
+            room_id=room_id_for(runtime, api_room_key(body.room_id)) if body.room_id else runtime.agent_id,
+            content=Content(text=body.text, source="api"), type=body.type, embedding=body.embedding,
+            metadata=body.metadata,
+        )
+        await runtime.store.create_memory(memory)
+        return json_response(MemoryOut.of(memory), status=201)
+
+    async def list_memories(self, request: web.Request) -> web.Response:
+        query = parse_query(request, MemoriesQuery)
+        room_id = room_id_for(self.runtime, api_room_key(query.room_id)) if query.room_id else None
+        page, cursor = await memory_page(self.runtime, room_id=room_id, limit=query.limit, cursor=query.cursor,
+                                         type=query.type)
+        return json_response(MemoryPage(memories=[MemoryOut.of(m) for m in page], next_cursor=cursor))
+
+    async def search_memories(self, request: web.Request) -> web.Response:
+        body = await parse_body(request, MemorySearch)
+        if body.text is None and body.embedding is None:
+            raise ApiError(400, "INVALID_BODY", "invalid body: give text, embedding or both",
+                           details=[{"field": "text", "message": "text or embedding is required"}])
+        runtime, hits = self.runtime, {}
+        room_id = room_id_for(runtime, api_room_key(body.room_id)) if body.room_id else None
+        scope = {"agent_id": runtime.agent_id, "count": body.limit, "room_id": room_id, "type": body.type}
+        if body.embedding is not None:
+            for found in await runtime.store.search_memories_by_embedding(body.embedding, min_score=body.min_score,
+                                                                          **scope):
+                hits[found.memory.id] = MemoryHit(memory=MemoryOut.of(found.memory), score=found.score,
+                                                  match="embedding")
+        if body.text is not None:
+            for found in await runtime.store.search_memories_by_text(body.text, **scope):
+                hits.setdefault(found.memory.id, MemoryHit(memory=MemoryOut.of(found.memory), score=found.score,
+                                                           match="text"))
+        return json_response(MemorySearchResult(results=list(hits.values())[: body.limit]))
+
+    def operations(self) -> list[Operation]:
+        return [
+            Operation("GET", "/api/agents", self.list_agents, "List agents", "agents", {200: AgentList}),
+            Operation("GET", "/api/agents/{agent_id}", self.get_agent, "Get an agent", "agents",
+                      {200: AgentOut}, errors=[404], path_params={"agent_id": "the agent's id or 'default'"}),
+            Operation("POST", "/api/messages", self.send_message, "Send a message and get the agent's reply",
+                      "messages", {200: MessageResult}, body=MessageIn, errors=[409, 429, 504],
+                      description="user_id and room_id are free strings; the same strings always mean the "
+                                  "same user and room. The per-user RATE_LIMIT_PER_MINUTE answers 429."),
+            Operation("GET", "/api/messages", self.list_messages, "A room's messages, newest first", "messages",
+                      {200: MessagePage}, query=MessagesQuery),
+            Operation("POST", "/api/memories", self.create_memory, "Store a memory", "memories",
+                      {201: MemoryOut}, body=MemoryIn),
+            Operation("GET", "/api/memories", self.list_memories, "List memories, newest first", "memories",
+                      {200: MemoryPage}, query=MemoriesQuery),
+            Operation("POST", "/api/memories/search", self.search_memories, "Search memories by text and/or "
+                      "embedding", "memories", {200: MemorySearchResult}, body=MemorySearch),
+        ]

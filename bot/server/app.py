@@ -1,0 +1,202 @@
+"""The aiohttp application: middlewares (errors as JSON, lifecycle, auth, body size) and body parsing.
+
+Handlers raise `ApiError` for anything a client did wrong or cannot have right now; the error
+middleware turns it (and aiohttp's own 404/405/413) into one JSON shape, and turns anything else
+into a 500 that names nothing internal, so no stack trace, SQL or secret ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+API_PREFIX = "/api"
+
+
+class Lifecycle(StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+
+
+class ServerState:
+    """Where the process is in its life; API work is only taken while RUNNING."""
+
+    def __init__(self) -> None:
+        self.lifecycle = Lifecycle.STARTING
+
+
+class ApiError(Exception):
+    """An error for the client: HTTP status, a stable code, a human message and optional details."""
+
+    def __init__(self, status: int, code: str, message: str, *, details: list[dict[str, str]] | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.details = details
+        self.headers = dict(headers or {})
+
+    def response(self) -> web.Response:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return web.json_response({"error": body}, status=self.status, headers=self.headers)
+
+
+STATE = web.AppKey("state", ServerState)
+API_KEY = web.AppKey("api_key", str)
+MAX_BODY = web.AppKey("max_body_bytes", int)
+PROTECTED = web.AppKey("protected", set)  # (method, path) of non-public plugin routes outside /api
+PUBLIC = web.AppKey("public", set)  # (method, path) under /api that need no auth
+
+_HTTP_CODES = {400: "BAD_REQUEST", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "BODY_TOO_LARGE"}
+
+
+def _route_key(request: web.Request) -> tuple[str, str]:
+    info = request.match_info.route.resource
+    return request.method, info.canonical if info is not None else request.path
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as error:
+        return error.response()
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        code = _HTTP_CODES.get(error.status, "HTTP_ERROR")
+        message = f"request body is larger than {request.app[MAX_BODY]} bytes" if error.status == 413 \
+            else error.reason
+        headers = {"Allow": error.headers["Allow"]} if "Allow" in error.headers else None
+        return ApiError(error.status, code, message, headers=headers).response()
+    except Exception:
+        log.exception("unhandled error serving %s %s", request.method, request.path)
+        return ApiError(500, "INTERNAL", "internal error; the operator can find details in the logs").response()
+
+
+
+@web.middleware
+async def body_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a declared oversize body before reading it; aiohttp's client_max_size catches the rest."""
+    limit = request.app[MAX_BODY]
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    return await handler(request)
+
+
+def _is_loopback(remote: str | None) -> bool:
+    try:
+        return remote is not None and ipaddress.ip_address(remote.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def check_auth(request: web.Request) -> None:
+    """With API_KEY set: a matching bearer token (constant-time). Without: loopback clients only."""
+    key = request.app[API_KEY]
+    if key:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+            raise ApiError(401, "UNAUTHORIZED", "missing or wrong API key: send 'Authorization: Bearer <API_KEY>'",
+                           headers={"WWW-Authenticate": 'Bearer realm="parley"'})
+    elif not _is_loopback(request.remote):
+        raise ApiError(401, "UNAUTHORIZED", "the API only answers local clients until API_KEY is set: "
+                       "set API_KEY on the server and send 'Authorization: Bearer <API_KEY>'",
+                       headers={"WWW-Authenticate": 'Bearer realm="parley"'})
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    key = _route_key(request)
+    if (request.path.startswith(API_PREFIX + "/") and key not in request.app[PUBLIC]) or key in request.app[PROTECTED]:
+        check_auth(request)
+    return await handler(request)
+
+
+@web.middleware
+async def lifecycle_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """API work needs a running runtime: 503 while starting up and once a shutdown has begun."""
+    if request.path.startswith(API_PREFIX + "/") and _route_key(request) not in request.app[PUBLIC]:
+        lifecycle = request.app[STATE].lifecycle
+        if lifecycle is Lifecycle.STARTING:
+            raise ApiError(503, "STARTING", "the agent is starting; try again in a moment",
+                           headers={"Retry-After": "2"})
+        if lifecycle is Lifecycle.STOPPING:
+            raise ApiError(503, "SHUTTING_DOWN", "the server is shutting down and takes no new work",
+                           headers={"Retry-After": "10"})
+    return await handler(request)
+
+
+@web.middleware
+async def security_headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    return response
+
+
+def build_application(*, state: ServerState, api_key: str | None, max_body_bytes: int) -> web.Application:
+    """An empty application with the middlewares in order: errors outermost, then limits and auth."""
+    app = web.Application(
+        client_max_size=max_body_bytes,
+        middlewares=[security_headers_middleware, error_middleware, body_limit_middleware, auth_middleware,
+                     lifecycle_middleware],
+    )
+    app[STATE] = state
+    app[API_KEY] = api_key or ""
+    app[MAX_BODY] = max_body_bytes
+    app[PROTECTED] = set()
+    app[PUBLIC] = set()
+    return app
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(body)"
+
+
+def validation_error(error: ValidationError, where: str) -> ApiError:
+    """400 naming every bad field, e.g. `text: Field required`."""
+    details = [{"field": _field_name(e["loc"]), "message": e["msg"]} for e in error.errors()]
+    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
+    return ApiError(400, "INVALID_" + where.upper(), f"invalid {where}: {summary}", details=details)
+
+
+async def parse_body(request: web.Request, model: type[M]) -> M:
+    """The request's JSON body validated by `model`; 400 for bad JSON or bad fields, 413 when too big."""
+    raw = await request.read()
+    try:
+        data = json.loads(raw) if raw.strip() else None
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "INVALID_JSON", "the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "INVALID_BODY", "the body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise validation_error(error, "body") from None
+
+
+def parse_query(request: web.Request, model: type[M]) -> M:
+    try:
+        return model.model_validate(dict(request.query))
+    except ValidationError as error:
+        raise validation_error(error, "query") from None
+
+
+def json_response(model: BaseModel, status: int = 200) -> web.Response:
+    return web.Response(text=model.model_dump_json(by_alias=True), status=status, content_type="application/json")

@@ -1,0 +1,136 @@
+"""Talking to the agent over HTTP: one message in through the runtime, its reply out, and history pages.
+
+The REST API and the Sessions API both use this, so they share the pipeline's guarantees: the
+message is stored before it is processed, rooms stay ordered, and the per-user rate limit of every
+other entry point applies here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import math
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from bot.ids import create_unique_uuid
+from bot.types import ChannelType, Content, Entity, Memory, MemoryType, Room
+from plugins.bootstrap.dispatcher import SLOW_DOWN, ShuttingDown
+
+from .app import ApiError
+
+if TYPE_CHECKING:
+    from bot.runtime import AgentRuntime
+
+SOURCE = "api"
+
+
+def user_id_for(runtime: AgentRuntime, user: str) -> uuid.UUID:
+    return create_unique_uuid(runtime.agent_id, f"api:user:{user}")
+
+
+def room_id_for(runtime: AgentRuntime, room_key: str) -> uuid.UUID:
+    return create_unique_uuid(runtime.agent_id, room_key)
+
+
+@dataclass
+class Exchange:
+    """A message the agent accepted and what it said back (empty `replies` when it chose silence)."""
+
+    message: Memory
+    status: str
+    replies: list[tuple[uuid.UUID, Content]] = field(default_factory=list)
+
+
+class _Collector:
+    """The reply callback: keeps what the agent sends and hands back a key that names each reply."""
+
+    def __init__(self, runtime: AgentRuntime) -> None:
+        self.runtime = runtime
+        self.replies: list[tuple[uuid.UUID, Content]] = []
+
+    async def __call__(self, content: Content) -> list[str]:
+        key = f"api:reply:{uuid.uuid4()}"
+        self.replies.append((create_unique_uuid(self.runtime.agent_id, key), content))
+        return [key]
+
+
+async def converse(runtime: AgentRuntime, *, user: str, user_name: str | None, room_key: str, room_name: str,
+                   text: str, metadata: dict[str, Any] | None = None, message_key: str | None = None,
+                   timeout: float) -> Exchange:
+    """Send `text` from `user` into the room and wait (up to `timeout`) for the run to end."""
+    agent_id = runtime.agent_id
+    entity = Entity(id=user_id_for(runtime, user), agent_id=agent_id, names=[user_name or user])
+    room = Room(id=room_id_for(runtime, room_key), agent_id=agent_id, name=room_name, source=SOURCE,
+                type=ChannelType.API, channel_id=room_key)
+    await runtime.ensure_connection(entity, room)
+    memory = Memory(
+        id=create_unique_uuid(agent_id, message_key) if message_key else uuid.uuid4(),
+        entity_id=entity.id, agent_id=agent_id, room_id=room.id,
+        content=Content(text=text, source=SOURCE, channel_type=ChannelType.API),
+        metadata={**(metadata or {}), "author_is_bot": False},
+    )
+    collector = _Collector(runtime)
+    try:
+        ticket = await runtime.receive_message(memory, collector)
+    except ShuttingDown:
+        raise ApiError(503, "SHUTTING_DOWN", "the server is shutting down and takes no new work",
+                       headers={"Retry-After": "10"}) from None
+    if ticket.duplicate:
+        raise ApiError(409, "DUPLICATE_MESSAGE", "a message with this message_id was already received")
+    try:
+        # shield: a client hanging up must not cancel the run's future for the pipeline.
+        outcome = await asyncio.wait_for(asyncio.shield(ticket.outcome), timeout)
+    except TimeoutError:
+        raise ApiError(504, "REPLY_TIMEOUT", "the agent is still working on this message; its reply will "
+                       "appear in the room's history") from None
+    if outcome.status == "rate_limited":
+        per_minute = runtime.settings.rate_limit_per_minute
+        raise ApiError(429, "RATE_LIMITED", SLOW_DOWN,
+                       headers={"Retry-After": str(max(1, math.ceil(60 / max(per_minute, 1))))})
+    return Exchange(message=memory, status=outcome.status, replies=collector.replies)
+
+
+# History pages -------------------------------------------------------------------------------------
+def encode_cursor(memory: Memory) -> str:
+    raw = f"{memory.created_at}:{memory.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created_at, _, memory_id = raw.partition(":")
+        return int(created_at), uuid.UUID(memory_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ApiError(400, "INVALID_CURSOR", "cursor is not one this API returned") from None
+
+
+def _order(memory: Memory) -> tuple[int, str]:
+    return memory.created_at, str(memory.id)
+
+
+async def memory_page(runtime: AgentRuntime, *, room_id: uuid.UUID | None, limit: int, cursor: str | None,
+                      type: MemoryType = MemoryType.MESSAGE) -> tuple[list[Memory], str | None]:
+    """Newest first, `limit` at a time; the cursor is (created_at, id), so equal timestamps page exactly."""
+    store, agent_id = runtime.store, runtime.agent_id
+    bound = decode_cursor(cursor) if cursor else None
+    found: dict[uuid.UUID, Memory] = {}
+    if bound is not None:  # rows sharing the cursor's millisecond come first, by id
+        ties = await store.get_memories(agent_id=agent_id, room_id=room_id, type=type, count=None,
+                                        before=bound[0] + 1, after=bound[0] - 1)
+        found.update((m.id, m) for m in ties if _order(m) < (bound[0], str(bound[1])))
+    older = await store.get_memories(agent_id=agent_id, room_id=room_id, type=type, count=limit + 1,
+                                     before=bound[0] if bound else None)
+    found.update((m.id, m) for m in older)
+    if older:  # the store cuts a page at any row of the last millisecond; take all of them
+        edge = min(m.created_at for m in older)
+        ties = await store.get_memories(agent_id=agent_id, room_id=room_id, type=type, count=None,
+                                        before=edge + 1, after=edge - 1)
+        found.update((m.id, m) for m in ties if bound is None or _order(m) < (bound[0], str(bound[1])))
+    ordered = sorted(found.values(), key=_order, reverse=True)
+    page = ordered[:limit]
+    next_cursor = encode_cursor(page[-1]) if len(ordered) > limit else None
+    return page, next_cursor

@@ -1,0 +1,156 @@
+"""Request and response bodies of the REST API; the OpenAPI document is generated from these."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bot.types import Content, Memory, MemoryType
+
+# Free-form text a client sends. PostgreSQL cannot store NUL, so it is refused up front.
+Text = Annotated[str, Field(min_length=1, max_length=8000, pattern=r"^[^\x00]*$")]
+Key = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
+Limit = Annotated[int, Field(ge=1, le=100)]
+Vector = Annotated[list[Annotated[float, Field(allow_inf_nan=False)]], Field(min_length=1, max_length=8192)]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+    details: list[ErrorDetail] | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorInfo
+
+
+class AgentOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    username: str | None = None
+    character: dict[str, Any]
+
+
+class AgentList(BaseModel):
+    agents: list[AgentOut]
+
+
+class MessageIn(Body):
+    text: Text
+    user_id: Key
+    room_id: Key
+    user_name: Key | None = None
+    message_id: Key | None = Field(None, description="Optional client id; a repeat is refused with 409.")
+
+
+class MessageOut(BaseModel):
+    id: uuid.UUID
+    room_id: uuid.UUID
+    entity_id: uuid.UUID
+    role: Literal["user", "agent"]
+    text: str
+    actions: list[str]
+    in_reply_to: uuid.UUID | None = None
+    created_at: int
+
+    @classmethod
+    def of(cls, memory: Memory, agent_id: uuid.UUID) -> MessageOut:
+        return cls(id=memory.id, room_id=memory.room_id, entity_id=memory.entity_id,
+                   role="agent" if memory.entity_id == agent_id else "user", text=memory.content.text,
+                   actions=memory.content.actions, in_reply_to=memory.content.in_reply_to,
+                   created_at=memory.created_at)
+
+
+class ReplyOut(BaseModel):
+    id: uuid.UUID
+    text: str
+    actions: list[str]
+
+    @classmethod
+    def of(cls, reply_id: uuid.UUID, content: Content) -> ReplyOut:
+        return cls(id=reply_id, text=content.text, actions=content.actions)
+
+
+class MessageResult(BaseModel):
+    message_id: uuid.UUID
+    room_id: uuid.UUID
+    status: str = Field(description="completed, ignored, muted or error")
+    reply: ReplyOut | None = Field(None, description="The agent's first reply; null when it stayed silent.")
+    replies: list[ReplyOut]
+
+
+class MessagesQuery(Body):
+    room_id: Key
+    cursor: Key | None = None
+    limit: Limit = 20
+
+
+class MessagePage(BaseModel):
+    messages: list[MessageOut]
+    next_cursor: str | None
+
+
+class MemoryIn(Body):
+    text: Text
+    type: MemoryType = MemoryType.FACT
+    room_id: Key | None = Field(None, description="Defaults to the agent's own room.")
+    user_id: Key | None = Field(None, description="Who the memory is about; defaults to the agent.")
+    embedding: Vector | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class MemoryOut(BaseModel):
+    id: uuid.UUID
+    type: MemoryType
+    room_id: uuid.UUID
+    entity_id: uuid.UUID
+    text: str
+    metadata: dict[str, Any]
+    created_at: int
+
+    @classmethod
+    def of(cls, memory: Memory) -> MemoryOut:
+        return cls(id=memory.id, type=memory.type, room_id=memory.room_id, entity_id=memory.entity_id,
+                   text=memory.content.text, metadata=memory.metadata, created_at=memory.created_at)
+
+
+class MemoriesQuery(Body):
+    type: MemoryType = MemoryType.FACT
+    room_id: Key | None = None
+    cursor: Key | None = None
+    limit: Limit = 20
+
+
+class MemoryPage(BaseModel):
+    memories: list[MemoryOut]
+    next_cursor: str | None
+
+
+class MemorySearch(Body):
+    text: Text | None = None
+    embedding: Vector | None = None
+    type: MemoryType | None = None
+    room_id: Key | None = None
+    limit: Limit = 10
+    min_score: float | None = Field(None, ge=-1, le=1, description="Embedding search only.")
+
+
+class MemoryHit(BaseModel):
+    memory: MemoryOut
+    score: float
+    match: Literal["text", "embedding"]
+
+
+class MemorySearchResult(BaseModel):
+    results: list[MemoryHit]

@@ -1,0 +1,124 @@
+"""API operations as data, so one list both mounts the routes and produces `GET /api/openapi.json`.
+
+The document is OpenAPI 3.1, whose schema dialect is JSON Schema 2020-12: pydantic's own output
+drops in unchanged, so what the document promises is exactly what the handlers validate.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from .models import ErrorResponse
+
+REF = "#/components/schemas/{model}"
+_PATH_PARAM = re.compile(r"\{(\w+)\}")
+_ERROR_TEXT = {
+    400: "Bad input; the body names each bad field",
+    401: "Missing or wrong API key",
+    404: "Not found",
+    409: "Conflict",
+    413: "Body larger than MAX_BODY_BYTES",
+    422: "The request cannot be applied in the current state",
+    429: "Too many requests; the body says what to do",
+    503: "Starting up or shutting down; retry later",
+    504: "The agent is still working; the reply will appear in the history",
+}
+
+
+@dataclass
+class Operation:
+    method: str
+    path: str
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    summary: str
+    tag: str
+    responses: dict[int, type[BaseModel] | None]
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    errors: Sequence[int] = ()
+    public: bool = False
+    description: str = ""
+    path_params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def operation_id(self) -> str:
+        return self.handler.__name__.strip("_")
+
+
+def _schema_of(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, Any]:
+    return {"$ref": REF.format(model=model.__name__)}
+
+
+def _query_parameters(model: type[BaseModel], definitions: dict[str, Any]) -> list[dict[str, Any]]:
+    schema = model.model_json_schema(ref_template=REF)
+    required = set(schema.get("required", []))
+    params = []
+    for name, prop in schema["properties"].items():
+        prop = {k: v for k, v in prop.items() if k != "title"}
+        params.append({"name": name, "in": "query", "required": name in required, "schema": prop})
+    definitions.update(schema.get("$defs", {}))
+    return params
+
+
+def build_openapi(operations: Sequence[Operation], *, title: str, version: str) -> dict[str, Any]:
+    models: set[type[BaseModel]] = {ErrorResponse}
+    for op in operations:
+        models.update(m for m in op.responses.values() if m is not None)
+        if op.body is not None:
+            models.add(op.body)
+    ordered = sorted(models, key=lambda m: m.__name__)
+    _, top = models_json_schema([(m, "validation") for m in ordered], ref_template=REF)
+    schemas: dict[str, Any] = dict(top.get("$defs", {}))
+    paths: dict[str, dict[str, Any]] = {}
+    for op in operations:
+        item: dict[str, Any] = {"operationId": op.operation_id, "summary": op.summary, "tags": [op.tag]}
+        if op.description:
+            item["description"] = op.description
+        parameters = [
+            {"name": name, "in": "path", "required": True, "description": op.path_params.get(name, ""),
+             "schema": {"type": "string", "minLength": 1}}
+            for name in _PATH_PARAM.findall(op.path)
+        ]
+        if op.query is not None:
+            parameters += _query_parameters(op.query, schemas)
+        if parameters:
+            item["parameters"] = parameters
+        if op.body is not None:
+            item["requestBody"] = {"required": True, "content": {
+                "application/json": {"schema": _schema_of(op.body, schemas)}}}
+        responses: dict[str, Any] = {}
+        for status, model in op.responses.items():
+            entry: dict[str, Any] = {"description": "OK" if status < 300 else "Result"}
+            if model is not None:
+                entry["content"] = {"application/json": {"schema": _schema_of(model, schemas)}}
+            responses[str(status)] = entry
+        errors = set(op.errors) | ({400, 413} if op.body is not None else set()) | (
+            {400} if op.query is not None else set()) | ({401, 503} if not op.public else set())
+        for status in sorted(errors):
+            responses[str(status)] = {"description": _ERROR_TEXT.get(status, "Error"), "content": {
+                "application/json": {"schema": {"$ref": REF.format(model="ErrorResponse")}}}}
+        responses["default"] = {"description": "Unexpected error", "content": {
+            "application/json": {"schema": {"$ref": REF.format(model="ErrorResponse")}}}}
+        item["responses"] = responses
+        if not op.public:
+            item["security"] = [{"bearer": []}]
+        paths.setdefault(op.path, {})[op.method.lower()] = item
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version,
+                 "description": "Talk to the agent, read its history and memories, and run chat sessions."},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {
+                "type": "http", "scheme": "bearer",
+                "description": "The server's API_KEY. Without API_KEY only loopback clients are served."}},
+        },
+    }

@@ -1,0 +1,131 @@
+"""Discord objects → parley's data model: ids, rooms, worlds, entities and message Memories."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot.ids import create_unique_uuid
+from bot.types import Attachment, ChannelType, Content, Entity, MentionContext, Memory, ModelType, Room, World
+
+if TYPE_CHECKING:
+    from bot.runtime import AgentRuntime
+
+log = logging.getLogger(__name__)
+
+SOURCE = "discord"
+MAX_ATTACHMENT_BYTES = 20 * 1024 * 1024  # larger files are listed but not sent to a model
+
+
+def message_key(channel_id: int, message_id: int) -> str:
+    """The platform key of a message; replies return these so reply-to-the-bot resolves."""
+    return f"discord:msg:{channel_id}:{message_id}"
+
+
+def room_type(channel: Any) -> ChannelType:
+    if isinstance(channel, discord.DMChannel | discord.GroupChannel):
+        return ChannelType.DM
+    if isinstance(channel, discord.Thread):
+        return ChannelType.THREAD
+    if isinstance(channel, discord.VoiceChannel | discord.StageChannel):
+        return ChannelType.VOICE_GROUP
+    return ChannelType.GROUP
+
+
+def attachment_kind(content_type: str | None) -> str:
+    major = (content_type or "").split("/", 1)[0]
+    return major if major in {"image", "audio", "video"} else "file"
+
+
+def mentions_bot(message: discord.Message, bot_user: discord.ClientUser) -> bool:
+    """A user mention of the bot, or a mention of the role Discord manages for it."""
+    if bot_user in message.mentions:
+        return True
+    me = message.guild.me if message.guild else None
+    return me is not None and any(r.is_bot_managed() and r in me.roles for r in message.role_mentions)
+
+
+class Mapper:
+    """Builds entities, rooms, worlds and memories with the ids every other part of parley expects."""
+
+    def __init__(self, runtime: AgentRuntime) -> None:
+        self.runtime = runtime
+
+    def uuid(self, key: str) -> Any:
+        return create_unique_uuid(self.runtime.agent_id, key)
+
+    def entity(self, user: discord.abc.User) -> Entity:
+        names = list(dict.fromkeys(n for n in (user.display_name, user.name) if n))
+        return Entity(id=self.uuid(f"discord:user:{user.id}"), agent_id=self.runtime.agent_id, names=names,
+                      metadata={"discord": {"id": str(user.id), "username": user.name, "bot": user.bot}})
+
+    def world(self, guild: discord.Guild | None) -> World | None:
+        if guild is None:
+            return None
+        return World(id=self.uuid(f"discord:guild:{guild.id}"), agent_id=self.runtime.agent_id, name=guild.name,
+                     server_id=str(guild.id))
+
+    def room(self, channel: Any) -> Room:
+        guild = getattr(channel, "guild", None)
+        parent = getattr(channel, "parent_id", None)
+        return Room(
+            id=self.uuid(f"discord:channel:{channel.id}"), agent_id=self.runtime.agent_id,
+            name=getattr(channel, "name", None) or "direct message", source=SOURCE, type=room_type(channel),
+            channel_id=str(channel.id), server_id=str(guild.id) if guild else None,
+            world_id=self.uuid(f"discord:guild:{guild.id}") if guild else None,
+            metadata={"parent_id": str(parent)} if parent else {},
+        )
+
+    async def connect(self, user: discord.abc.User, channel: Any) -> tuple[Entity, Room]:
+        entity, room = self.entity(user), self.room(channel)
+        await self.runtime.ensure_connection(entity, room, self.world(getattr(channel, "guild", None)))
+        return entity, room
+
+    def metadata(self, user: discord.abc.User, channel: Any, message_id: int | None) -> dict[str, Any]:
+        guild = getattr(channel, "guild", None)
+        return {"author_is_bot": user.bot, "discord": {
+            "user_id": str(user.id), "channel_id": str(channel.id), "guild_id": str(guild.id) if guild else None,
+            "message_id": str(message_id) if message_id else None}}
+
+    async def message_memory(self, message: discord.Message, bot_user: discord.ClientUser) -> Memory:
+        entity, room = await self.connect(message.author, message.channel)
+        reference = message.reference
+        replied = reference.resolved if reference and isinstance(reference.resolved, discord.Message) else None
+        in_reply_to = None
+        if reference is not None and reference.message_id is not None:
+            in_reply_to = self.uuid(message_key(reference.channel_id, reference.message_id))
+        content = Content(
+            text=message.clean_content, source=SOURCE, channel_type=room.type, in_reply_to=in_reply_to,
+            attachments=[await self.attachment(a) for a in message.attachments],
+            mention_context=MentionContext(
+                is_mention=mentions_bot(message, bot_user),
+                is_reply=replied is not None and replied.author.id == bot_user.id,
+                is_thread=room.type is ChannelType.THREAD,
+            ),
+        )
+        return Memory(id=self.uuid(message_key(message.channel.id, message.id)), entity_id=entity.id,
+                      agent_id=self.runtime.agent_id, room_id=room.id, world_id=room.world_id, content=content,
+                      metadata=self.metadata(message.author, message.channel, message.id))
+
+    async def attachment(self, item: discord.Attachment) -> Attachment:
+        """Images get a description and audio a transcript when such a model is configured."""
+        kind = attachment_kind(item.content_type)
+        result = Attachment(id=str(item.id), kind=kind, title=item.filename, source=SOURCE,
+                            content_type=item.content_type, url=item.url, description=item.description)
+        model = {"image": ModelType.IMAGE_DESCRIPTION, "audio": ModelType.TRANSCRIPTION}.get(kind)
+        if model is None or not self.runtime.has_model(model) or item.size > MAX_ATTACHMENT_BYTES:
+            return result
+        try:
+            data = await item.read()
+            if model is ModelType.IMAGE_DESCRIPTION:
+                described = await self.runtime.use_model(model, {"image": data, "mime_type": item.content_type})
+                result.title = described.get("title") or result.title
+                result.description = described.get("description") or result.description
+            else:
+                result.text = await self.runtime.use_model(model, {
+                    "audio": data, "mime_type": item.content_type, "filename": item.filename})
+        except Exception as error:  # a failed description must not lose the message
+            log.warning("could not process attachment %s (%s): %s", item.filename, kind, error)
+        return result

@@ -1,0 +1,418 @@
+"""A fake Discord (REST API + gateway) on 127.0.0.1 that the real discord.py talks to.
+
+Point discord.py at it with DISCORD_API_BASE=`fake.api_base` and DISCORD_GATEWAY_URL=`fake.gateway_url`.
+The gateway speaks the real protocol (HELLO, heartbeat ACK, IDENTIFY → READY + GUILD_CREATE,
+RESUME → replay + RESUMED, INVALID_SESSION, zlib-stream when asked for); REST answers JSON with
+exactly `Content-Type: application/json`, as discord.py requires, and can be scripted to fail
+(429 with `Via` and rate-limit headers, 403 Missing Permissions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+TOKEN = "fake-discord-token.XYZ.abc"
+HEARTBEAT_MS = 45_000
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=json.dumps(data).encode(),
+                        headers={"Content-Type": "application/json", **(headers or {})})
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    body: dict[str, Any] | None
+    files: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+@dataclass
+class Fault:
+    method: str
+    path: re.Pattern[str]
+    status: int
+    times: int
+    retry_after: float
+
+
+class FakeDiscord:
+    def __init__(self, *, token: str = TOKEN, bot_id: int = 1000, app_id: int = 1000, bot_name: str = "Parley",
+                 guild_id: int = 500) -> None:
+        self.token = token
+        self.bot = self.user(bot_id, bot_name, bot=True)
+        self.app_id = app_id
+        self.guild_id = guild_id
+        self._ids = itertools.count(10**17)
+        self.channels: dict[int, dict[str, Any]] = {}
+        self.threads: list[dict[str, Any]] = []
+        self.members: list[dict[str, Any]] = [self.member(self.bot)]
+        self.messages: list[dict[str, Any]] = []  # messages the bot created, in order
+        self.requests: list[Recorded] = []
+        self.interaction_responses: list[dict[str, Any]] = []
+        self.commands: dict[str, list[dict[str, Any]]] = {}  # "global" or guild id → synced commands
+        self.files: dict[str, tuple[bytes, str]] = {}
+        self._interaction_channels: dict[str, int] = {}
+        self.faults: list[Fault] = []
+        self.identifies = 0
+        self.resumes = 0
+        self.invalidate_next_resume = False
+        self._history: list[dict[str, Any]] = []
+        self._seq = 0
+        self._session = ""
+        self._ws: web.WebSocketResponse | None = None
+        self._compress: Any = None
+        self._ready = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    # Lifecycle -------------------------------------------------------------------------------------
+    async def start(self) -> str:
+        app = web.Application(middlewares=[self._middleware], client_max_size=50 * 1024 * 1024)
+        app.router.add_get("/gateway", self._gateway)
+        app.router.add_get("/files/{name}", self._file)
+        api = "/api/v10"
+        for method, path, handler in (
+            ("GET", "/users/@me", self._me),
+            ("GET", "/oauth2/applications/@me", self._application),
+            ("GET", "/gateway", self._gateway_info),
+            ("GET", "/gateway/bot", self._gateway_info),
+            ("PUT", "/applications/{app}/commands", self._sync_commands),
+            ("PUT", "/applications/{app}/guilds/{guild}/commands", self._sync_commands),
+            ("POST", "/channels/{channel}/messages", self._create_message),
+            ("POST", "/channels/{channel}/typing", self._typing),
+            ("POST", "/interactions/{id}/{token}/callback", self._interaction_callback),
+            ("POST", "/webhooks/{app}/{token}", self._followup),
+            ("PATCH", "/webhooks/{app}/{token}/messages/@original", self._followup),
+        ):
+            app.router.add_route(method, api + path, handler)
+        app.router.add_route("*", "/{tail:.*}", self._unknown)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def api_base(self) -> str:
+        return f"{self.url}/api/v10"
+
+    @property
+    def gateway_url(self) -> str:
+        return self.url.replace("http://", "ws://") + "/gateway"
+
+    # The world ---------------------------------------------------------------------------------------
+    def snowflake(self) -> int:
+        return next(self._ids)
+
+    @staticmethod
+    def user(user_id: int, name: str, *, bot: bool = False) -> dict[str, Any]:
+        return {"id": str(user_id), "username": name, "global_name": name, "discriminator": "0",
+                "avatar": None, "bot": bot}
+
+    def member(self, user: dict[str, Any]) -> dict[str, Any]:
+        return {"user": user, "roles": [], "joined_at": _now(), "deaf": False, "mute": False, "flags": 0,
+                "permissions": str((1 << 41) - 1)}
+
+    def add_channel(self, channel_id: int, name: str, *, kind: int = 0, parent_id: int | None = None) -> dict:
+        """kind: 0 text, 2 voice, 11 public thread (pass parent_id)."""
+        channel: dict[str, Any] = {"id": str(channel_id), "type": kind, "guild_id": str(self.guild_id),
+                                   "name": name, "position": len(self.channels), "permission_overwrites": [],
+                                   "nsfw": False, "parent_id": str(parent_id) if parent_id else None,
+                                   "rate_limit_per_user": 0, "bitrate": 64000, "user_limit": 0}
+        if kind == 11:
+            channel.update(owner_id=self.bot["id"], message_count=0, member_count=1, thread_metadata={
+                "archived": False, "auto_archive_duration": 1440, "archive_timestamp": _now(), "locked": False})
+            self.threads.append(channel)
+        else:
+            self.channels[channel_id] = channel
+        return channel
+
+    def guild_payload(self) -> dict[str, Any]:
+        everyone = {"id": str(self.guild_id), "name": "@everyone", "permissions": str((1 << 41) - 1),
+                    "position": 0, "color": 0, "hoist": False, "managed": False, "mentionable": False, "flags": 0}
+        return {"id": str(self.guild_id), "name": "Fake Guild", "icon": None, "owner_id": "1",
+                "roles": [everyone], "channels": list(self.channels.values()), "threads": self.threads,
+                "members": self.members, "voice_states": [], "presences": [], "member_count": len(self.members),
+                "features": [], "emojis": [], "stickers": [], "unavailable": False, "large": False,
+                "verification_level": 0, "default_message_notifications": 0, "explicit_content_filter": 0,
+                "mfa_level": 0, "premium_tier": 0, "preferred_locale": "en-US", "nsfw_level": 0,
+                "joined_at": _now(), "system_channel_flags": 0}
+
+    def add_file(self, name: str, data: bytes, content_type: str) -> dict[str, Any]:
+        """Serve `data` at /files/<name>; returns the attachment payload for a message."""
+        self.files[name] = (data, content_type)
+        return {"id": str(self.snowflake()), "filename": name, "size": len(data), "content_type": content_type,
+                "url": f"{self.url}/files/{name}", "proxy_url": f"{self.url}/files/{name}"}
+
+    def message(self, channel_id: int, author: dict[str, Any], content: str, *, guild: bool = True,
+                mentions: list[dict[str, Any]] = (), reply_to: dict[str, Any] | None = None,
+                attachments: list[dict[str, Any]] = (), message_id: int | None = None) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": str(message_id or self.snowflake()), "channel_id": str(channel_id), "author": author,
+            "content": content, "timestamp": _now(), "edited_timestamp": None, "tts": False,
+            "mention_everyone": False, "mentions": list(mentions), "mention_roles": [],
+            "attachments": list(attachments), "embeds": [], "pinned": False, "type": 0, "flags": 0,
+            "components": [],
+        }
+        if guild:
+            data["guild_id"] = str(self.guild_id)
+            data["member"] = {k: v for k, v in self.member(author).items() if k != "user"}
+        if reply_to is not None:
+            data["type"] = 19
+            data["message_reference"] = {"message_id": reply_to["id"], "channel_id": reply_to["channel_id"],
+                                         "guild_id": reply_to.get("guild_id"), "type": 0}
+            data["referenced_message"] = reply_to
+        return data
+
+    def interaction(self, kind: int, user: dict[str, Any], channel_id: int, data: dict[str, Any], *,
+                    message: dict[str, Any] | None = None) -> dict[str, Any]:
+        """kind 2: slash command; kind 3: component (button) press on `message`."""
+        payload: dict[str, Any] = {
+            "id": str(self.snowflake()), "application_id": str(self.app_id), "type": kind, "data": data,
+            "guild_id": str(self.guild_id), "channel_id": str(channel_id),
+            "channel": {**self.channels.get(channel_id, {"id": str(channel_id), "type": 0})},
+            "member": self.member(user), "token": f"itoken-{self.snowflake()}", "version": 1,
+            "app_permissions": str((1 << 41) - 1), "locale": "en-US", "entitlements": [],
+            "authorizing_integration_owners": {"0": str(self.guild_id)}, "context": 0,
+            "attachment_size_limit": 10 * 1024 * 1024,
+        }
+        if message is not None:
+            payload["message"] = message
+        self._interaction_channels[payload["token"]] = channel_id
+        return payload
+
+    # Waiting -----------------------------------------------------------------------------------------
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
+        """Wait until `predicate()` is truthy (re-checked whenever the fake records something)."""
+        async def check() -> Any:
+            async with self._changed:
+                while not (result := predicate()):
+                    await self._changed.wait()
+                return result
+
+        return await asyncio.wait_for(check(), timeout)
+
+    async def wait_for_messages(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        await self.wait_for(lambda: len(self.messages) >= count, timeout)
+        return list(self.messages)
+
+    async def wait_connected(self, timeout: float = 10.0) -> None:
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    # Faults ----------------------------------------------------------------------------------------
+    def fail(self, method: str, path: str, status: int, *, times: int = 1, retry_after: float = 0.05) -> None:
+        """The next `times` requests matching `method` and the `path` regex get `status` (429 or 403)."""
+        self.faults.append(Fault(method, re.compile(path), status, times, retry_after))
+
+    def _fault_for(self, request: web.Request) -> web.Response | None:
+        for fault in self.faults:
+            if fault.times > 0 and fault.method == request.method and fault.path.search(request.path):
+                fault.times -= 1
+                if fault.status == 429:
+                    return _json({"message": "You are being rate limited.", "retry_after": fault.retry_after,
+                                  "global": False}, 429, {
+                        "Retry-After": str(fault.retry_after), "X-RateLimit-Limit": "5",
+                        "X-RateLimit-Remaining": "0", "X-RateLimit-Reset-After": str(fault.retry_after),
+                        "X-RateLimit-Reset": str(time.time() + fault.retry_after),
+                        "X-RateLimit-Bucket": "fakebucket", "X-RateLimit-Scope": "user", "Via": "1.1 google"})
+                return _json({"message": "Missing Permissions", "code": 50013}, fault.status)
+        return None
+
+    # REST --------------------------------------------------------------------------------------------
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+        if not request.path.startswith("/api/") or request.path.startswith("/api/v10/interactions/") \
+                or request.path.startswith("/api/v10/webhooks/"):
+            return await handler(request)
+        if request.headers.get("Authorization") != f"Bot {self.token}":
+            return _json({"message": "401: Unauthorized", "code": 0}, 401)
+        return await handler(request)
+
+    async def _record(self, request: web.Request) -> Recorded:
+        body: dict[str, Any] | None = None
+        files: list[tuple[str, bytes]] = []
+        if request.content_type == "multipart/form-data":
+            async for part in await request.multipart():
+                data = await part.read()  # type: ignore[union-attr]
+                if part.name == "payload_json":  # type: ignore[union-attr]
+                    body = json.loads(data)
+                else:
+                    files.append((part.filename or "", bytes(data)))  # type: ignore[union-attr]
+        elif request.can_read_body:
+            body = await request.json()
+        recorded = Recorded(request.method, request.path, body, files)
+        self.requests.append(recorded)
+        await self._notify()
+        return recorded
+
+    async def _me(self, request: web.Request) -> web.Response:
+        return _json(self.bot)
+
+    async def _application(self, request: web.Request) -> web.Response:
+        return _json({"id": str(self.app_id), "name": self.bot["username"], "description": "", "icon": None,
+                      "bot_public": True, "bot_require_code_grant": False, "verify_key": "0" * 64,
+                      "owner": self.user(1, "owner"), "flags": 0})
+
+    async def _gateway_info(self, request: web.Request) -> web.Response:
+        return _json({"url": self.gateway_url, "shards": 1, "session_start_limit": {
+            "total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}})
+
+    async def _sync_commands(self, request: web.Request) -> web.Response:
+        recorded = await self._record(request)
+        commands = [{**c, "id": str(self.snowflake()), "application_id": str(self.app_id), "version": "1",
+                     "default_member_permissions": None, "type": c.get("type", 1)} for c in recorded.body or []]
+        self.commands[request.match_info.get("guild", "global")] = commands
+        return _json(commands)
+
+    def _stored_message(self, channel_id: str, body: dict[str, Any], files: list[tuple[str, bytes]],
+                        **extra: Any) -> dict[str, Any]:
+        message = self.message(int(channel_id), self.bot, body.get("content") or "",
+                               guild=int(channel_id) in self.channels or any(
+                                   t["id"] == channel_id for t in self.threads))
+        message["components"] = body.get("components", [])
+        message["attachments"] = [{"id": str(self.snowflake()), "filename": name, "size": len(data),
+                                   "url": f"{self.url}/files/{name}", "proxy_url": ""} for name, data in files]
+        message.update(sent_body=body, sent_files=files, **extra)
+        self.messages.append(message)
+        return message
+
+    async def _create_message(self, request: web.Request) -> web.Response:
+        fault = self._fault_for(request)
+        recorded = await self._record(request)
+        if fault is not None:
+            return fault
+        message = self._stored_message(request.match_info["channel"], recorded.body or {}, recorded.files)
+        await self._notify()
+        return _json({k: v for k, v in message.items() if not k.startswith("sent_")})
+
+    async def _typing(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        return web.Response(status=204)
+
+    async def _interaction_callback(self, request: web.Request) -> web.Response:
+        recorded = await self._record(request)
+        body = recorded.body or {}
+        self.interaction_responses.append({"id": request.match_info["id"], **body})
+        await self._notify()
+        return _json({"interaction": {"id": request.match_info["id"], "type": 2,
+                                      "response_message_loading": body.get("type") == 5,
+                                      "response_message_ephemeral": False}})
+
+    async def _followup(self, request: web.Request) -> web.Response:
+        recorded = await self._record(request)
+        message = self._stored_message(str(self._interaction_channels.get(request.match_info["token"], 0)), recorded.body or {}, recorded.files,
+                                       webhook_token=request.match_info["token"])
+        await self._notify()
+        return _json({k: v for k, v in message.items() if not k.startswith("sent_")})
+
+    async def _file(self, request: web.Request) -> web.Response:
+        data, content_type = self.files[request.match_info["name"]]
+        return web.Response(body=data, headers={"Content-Type": content_type})
+
+    async def _unknown(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        return _json({"message": "Unknown route in the fake", "code": 0}, 404)
+
+    # Gateway ---------------------------------------------------------------------------------------
+    async def _send(self, payload: dict[str, Any]) -> None:
+        if self._ws is None or self._ws.closed:
+            return
+        text = json.dumps(payload)
+        if self._compress is not None:
+            await self._ws.send_bytes(self._compress.compress(text.encode()) + self._compress.flush(zlib.Z_SYNC_FLUSH))
+        else:
+            await self._ws.send_str(text)
+
+    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        """Send a DISPATCH event (kept for RESUME replays); buffered while no client is connected."""
+        self._seq += 1
+        payload = {"op": 0, "t": event, "s": self._seq, "d": data}
+        self._history.append(payload)
+        await self._send(payload)
+
+    async def drop(self) -> None:
+        """Drop the connection as a network fault would (close code 4000, resumable)."""
+        self._ready.clear()
+        if self._ws is not None:
+            await self._ws.close(code=4000)
+
+    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=0)
+        await ws.prepare(request)
+        self._ws = ws
+        self._compress = zlib.compressobj() if request.query.get("compress") == "zlib-stream" else None
+        await self._send({"op": 10, "d": {"heartbeat_interval": HEARTBEAT_MS}, "s": None, "t": None})
+        async for msg in ws:
+            if msg.type is not WSMsgType.TEXT:
+                continue
+            packet = json.loads(msg.data)
+            op, data = packet.get("op"), packet.get("d")
+            if op == 1:
+                await self._send({"op": 11, "d": None, "s": None, "t": None})
+            elif op == 2:
+                await self._identify(data)
+            elif op == 6:
+                await self._resume(data)
+        if self._ws is ws:
+            self._ws = None
+        return ws
+
+    async def _identify(self, data: dict[str, Any]) -> None:
+        if data.get("token") != self.token:
+            await self._ws.close(code=4004)  # type: ignore[union-attr]
+            return
+        self.identifies += 1
+        self._session = f"session-{self.identifies}"
+        self._seq, self._history = 0, []
+        await self.dispatch("READY", {
+            "v": 10, "user": self.bot, "guilds": [{"id": str(self.guild_id), "unavailable": True}],
+            "session_id": self._session, "resume_gateway_url": self.gateway_url,
+            "application": {"id": str(self.app_id), "flags": 0}, "private_channels": [], "relationships": [],
+        })
+        await self.dispatch("GUILD_CREATE", self.guild_payload())
+        self._ready.set()
+        await self._notify()
+
+    async def _resume(self, data: dict[str, Any]) -> None:
+        if self.invalidate_next_resume or data.get("session_id") != self._session:
+            self.invalidate_next_resume = False
+            await self._send({"op": 9, "d": False, "s": None, "t": None})
+            return
+        self.resumes += 1
+        for payload in self._history:
+            if payload["s"] > int(data.get("seq") or 0):
+                await self._send(payload)
+        self._seq += 1
+        await self._send({"op": 0, "t": "RESUMED", "s": self._seq, "d": {}})
+        self._ready.set()
+        await self._notify()

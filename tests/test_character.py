@@ -1,0 +1,126 @@
+"""Character files: the 1.x schema, legacy 0.x files, clear errors, and elizaOS-compatible ids."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from bot.character import CharacterError, load_character, parse_character
+from bot.ids import create_unique_uuid, string_to_uuid
+
+ROOT = Path(__file__).parents[1]
+FIXTURES = ROOT.parent / "shared" / "fixtures" / "characters"
+FIXTURE_FILES = sorted(FIXTURES.glob("*.json"))
+
+
+def test_fixture_corpus_is_present():
+    assert len(FIXTURE_FILES) >= 20, f"expected the shared character corpus at {FIXTURES}"
+
+
+@pytest.mark.parametrize("path", FIXTURE_FILES, ids=lambda p: p.name)
+def test_every_public_character_loads(path: Path):
+    loaded = load_character(path)
+    raw = json.loads(path.read_text())
+    assert loaded.character.name == raw["name"].strip()
+    assert loaded.character.bio_lines
+    assert len(loaded.warnings) == len(set(loaded.warnings))
+
+
+def test_strict_v1_file_loads_without_warnings():
+    loaded = load_character(FIXTURES / "shaw-v1.json")
+    assert loaded.warnings == []
+    assert loaded.character.message_examples[0][0].name == "{{name1}}"
+    assert loaded.character.plugins[0] == "@elizaos/plugin-openai"
+
+
+def test_legacy_file_is_mapped_and_warned_once_per_field():
+    loaded = load_character(FIXTURES / "shaw-v0.json")
+    c = loaded.character
+    assert c.lore and c.model_provider
+    assert "clients" in c.extras
+    first = c.message_examples[0][0]
+    assert first.name == "{{name1}}" and "user" not in first.model_dump()
+    assert sum("messageExamples[].user" in w for w in loaded.warnings) == 1
+    assert sum("{{userN}}" in w for w in loaded.warnings) == 1
+    assert any("'clients'" in w for w in loaded.warnings)
+
+
+def test_unknown_extra_keys_are_kept():
+    loaded = parse_character({"name": "X", "bio": "b", "twitterSpaces": {"maxSpeakers": 2}})
+    assert loaded.character.extras["twitterSpaces"] == {"maxSpeakers": 2}
+    assert any("twitterSpaces" in w for w in loaded.warnings)
+
+
+def test_default_character_ships_and_loads():
+    loaded = load_character(ROOT / "characters" / "default.json")
+    assert loaded.warnings == [] and loaded.character.name == "Parley"
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ('{"name": "A", "bio": "x",}', "line 1 column 26: invalid JSON"),
+    ('{"bio": "x"}', "name: Field required"),
+    ('{"name": "A"}', "bio: Field required"),
+    ('{"name": "  ", "bio": "x"}', "name: Value error, must not be blank"),
+    ('{"name": "A", "bio": ["ok", 3]}', "bio"),
+    ('{"name": "A", "bio": "x", "messageExamples": [[{"name": "u", "content": {"text": 5}}]]}',
+     "messageExamples[0][0].content"),
+    ('{"name": "A", "bio": "x", "style": {"all": [1]}}', "style.all[0]"),
+    ('[1, 2]', "expected a JSON object"),
+])
+def test_broken_files_name_file_field_and_problem(tmp_path: Path, content: str, expected: str):
+    path = tmp_path / "broken.json"
+    path.write_text(content)
+    with pytest.raises(CharacterError) as info:
+        load_character(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+
+
+def test_missing_file_says_how_to_fix(tmp_path: Path):
+    with pytest.raises(CharacterError, match="--character PATH or set CHARACTER_PATH"):
+        load_character(tmp_path / "nope.json")
+
+
+def test_public_dict_hides_secrets_and_settings():
+    c = parse_character({"name": "A", "bio": "b", "secrets": {"K": "v"}, "settings": {"API_KEY": "v"}}).character
+    public = c.public_dict()
+    assert "secrets" not in public and "settings" not in public and public["name"] == "A"
+
+
+def test_check_character_command(tmp_path: Path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"name": "A"}')
+    good = FIXTURES / "shaw-v1.json"
+    run = subprocess.run([sys.executable, "-m", "bot", "check-character", str(good), str(bad)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    lines = run.stdout.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("ok") and "Shaw" in lines[0]
+    assert lines[1].startswith("FAIL") and "bio: Field required" in lines[1]
+    ok = subprocess.run([sys.executable, "-m", "bot", "check-character", str(good)],
+                        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0
+
+
+def test_string_to_uuid_matches_elizaos():
+    assert str(string_to_uuid("Eliza")) == "b850bc30-45f8-0041-a00a-83df46d8555d"
+    value = string_to_uuid("a user/with spaces & ünïcode")
+    assert value.version is None or value.bytes[6] >> 4 == 0
+    assert value.bytes[8] >> 6 == 0b10
+    assert string_to_uuid(42) == string_to_uuid("42")
+
+
+def test_create_unique_uuid_is_stable_per_agent():
+    agent, other = uuid.uuid4(), uuid.uuid4()
+    assert create_unique_uuid(agent, "telegram:user:1") == create_unique_uuid(agent, "telegram:user:1")
+    assert create_unique_uuid(agent, "telegram:user:1") != create_unique_uuid(other, "telegram:user:1")
+    assert create_unique_uuid(agent, agent) == agent
+    assert create_unique_uuid(agent, "x") == string_to_uuid(f"x:{agent}")
