@@ -24,7 +24,7 @@ _TOKEN_SHAPES = [
 
 def secret_values(settings: Settings) -> list[str]:
     values = []
-    for name, value in settings:
+    for _name, value in settings:
         if hasattr(value, "get_secret_value"):
             secret = value.get_secret_value()
             if secret and len(secret) >= 4:

@@ -19,7 +19,7 @@ from bot.plugin import ModelOutput, ModelRegistration, Plugin, Priority
 from bot.runtime import AgentRuntime
 from bot.settings import Settings
 from bot.store.base import Store
-from bot.types import ChannelType, Content, Entity, MentionContext, Memory, ModelType, Room, World
+from bot.types import ChannelType, Content, Entity, Memory, MentionContext, ModelType, Room, World
 
 Reply = str | Exception | Callable[[dict[str, Any]], Awaitable[Any] | Any]
 

@@ -12,7 +12,14 @@ from bot.plugin import Connector, Plugin, Priority
 from bot.settings import ShouldRespondMode
 from bot.store.factory import create_store
 from bot.types import Attachment, ChannelType, Content, EventType, MemoryType, ModelType, Room, RoomState
-from tests.runtime_helpers import ScriptedModel, make_character, make_chat, make_settings, start_runtime, xml_reply
+from tests.runtime_helpers import (
+    ScriptedModel,
+    make_character,
+    make_chat,
+    make_settings,
+    start_runtime,
+    xml_reply,
+)
 
 
 @pytest.fixture

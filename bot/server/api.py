@@ -24,8 +24,8 @@ from .models import (
     MessageIn,
     MessageOut,
     MessagePage,
-    MessagesQuery,
     MessageResult,
+    MessagesQuery,
     ReplyOut,
 )
 from .openapi import Operation
