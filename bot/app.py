@@ -52,13 +52,22 @@ def character_plugin_notes(character: Character) -> list[str]:
 
 
 def select_plugins(
-    settings: Settings, character: Character, *, console_finished: Callable[[], None] | None = None
+    settings: Settings,
+    character: Character,
+    *,
+    console_finished: Callable[[], None] | None = None,
+    models: list[Plugin] | None = None,
 ) -> PluginSelection:
-    """Bootstrap, the model providers in fallback order, and a connector per configured platform."""
+    """Bootstrap, the model providers in fallback order, and a connector per configured platform.
+
+    `models` replaces provider discovery (benchmarks and tests bring their own model).
+    """
     from plugins.bootstrap import bootstrap_plugin
     from plugins.models import model_plugins
 
-    models, notes = model_plugins(settings, character)
+    notes: list[str] = []
+    if models is None:
+        models, notes = model_plugins(settings, character)
     selection = PluginSelection([bootstrap_plugin(), *models], [*notes, *character_plugin_notes(character)])
     for name, (setting, module_name) in CONNECTORS.items():
         if getattr(settings, setting) is None:
@@ -100,13 +109,14 @@ class App:
     """The whole process: runtime, connectors (as services) and the HTTP server, with clean shutdown."""
 
     def __init__(self, settings: Settings, character: Character, *, console: bool = False,
-                 store_factory: Callable[[Settings], Store] | None = None) -> None:
+                 store_factory: Callable[[Settings], Store] | None = None,
+                 model_plugins: list[Plugin] | None = None) -> None:
         from bot.store.factory import create_store
 
         self.settings = settings
         self.character = character
         self._stopping = asyncio.Event()
-        self.selection = select_plugins(settings, character,
+        self.selection = select_plugins(settings, character, models=model_plugins,
                                         console_finished=self.request_stop if console else None)
         self.store = (store_factory or create_store)(settings)
         self.runtime = create_runtime(settings, character, self.store, self.selection.plugins)

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from bot.character import Character
 from bot.events import EventBus
+from bot.history import MessageHistory
 from bot.plugin import (
     Action,
     ActionResult,
@@ -34,13 +35,14 @@ from bot.plugin import (
     resolve_plugin_order,
 )
 from bot.settings import Settings
-from bot.store.base import Store
+from bot.store.base import ModelUsage, Store
 from bot.types import Agent, Content, Entity, EventType, Memory, ModelType, Room, RoomState, World
 
 log = logging.getLogger(__name__)
 S = TypeVar("S", bound=Service)
 
 STATE_CACHE_SIZE = 512
+USAGE_FLUSH_SECONDS = 1.0
 
 
 class ModelError(Exception):
@@ -113,6 +115,9 @@ class AgentRuntime:
         self._room_cache: dict[uuid.UUID, Room] = {}
         self._states: dict[tuple[uuid.UUID, uuid.UUID], RoomState | None] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self.history = MessageHistory(store, self.agent_id, settings.conversation_length)
+        self._usage: list[dict[str, Any]] = []
+        self._usage_task: asyncio.Task[None] | None = None
 
     # Lifecycle -----------------------------------------------------------------------------
     async def initialize(self) -> None:
@@ -150,6 +155,7 @@ class AgentRuntime:
 
     async def stop(self) -> None:
         """Stop services in reverse start order; one failing stop does not block the others."""
+        await self.flush_usage()
         for service in reversed(self.services):
             try:
                 await service.stop()
@@ -262,6 +268,20 @@ class AgentRuntime:
         self._states[(room_id, self.agent_id)] = state
 
     # Messages -----------------------------------------------------------------------------------
+    async def create_memory(self, memory: Memory) -> bool:
+        """Store a memory (idempotent on id) and keep the room's recent history current."""
+        created = await self.store.create_memory(memory)
+        if created:
+            self.history.add(memory)
+        return created
+
+    async def update_memory(self, memory: Memory) -> bool:
+        """Replace a stored message (an edit on the platform); never triggers a reply."""
+        updated = await self.store.update_memory(memory)
+        if updated:
+            self.history.replace(memory)
+        return updated
+
     async def receive_message(self, message: Memory, callback: HandlerCallback | None = None) -> MessageTicket:
         """Entry point for connectors: the message is stored when this returns, then processed."""
         if self.message_handler is None:
@@ -377,16 +397,28 @@ class AgentRuntime:
     ) -> None:
         room_id, entity_id = params.get("room_id"), params.get("entity_id")
         if result.prompt_tokens or result.completion_tokens:
-            await self.store.record_model_usage(
+            self._usage.append(ModelUsage(
                 agent_id=self.agent_id, provider=provider, model_type=str(model_type), model=result.model,
                 prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-                room_id=room_id, entity_id=entity_id,
-            )
+                room_id=room_id, entity_id=entity_id, created_at=int(self.clock() * 1000),
+            ))
+            if self._usage_task is None or self._usage_task.done():
+                self._usage_task = self.run_in_background(self._flush_usage_soon(), "usage")
         await self.emit(EventType.MODEL_USED, {
             "runtime": self, "type": model_type, "provider": provider, "model": result.model, "ok": True,
             "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
             "duration": duration, "room_id": room_id, "entity_id": entity_id,
         })
+
+    async def _flush_usage_soon(self) -> None:
+        await asyncio.sleep(USAGE_FLUSH_SECONDS)
+        await self.flush_usage()
+
+    async def flush_usage(self) -> None:
+        """Write buffered token usage in one batch: off the reply path, and flushed at stop."""
+        while self._usage:
+            batch, self._usage = self._usage, []
+            await self.store.record_model_usage(batch)
 
     # Actions and evaluators -----------------------------------------------------------------------
     def find_action(self, name: str) -> Action | None:

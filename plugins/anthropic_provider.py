@@ -7,12 +7,11 @@ the next provider that registers them.
 from __future__ import annotations
 
 import base64
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anthropic
 
-from bot.plugin import ModelOutput, ModelRegistration, Plugin, Priority
+from bot.plugin import ModelHandler, ModelOutput, ModelRegistration, Plugin, Priority
 from bot.settings import Settings
 from bot.types import ModelType
 from plugins.models import (
@@ -31,9 +30,6 @@ if TYPE_CHECKING:
 
 NAME = "anthropic"
 DEFAULT_MAX_TOKENS = 2048  # the Messages API requires max_tokens on every call
-
-Handler = Callable[["AgentRuntime", dict[str, Any]], Awaitable[Any]]
-
 
 def image_block(params: dict[str, Any]) -> dict[str, Any]:
     """An image content block: a URL source, or the bytes inline as base64."""
@@ -100,12 +96,12 @@ class AnthropicProvider:
                            prompt_tokens=response.usage.input_tokens,
                            completion_tokens=response.usage.output_tokens)
 
-    def _text(self, model: str) -> Handler:
+    def _text(self, model: str) -> ModelHandler:
         async def handler(runtime: AgentRuntime, params: dict[str, Any]) -> ModelOutput:
             return await self._messages(model, str(params["prompt"]), params, params.get("system"))
         return handler
 
-    def _object(self, model: str) -> Handler:
+    def _object(self, model: str) -> ModelHandler:
         async def handler(runtime: AgentRuntime, params: dict[str, Any]) -> ModelOutput:
             system = "\n\n".join(s for s in (params.get("system"), json_instruction(params.get("schema"))) if s)
             output = await self._messages(model, str(params["prompt"]), params, system)
@@ -123,7 +119,7 @@ class AnthropicProvider:
 
     def registrations(self, priority: int) -> list[ModelRegistration]:
         small, large = self.settings.anthropic_small_model, self.settings.anthropic_large_model
-        handlers: dict[ModelType, Handler] = {
+        handlers: dict[ModelType, ModelHandler] = {
             ModelType.TEXT_SMALL: self._text(small),
             ModelType.TEXT_LARGE: self._text(large),
             ModelType.OBJECT_SMALL: self._object(small),

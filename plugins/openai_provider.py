@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import openai
 
-from bot.plugin import ModelOutput, ModelRegistration, Plugin, Priority
+from bot.plugin import ModelHandler, ModelOutput, ModelRegistration, Plugin, Priority
 from bot.settings import Settings
 from bot.types import Attachment, ModelType
 from plugins.models import (
@@ -39,9 +39,6 @@ AUDIO_EXTENSIONS = {
     "audio/x-wav": "wav", "audio/wave": "wav", "audio/webm": "webm", "audio/mp4": "m4a", "audio/m4a": "m4a",
     "audio/x-m4a": "m4a", "audio/flac": "flac", "video/mp4": "mp4",
 }
-
-Handler = Callable[["AgentRuntime", dict[str, Any]], Awaitable[Any]]
-
 
 def image_url_for(params: dict[str, Any]) -> str:
     """A URL the vision API accepts: the given URL, or the bytes as a data URL."""
@@ -118,12 +115,12 @@ class OpenAIProvider:
         messages.append({"role": "user", "content": str(params["prompt"])})
         return messages
 
-    def _text(self, model: str) -> Handler:
+    def _text(self, model: str) -> ModelHandler:
         async def handler(runtime: AgentRuntime, params: dict[str, Any]) -> ModelOutput:
             return await self._chat(model, self._messages(params), params)
         return handler
 
-    def _object(self, model: str) -> Handler:
+    def _object(self, model: str) -> ModelHandler:
         async def handler(runtime: AgentRuntime, params: dict[str, Any]) -> ModelOutput:
             messages = self._messages(params, json_instruction(params.get("schema")))
             output = await self._chat(model, messages, params, json_mode=True)
@@ -214,7 +211,7 @@ class OpenAIProvider:
 
     def registrations(self, priority: int) -> list[ModelRegistration]:
         small, large = self.settings.openai_small_model, self.settings.openai_large_model
-        handlers: dict[ModelType, Handler] = {
+        handlers: dict[ModelType, ModelHandler] = {
             ModelType.TEXT_SMALL: self._text(small),
             ModelType.TEXT_LARGE: self._text(large),
             ModelType.OBJECT_SMALL: self._object(small),

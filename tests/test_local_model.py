@@ -64,6 +64,7 @@ async def test_smollm2_answers_a_short_prompt(local_runtime: AgentRuntime) -> No
         ModelType.TEXT_SMALL, {"prompt": "Say hello to Ada in one short sentence.", "system": "You are friendly."}
     )
     assert isinstance(text, str) and text.strip()
+    await local_runtime.flush_usage()
     totals = await local_runtime.store.usage_totals(agent_id=local_runtime.agent_id)
     assert totals.calls == 1 and totals.prompt_tokens > 0
 
@@ -121,3 +122,10 @@ def test_unavailable_local_model_gives_a_reason(tmp_path: Path, monkeypatch: pyt
         model_plugins(make_settings(tmp_path), character)
     plugins, notes = model_plugins(make_settings(tmp_path, model_providers=""), character)
     assert plugins == [] and any("local model unavailable" in note for note in notes)
+
+
+def test_bad_local_model_path_is_ignored_when_local_is_not_listed(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, model_providers="openai", openai_api_key="sk-test-123",
+                             local_model_path=str(tmp_path / "nope.gguf"))
+    plugins, _ = model_plugins(settings, parse_character({"name": "Test", "bio": "x"}).character)
+    assert [p.name for p in plugins] == ["openai"]

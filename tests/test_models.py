@@ -124,6 +124,7 @@ async def test_openai_text_reply_records_token_usage(
     assert request.headers["Authorization"] == f"Bearer {OPENAI_KEY}"
     assert used[-1]["provider"] == "openai" and used[-1]["prompt_tokens"] == 5
     assert used[-1]["completion_tokens"] == 3
+    await runtime.flush_usage()
     totals = await runtime.store.usage_totals(agent_id=runtime.agent_id, room_id=room_id)
     assert (totals.calls, totals.prompt_tokens, totals.completion_tokens) == (1, 5, 3)
 
@@ -303,6 +304,7 @@ async def test_anthropic_text_and_object(
     assert (body["model"], body["system"], body["max_tokens"]) == ("claude-sonnet-4-5", "sys", 2048)
     headers = fake_anthropic.requests[0].headers
     assert ANTHROPIC_KEY in (headers.get("x-api-key"), headers.get("Authorization", "").removeprefix("Bearer "))
+    await runtime.flush_usage()
     totals = await runtime.store.usage_totals(agent_id=runtime.agent_id)
     assert (totals.prompt_tokens, totals.completion_tokens) == (2, 3)
 

@@ -171,6 +171,7 @@ async def test_use_model_falls_back_and_reports_usage(tmp_path, sqlite_store):
     room = _message(runtime).room_id
     assert await runtime.use_model(ModelType.TEXT_LARGE, {"prompt": "p", "room_id": room}) == "hello"
     assert used == [("first", False, None), ("second", True, 7)]
+    await runtime.flush_usage()
     totals = await sqlite_store.usage_totals(agent_id=runtime.agent_id, room_id=room)
     assert (totals.calls, totals.prompt_tokens, totals.completion_tokens) == (1, 7, 3)
 

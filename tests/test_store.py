@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from bot.settings import Settings
+from bot.store.base import ModelUsage
 from bot.store.factory import create_store
 from bot.store.schema import LATEST_VERSION, memories, schema_version
 from bot.store.sql import SqlStore, normalize_url
@@ -80,9 +81,9 @@ async def test_upgrade_from_previous_version_keeps_data(raw_store: SqlStore) -> 
     assert old.content.text == "remember the blue door"
     assert old.metadata == {"k": 1} and old.unique is False
     assert [m.memory.id for m in await raw_store.search_memories_by_text("door", agent_id=agent)] == [old.id]
-    await raw_store.record_model_usage(
+    await raw_store.record_model_usage([ModelUsage(
         agent_id=agent, provider="openai", model_type="TEXT_SMALL", model="m", prompt_tokens=1, completion_tokens=2
-    )
+    )])
     assert (await raw_store.usage_totals(agent_id=agent)).calls == 1
     assert await raw_store.create_memory(memory(agent, room, unique=True))
     assert await raw_store.count_memories(agent_id=agent, room_id=room) == 2
@@ -383,12 +384,14 @@ async def test_logs_newest_first(store: SqlStore, agent_id: uuid.UUID) -> None:
 async def test_usage_totals(store: SqlStore, agent_id: uuid.UUID) -> None:
     room, entity = uuid.uuid4(), uuid.uuid4()
     assert (await store.usage_totals(agent_id=agent_id)).calls == 0
-    await store.record_model_usage(agent_id=agent_id, provider="openai", model_type="TEXT_SMALL", model="mini",
-                                   prompt_tokens=10, completion_tokens=5, room_id=room, entity_id=entity)
-    await store.record_model_usage(agent_id=agent_id, provider="anthropic", model_type="TEXT_LARGE", model="big",
-                                   prompt_tokens=100, completion_tokens=50, room_id=room)
-    await store.record_model_usage(agent_id=agent_id, provider="openai", model_type="TEXT_EMBEDDING", model="e",
-                                   prompt_tokens=7, completion_tokens=0)
+    await store.record_model_usage([
+        ModelUsage(agent_id=agent_id, provider="openai", model_type="TEXT_SMALL", model="mini",
+                   prompt_tokens=10, completion_tokens=5, room_id=room, entity_id=entity),
+        ModelUsage(agent_id=agent_id, provider="anthropic", model_type="TEXT_LARGE", model="big",
+                   prompt_tokens=100, completion_tokens=50, room_id=room),
+    ])
+    await store.record_model_usage([ModelUsage(agent_id=agent_id, provider="openai", model_type="TEXT_EMBEDDING",
+                                               model="e", prompt_tokens=7, completion_tokens=0)])
     totals = await store.usage_totals(agent_id=agent_id)
     assert (totals.calls, totals.prompt_tokens, totals.completion_tokens) == (3, 117, 55)
     in_room = await store.usage_totals(agent_id=agent_id, room_id=room)

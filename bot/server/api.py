@@ -98,7 +98,7 @@ class RestApi:
             content=Content(text=body.text, source="api"), type=body.type, embedding=body.embedding,
             metadata=body.metadata,
         )
-        await runtime.store.create_memory(memory)
+        await runtime.create_memory(memory)
         return json_response(MemoryOut.of(memory), status=201)
 
     async def list_memories(self, request: web.Request) -> web.Response:

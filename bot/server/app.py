@@ -186,7 +186,8 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
     if not isinstance(data, dict):
         raise ApiError(400, "INVALID_BODY", "the body must be a JSON object")
     try:
-        return model.model_validate(data)
+        # strict: JSON types must match the schema (no false → 0.0); strings still parse to UUIDs and enums.
+        return model.model_validate_json(raw, strict=True)
     except ValidationError as error:
         raise validation_error(error, "body") from None
 

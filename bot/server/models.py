@@ -13,7 +13,7 @@ from bot.types import Content, Memory, MemoryType
 Text = Annotated[str, Field(min_length=1, max_length=8000, pattern=r"^[^\x00]*$")]
 Key = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
 Limit = Annotated[int, Field(ge=1, le=100)]
-Vector = Annotated[list[Annotated[float, Field(allow_inf_nan=False)]], Field(min_length=1, max_length=8192)]
+Vector = Annotated[list[Annotated[float, Field(ge=-1e9, le=1e9)]], Field(min_length=1, max_length=8192)]
 
 
 class Body(BaseModel):

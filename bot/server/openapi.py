@@ -46,13 +46,15 @@ class Operation:
     public: bool = False
     description: str = ""
     path_params: dict[str, str] = field(default_factory=dict)
+    # OpenAPI links from the success response: name -> (operationId, {parameter: runtime expression}).
+    links: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
 
     @property
     def operation_id(self) -> str:
         return self.handler.__name__.strip("_")
 
 
-def _schema_of(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, Any]:
+def _ref(model: type[BaseModel]) -> dict[str, Any]:
     return {"$ref": REF.format(model=model.__name__)}
 
 
@@ -92,20 +94,23 @@ def build_openapi(operations: Sequence[Operation], *, title: str, version: str) 
             item["parameters"] = parameters
         if op.body is not None:
             item["requestBody"] = {"required": True, "content": {
-                "application/json": {"schema": _schema_of(op.body, schemas)}}}
+                "application/json": {"schema": _ref(op.body)}}}
         responses: dict[str, Any] = {}
         for status, model in op.responses.items():
             entry: dict[str, Any] = {"description": "OK" if status < 300 else "Result"}
             if model is not None:
-                entry["content"] = {"application/json": {"schema": _schema_of(model, schemas)}}
+                entry["content"] = {"application/json": {"schema": _ref(model)}}
+            if status < 300 and op.links:
+                entry["links"] = {name: {"operationId": target, "parameters": params}
+                                  for name, (target, params) in op.links.items()}
             responses[str(status)] = entry
         errors = set(op.errors) | ({400, 413} if op.body is not None else set()) | (
             {400} if op.query is not None else set()) | ({401, 503} if not op.public else set())
         for status in sorted(errors):
             responses[str(status)] = {"description": _ERROR_TEXT.get(status, "Error"), "content": {
-                "application/json": {"schema": {"$ref": REF.format(model="ErrorResponse")}}}}
+                "application/json": {"schema": _ref(ErrorResponse)}}}
         responses["default"] = {"description": "Unexpected error", "content": {
-            "application/json": {"schema": {"$ref": REF.format(model="ErrorResponse")}}}}
+            "application/json": {"schema": _ref(ErrorResponse)}}}
         item["responses"] = responses
         if not op.public:
             item["security"] = [{"bearer": []}]

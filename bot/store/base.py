@@ -33,6 +33,21 @@ class ScoredMemory:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelUsage:
+    """Token counts of one model call, for per-room and per-user totals."""
+
+    agent_id: uuid.UUID
+    provider: str
+    model_type: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    room_id: uuid.UUID | None = None
+    entity_id: uuid.UUID | None = None
+    created_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class UsageTotals:
     calls: int
     prompt_tokens: int
@@ -247,18 +262,8 @@ class Store(ABC):
         """Newest first: dicts with id, type, body, room_id, entity_id, created_at."""
 
     @abstractmethod
-    async def record_model_usage(
-        self,
-        *,
-        agent_id: uuid.UUID,
-        provider: str,
-        model_type: str,
-        model: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        room_id: uuid.UUID | None = None,
-        entity_id: uuid.UUID | None = None,
-    ) -> None: ...
+    async def record_model_usage(self, usages: Sequence[ModelUsage]) -> None:
+        """Store a batch of usage rows in one statement (written off the reply path)."""
 
     @abstractmethod
     async def usage_totals(

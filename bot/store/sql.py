@@ -24,7 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from bot.store.base import ScoredMemory, Store, UsageTotals
+from bot.store.base import ModelUsage, ScoredMemory, Store, UsageTotals
 from bot.store.schema import (
     LATEST_VERSION,
     MIGRATIONS,
@@ -833,25 +833,18 @@ class SqlStore(Store):
             for r in rows
         ]
 
-    async def record_model_usage(
-        self,
-        *,
-        agent_id: uuid.UUID,
-        provider: str,
-        model_type: str,
-        model: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        room_id: uuid.UUID | None = None,
-        entity_id: uuid.UUID | None = None,
-    ) -> None:
-        await self._write(
-            model_usage.insert().values(
-                agent_id=str(agent_id), provider=provider, model_type=str(model_type), model=model,
-                prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, room_id=_id(room_id),
-                entity_id=_id(entity_id), created_at=now_ms(),
-            )
-        )
+    async def record_model_usage(self, usages: Sequence[ModelUsage]) -> None:
+        if not usages:
+            return
+        rows = [
+            {
+                "agent_id": str(u.agent_id), "provider": u.provider, "model_type": str(u.model_type),
+                "model": u.model, "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+                "room_id": _id(u.room_id), "entity_id": _id(u.entity_id), "created_at": u.created_at or now_ms(),
+            }
+            for u in usages
+        ]
+        await self._write(model_usage.insert(), rows)
 
     async def usage_totals(
         self, *, agent_id: uuid.UUID, room_id: uuid.UUID | None = None, entity_id: uuid.UUID | None = None

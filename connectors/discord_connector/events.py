@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot.ids import create_unique_uuid
-from bot.types import Attachment, ChannelType, Content, Entity, MentionContext, Memory, ModelType, Room, World
+from bot.types import Attachment, ChannelType, Content, Entity, Memory, MentionContext, ModelType, Room, World
 
 if TYPE_CHECKING:
     from bot.runtime import AgentRuntime

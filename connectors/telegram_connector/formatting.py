@@ -4,7 +4,8 @@ HTML parse mode is used because it needs escaping of only `& < >` (MarkdownV2 ne
 characters escaped and models never get that right). Splitting happens *after* formatting, at
 paragraph, then line, then word boundaries, never inside a tag or an entity; a tag open at a split
 is closed at the end of one chunk and reopened at the start of the next, so every chunk is valid
-HTML on its own. Lengths are counted in UTF-16 code units, as Telegram counts them.
+HTML on its own. Telegram's limits apply to the text after parsing, in UTF-16 code units, so
+that is what is measured.
 """
 
 from __future__ import annotations
@@ -134,12 +135,17 @@ def _closing(opened: tuple[str, ...]) -> str:
     return "".join(f"</{_TAG.match(tag).group(2)}>" for tag in reversed(opened))  # type: ignore[union-attr]
 
 
+def visible_length(markup: str) -> int:
+    """Length of what Telegram displays (tags excluded), the length its limits apply to."""
+    return _utf16_len(html_to_plain(markup))
+
+
 def split_html(markup: str, limit: int = MESSAGE_LIMIT) -> list[str]:
-    """Split Telegram HTML into chunks of at most `limit` UTF-16 units, each valid on its own."""
-    if _utf16_len(markup) <= limit:
+    """Split Telegram HTML into chunks of at most `limit` visible UTF-16 units, each valid on its own."""
+    if visible_length(markup) <= limit:
         return [markup] if html_to_plain(markup).strip() else []
     units = _units(markup)
-    sizes = [_utf16_len(u) for u in units]
+    sizes = [0 if u.startswith("<") else _utf16_len(html.unescape(u)) for u in units]
     # opened[i]: the tags open before units[i] (as written, so they can be reopened verbatim).
     opened: list[tuple[str, ...]] = []
     stack: list[str] = []
@@ -156,19 +162,17 @@ def split_html(markup: str, limit: int = MESSAGE_LIMIT) -> list[str]:
     chunks: list[str] = []
     start = 0
     while start < len(units):
-        prefix = "".join(opened[start])
-        size = _utf16_len(prefix)
-        best, best_priority = start + 1, -1
-        end = start
+        size, end = 0, start
+        last: dict[int, tuple[int, int]] = {}  # priority -> (latest split point, chunk size there)
         while end < len(units) and size + sizes[end] <= limit:
             size += sizes[end]
             end += 1
-            if size + _utf16_len(_closing(opened[end])) <= limit:
-                priority = _break_priority(units, end)
-                if priority >= best_priority:
-                    best, best_priority = end, priority
+            last[_break_priority(units, end)] = (end, size)
+        # The best kind of break that still fills half a message; else the best kind there is.
+        full = [p for p, (_, filled) in last.items() if filled >= limit // 2]
+        best = last[max(full or last)][0] if last else start + 1
         body = "".join(units[start:best])
-        chunk = prefix + (body if opened[best] else body.rstrip()) + _closing(opened[best])
+        chunk = "".join(opened[start]) + (body if opened[best] else body.rstrip()) + _closing(opened[best])
         if html_to_plain(chunk).strip():
             chunks.append(chunk)
         start = best

@@ -1,8 +1,9 @@
 """Per-chat pacing for outgoing messages, on top of python-telegram-bot's AIORateLimiter.
 
-AIORateLimiter enforces the global limit (30 msg/s) and the per-group limit (20 msg/min) but
-nothing per private chat, where Telegram asks for about one message a second. `ChatPacer`
-adds that; group chats are left to the library so they are not limited twice.
+AIORateLimiter keeps the global limit (30 requests/s) and retries after RetryAfter, but it has
+no per-private-chat limit, and its per-group limit counts every request with the chat's id,
+so "typing…" refreshes would eat a group's budget of 20 messages a minute. `ChatPacer` therefore
+paces *messages* per chat: about one a second in private chats, twenty a minute in groups.
 """
 
 from __future__ import annotations
@@ -16,41 +17,34 @@ MAX_TRACKED_CHATS = 4096
 
 
 def telegram_rate_limiter(max_retries: int = 3) -> AIORateLimiter:
-    """Telegram's documented flood limits, retrying after RetryAfter up to `max_retries` times."""
-    return AIORateLimiter(overall_max_rate=30, overall_time_period=1, group_max_rate=20,
-                          group_time_period=60, max_retries=max_retries)
+    """The global flood limit, retrying after RetryAfter up to `max_retries` times."""
+    return AIORateLimiter(overall_max_rate=30, overall_time_period=1, group_max_rate=0, max_retries=max_retries)
 
 
 class ChatPacer:
-    """`async with pacer.slot(chat_id):` waits until that private chat may receive another message.
+    """`async with pacer.slot(chat_id):` waits until that chat may receive another message.
 
-    `burst` messages go at once (a reply split in two arrives together); after that the rate is
-    `per_second`. Limiters are kept for the most recent chats only, so memory stays bounded.
+    Private chats (positive ids) get `private_burst` messages at once (a reply split in two
+    arrives together), then `private_per_second`; groups get `group_per_minute` in any minute.
+    Limiters are kept for the most recent chats only, so memory stays bounded.
     """
 
-    def __init__(self, per_second: float = 1.0, burst: int = 2) -> None:
-        self.per_second = per_second
-        self.burst = burst
+    def __init__(self, private_per_second: float = 1.0, private_burst: int = 2,
+                 group_per_minute: int = 20) -> None:
+        self.private_per_second = private_per_second
+        self.private_burst = private_burst
+        self.group_per_minute = group_per_minute
         self._limiters: OrderedDict[int, AsyncLimiter] = OrderedDict()
 
-    def slot(self, chat_id: int) -> AsyncLimiter | _NoLimit:
-        if chat_id < 0:  # groups, supergroups and channels: AIORateLimiter's group limit applies
-            return _NO_LIMIT
+    def slot(self, chat_id: int) -> AsyncLimiter:
         limiter = self._limiters.pop(chat_id, None)
         if limiter is None:
-            limiter = AsyncLimiter(self.burst, self.burst / self.per_second)
+            if chat_id > 0:
+                limiter = AsyncLimiter(self.private_burst, self.private_burst / self.private_per_second)
+            else:
+                limiter = AsyncLimiter(self.group_per_minute, 60)
         self._limiters[chat_id] = limiter
         while len(self._limiters) > MAX_TRACKED_CHATS:
             self._limiters.popitem(last=False)
         return limiter
 
-
-class _NoLimit:
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
-_NO_LIMIT = _NoLimit()

@@ -10,7 +10,7 @@ from bot.types import EventType
 from .actions import ACTIONS
 from .dispatcher import MessageDispatcher, ShuttingDown
 from .evaluators import ReflectionCounter, reflection_evaluator
-from .providers import PROVIDERS
+from .providers import Recall, make_providers
 
 if TYPE_CHECKING:
     from bot.runtime import AgentRuntime
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 def bootstrap_plugin() -> Plugin:
     counter = ReflectionCounter()
+    recall = Recall()
 
     async def init(config: dict[str, Any], runtime: AgentRuntime) -> None:
         runtime.message_handler = MessageDispatcher(runtime)
@@ -28,8 +29,8 @@ def bootstrap_plugin() -> Plugin:
         priority=Priority.FEATURE,
         init=init,
         actions=list(ACTIONS),
-        providers=list(PROVIDERS),
-        evaluators=[reflection_evaluator(counter)],
+        providers=make_providers(recall),
+        evaluators=[reflection_evaluator(counter, recall)],
         events={EventType.MESSAGE_RECEIVED: [counter.on_message]},
     )
 

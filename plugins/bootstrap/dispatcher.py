@@ -95,7 +95,7 @@ class MessageDispatcher(MessageHandler):
         if message.entity_id == self.runtime.agent_id:
             future.set_result(RunOutcome(status="ignored", error="own message"))
             return MessageTicket(message, duplicate=False, outcome=future)
-        if not await self.runtime.store.create_memory(message):
+        if not await self.runtime.create_memory(message):
             future.set_result(RunOutcome(status="duplicate"))
             return MessageTicket(message, duplicate=True, outcome=future)
         await self.runtime.emit(EventType.MESSAGE_RECEIVED, {"runtime": self.runtime, "message": message})

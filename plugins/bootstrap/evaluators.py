@@ -15,6 +15,7 @@ from bot.plugin import ActionResult, Evaluator, State
 from bot.types import Content, Memory, MemoryType, ModelType, Relationship
 
 from .parsing import parse_json_object
+from .providers import Recall
 from .templates import render, template_for
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ class ReflectionCounter:
         self.counts[payload["message"].room_id] += 1
 
 
-def reflection_evaluator(counter: ReflectionCounter) -> Evaluator:
+def reflection_evaluator(counter: ReflectionCounter, recall: Recall) -> Evaluator:
     async def validate(runtime: AgentRuntime, message: Memory, state: State | None) -> bool:
         if counter.counts[message.room_id] < runtime.settings.reflection_interval:
             return False
@@ -41,9 +42,7 @@ def reflection_evaluator(counter: ReflectionCounter) -> Evaluator:
         return True
 
     async def handler(runtime: AgentRuntime, message: Memory, state: State, responses: list[Memory]):
-        known = await runtime.store.get_memories(
-            agent_id=runtime.agent_id, room_id=message.room_id, type=MemoryType.FACT, count=30
-        )
+        known = (await recall.facts(runtime, message.room_id))[:30]
         known_texts = {m.content.text.strip().lower() for m in known}
         recent = state.values.get("recentMessages") or message.content.text
         prompt = render(template_for(runtime.character.templates, "reflectionTemplate"), {
@@ -68,7 +67,8 @@ def reflection_evaluator(counter: ReflectionCounter) -> Evaluator:
                 world_id=message.world_id, type=MemoryType.FACT,
                 content=Content(text=claim, source="reflection", metadata={"about": str(about or "")}),
             )
-            await runtime.store.create_memory(memory)
+            await runtime.create_memory(memory)
+            recall.fact_added(memory)
             known_texts.add(claim.lower())
             stored += 1
         for rel in found.get("relationships") or []:
@@ -81,6 +81,7 @@ def reflection_evaluator(counter: ReflectionCounter) -> Evaluator:
                 await runtime.store.upsert_relationship(Relationship(
                     agent_id=runtime.agent_id, source_entity_id=source, target_entity_id=target, tags=tags,
                 ))
+                recall.relationships_changed(source, target)
         return ActionResult(values={"facts_stored": stored})
 
     return Evaluator("REFLECTION", "Remember lasting facts and relationships from the conversation.",

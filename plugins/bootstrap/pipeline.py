@@ -58,7 +58,7 @@ class ReplySender:
             room_id=self.message.room_id, world_id=self.message.world_id, content=content,
             metadata={"platform_keys": keys, "run_id": str(self.run_id)} if keys else {"run_id": str(self.run_id)},
         )
-        await self.runtime.store.create_memory(reply)
+        await self.runtime.create_memory(reply)
         self.sent.append(content)
         await self.runtime.emit(EventType.MESSAGE_SENT, {
             "runtime": self.runtime, "message": reply, "in_reply_to": self.message, "run_id": self.run_id,

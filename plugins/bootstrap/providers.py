@@ -3,19 +3,72 @@
 from __future__ import annotations
 
 import random
+import re
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
+from uuid import UUID
 
 from bot.plugin import Provider, ProviderResult, State
-from bot.types import Memory, MemoryType, ModelType
+from bot.types import Memory, MemoryType, ModelType, Relationship
 
 if TYPE_CHECKING:
     from bot.runtime import AgentRuntime
 
+MAX_CACHED = 10_000
+MAX_FACTS_PER_ROOM = 200
 BIO_LINES = 4
 LORE_LINES = 2
 EXAMPLES = 2
 FACTS = 6
+
+
+class Recall:
+    """What FACTS and RELATIONSHIPS know without a query per message.
+
+    Facts and relationships are written only by this process's REFLECTION evaluator, which tells
+    the cache; so a room's facts and an entity's relationships are each loaded once.
+    """
+
+    def __init__(self) -> None:
+        self._facts: OrderedDict[UUID, list[Memory]] = OrderedDict()
+        self._relationships: OrderedDict[UUID, list[Relationship]] = OrderedDict()
+
+    async def facts(self, runtime: AgentRuntime, room_id: UUID) -> list[Memory]:
+        """The room's newest facts, newest first."""
+        if room_id not in self._facts:
+            found = await runtime.store.get_memories(agent_id=runtime.agent_id, room_id=room_id,
+                                                     type=MemoryType.FACT, count=MAX_FACTS_PER_ROOM)
+            self._remember(self._facts, room_id, found)
+        return self._facts[room_id]
+
+    def fact_added(self, fact: Memory) -> None:
+        if fact.room_id in self._facts:
+            self._facts[fact.room_id] = [fact, *self._facts[fact.room_id]][:MAX_FACTS_PER_ROOM]
+
+    async def relationships(self, runtime: AgentRuntime, entity_id: UUID) -> list[Relationship]:
+        if entity_id not in self._relationships:
+            found = await runtime.store.get_relationships(agent_id=runtime.agent_id, entity_id=entity_id)
+            self._remember(self._relationships, entity_id, found)
+        return self._relationships[entity_id]
+
+    def relationships_changed(self, *entity_ids: UUID) -> None:
+        for entity_id in entity_ids:
+            self._relationships.pop(entity_id, None)
+
+    @staticmethod
+    def _remember(cache: OrderedDict, key: UUID, value) -> None:
+        cache[key] = value
+        cache.move_to_end(key)
+        while len(cache) > MAX_CACHED:
+            cache.popitem(last=False)
+
+
+_WORD = re.compile(r"\w{3,}")
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower())}
 
 
 def _sample(items: list[str], count: int, rng: random.Random) -> list[str]:
@@ -71,9 +124,7 @@ def _format_messages(runtime: AgentRuntime, memories: list[Memory], names: dict)
 
 
 async def recent_messages_provider(runtime: AgentRuntime, message: Memory, state: State) -> ProviderResult:
-    memories = await runtime.store.get_memories(
-        agent_id=runtime.agent_id, room_id=message.room_id, count=runtime.settings.conversation_length
-    )
+    memories = await runtime.history.recent(message.room_id)
     if not any(m.id == message.id for m in memories):
         memories = [message, *memories][: runtime.settings.conversation_length]
     names = await runtime.entity_names({m.entity_id for m in memories})
@@ -115,31 +166,39 @@ async def actions_provider(runtime: AgentRuntime, message: Memory, state: State)
     return ProviderResult(values={"actionNames": ", ".join(names)}, data={"actions": names})
 
 
-async def facts_provider(runtime: AgentRuntime, message: Memory, state: State) -> ProviderResult:
-    """Facts recalled by full-text search on the message: no embedding call on the reply path."""
-    if not message.content.text.strip():
-        return ProviderResult()
-    found = await runtime.store.search_memories_by_text(
-        message.content.text, agent_id=runtime.agent_id, type=MemoryType.FACT, count=FACTS,
-        room_id=message.room_id,
-    )
-    facts = [s.memory.content.text for s in found if s.memory.content.text]
-    if not facts:
-        return ProviderResult()
-    return ProviderResult(text="# Things you know\n" + "\n".join(f"- {f}" for f in facts), data={"facts": facts})
+def facts_provider(recall: Recall):
+    async def get(runtime: AgentRuntime, message: Memory, state: State) -> ProviderResult:
+        """The room's facts that share words with the message (else the newest few).
+
+        Ranked in memory: no embedding call and no full-text query on the reply path.
+        """
+        known = await recall.facts(runtime, message.room_id)
+        if not known:
+            return ProviderResult()
+        words = _words(message.content.text)
+        scored = sorted(known, key=lambda f: len(words & _words(f.content.text)), reverse=True)
+        matching = [f for f in scored if words & _words(f.content.text)]
+        facts = [f.content.text for f in (matching or known)[:FACTS]]
+        return ProviderResult(text="# Things you know\n" + "\n".join(f"- {f}" for f in facts),
+                              data={"facts": facts})
+
+    return get
 
 
-async def relationships_provider(runtime: AgentRuntime, message: Memory, state: State) -> ProviderResult:
-    relationships = await runtime.store.get_relationships(agent_id=runtime.agent_id, entity_id=message.entity_id)
-    if not relationships:
-        return ProviderResult()
-    ids = {r.source_entity_id for r in relationships} | {r.target_entity_id for r in relationships}
-    names = await runtime.entity_names(ids)
-    lines = [
-        f"- {names.get(r.source_entity_id, '?')} → {names.get(r.target_entity_id, '?')}: {', '.join(r.tags)}"
-        for r in relationships[:8]
-    ]
-    return ProviderResult(text="# Relationships\n" + "\n".join(lines))
+def relationships_provider(recall: Recall):
+    async def get(runtime: AgentRuntime, message: Memory, state: State) -> ProviderResult:
+        relationships = await recall.relationships(runtime, message.entity_id)
+        if not relationships:
+            return ProviderResult()
+        ids = {r.source_entity_id for r in relationships} | {r.target_entity_id for r in relationships}
+        names = await runtime.entity_names(ids)
+        lines = [
+            f"- {names.get(r.source_entity_id, '?')} → {names.get(r.target_entity_id, '?')}: {', '.join(r.tags)}"
+            for r in relationships[:8]
+        ]
+        return ProviderResult(text="# Relationships\n" + "\n".join(lines))
+
+    return get
 
 
 async def world_provider(runtime: AgentRuntime, message: Memory, state: State) -> ProviderResult:
@@ -173,15 +232,17 @@ async def capabilities_provider(runtime: AgentRuntime, message: Memory, state: S
     return ProviderResult(text=f"{runtime.character.name} can " + ", ".join(can) + ".") if can else ProviderResult()
 
 
-PROVIDERS = [
-    Provider("CHARACTER", character_provider, "who the agent is", position=0),
-    Provider("TIME", time_provider, "the current time", position=10),
-    Provider("ENTITIES", entities_provider, "people in the room", position=20),
-    Provider("CAPABILITIES", capabilities_provider, "what the agent can do", position=25),
-    Provider("ACTIONS", actions_provider, "actions the agent may take", position=30),
-    Provider("FACTS", facts_provider, "facts recalled for this message", position=40),
-    Provider("RELATIONSHIPS", relationships_provider, "how the sender relates to others", position=50),
-    Provider("WORLD", world_provider, "the server or group and its rooms", dynamic=True, position=60),
-    Provider("ATTACHMENTS", attachments_provider, "files attached to the message", position=70),
-    Provider("RECENT_MESSAGES", recent_messages_provider, "the conversation so far", position=100),
-]
+def make_providers(recall: Recall) -> list[Provider]:
+    return [
+        Provider("CHARACTER", character_provider, "who the agent is", position=0),
+        Provider("TIME", time_provider, "the current time", position=10),
+        Provider("ENTITIES", entities_provider, "people in the room", position=20),
+        Provider("CAPABILITIES", capabilities_provider, "what the agent can do", position=25),
+        Provider("ACTIONS", actions_provider, "actions the agent may take", position=30),
+        Provider("FACTS", facts_provider(recall), "facts recalled for this message", position=40),
+        Provider("RELATIONSHIPS", relationships_provider(recall), "how the sender relates to others",
+                 position=50),
+        Provider("WORLD", world_provider, "the server or group and its rooms", dynamic=True, position=60),
+        Provider("ATTACHMENTS", attachments_provider, "files attached to the message", position=70),
+        Provider("RECENT_MESSAGES", recent_messages_provider, "the conversation so far", position=100),
+    ]

@@ -53,7 +53,7 @@ class Fault:
 
 
 class FakeDiscord:
-    def __init__(self, *, token: str = TOKEN, bot_id: int = 1000, app_id: int = 1000, bot_name: str = "Parley",
+    def __init__(self, *, token: str = TOKEN, bot_id: int = 150_000_000_000_000_001, app_id: int = 150_000_000_000_000_001, bot_name: str = "Parley",
                  guild_id: int = 500) -> None:
         self.token = token
         self.bot = self.user(bot_id, bot_name, bot=True)
@@ -213,11 +213,15 @@ class FakeDiscord:
             self._changed.notify_all()
 
     async def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-        """Wait until `predicate()` is truthy (re-checked whenever the fake records something)."""
+        """Wait until `predicate()` is truthy: re-checked whenever the fake records something, and
+        every 20 ms for state outside the fake (such as the client becoming ready)."""
         async def check() -> Any:
             async with self._changed:
                 while not (result := predicate()):
-                    await self._changed.wait()
+                    try:
+                        await asyncio.wait_for(self._changed.wait(), 0.02)
+                    except TimeoutError:
+                        pass
                 return result
 
         return await asyncio.wait_for(check(), timeout)

@@ -1,0 +1,220 @@
+"""HTTP handlers of the Sessions API (`/api/sessions`), with elizaOS's camelCase field names."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .api import RestApi, reply_timeout
+from .app import json_response, parse_body, parse_query
+from .conversation import converse, memory_page, room_id_for
+from .models import Key, Limit, ReplyOut, Text
+from .openapi import Operation
+from .sessions import MINUTE, EffectiveConfig, Session, SessionManager, TimeoutConfig
+
+if TYPE_CHECKING:
+    from bot.runtime import AgentRuntime
+
+
+class _Camel(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SessionCreate(_Camel):
+    agent_id: Key | None = Field(None, alias="agentId", description="Omit, or 'default', when one agent runs.")
+    user_id: Key = Field(alias="userId")
+    timeout_config: TimeoutConfig | None = Field(None, alias="timeoutConfig")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SessionOut(_Camel):
+    session_id: str = Field(alias="sessionId")
+    agent_id: uuid.UUID = Field(alias="agentId")
+    user_id: str = Field(alias="userId")
+    created_at: datetime = Field(alias="createdAt")
+    last_activity: datetime = Field(alias="lastActivity")
+    expires_at: datetime = Field(alias="expiresAt")
+    time_remaining: int = Field(alias="timeRemaining", description="Milliseconds until expiry.")
+    is_near_expiration: bool = Field(alias="isNearExpiration")
+    renewal_count: int = Field(alias="renewalCount")
+    timeout_config: EffectiveConfig = Field(alias="timeoutConfig")
+    metadata: dict[str, Any]
+
+
+class SessionMessageIn(_Camel):
+    content: Text | None = None
+    text: Text | None = Field(None, description="Accepted instead of content.")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_text(self) -> SessionMessageIn:
+        if (self.content is None) == (self.text is None):
+            raise ValueError("give the message as 'content' (or 'text'), not both")
+        return self
+
+
+class SessionStatus(_Camel):
+    expires_at: datetime = Field(alias="expiresAt")
+    time_remaining: int = Field(alias="timeRemaining")
+    renewal_count: int = Field(alias="renewalCount")
+    was_renewed: bool = Field(alias="wasRenewed")
+    is_near_expiration: bool = Field(alias="isNearExpiration")
+
+
+class ExpiryWarning(_Camel):
+    message: str
+    expires_in: int = Field(alias="expiresIn", description="Milliseconds until expiry.")
+
+
+class SessionMessageResult(_Camel):
+    id: uuid.UUID
+    content: str
+    author_id: uuid.UUID = Field(alias="authorId")
+    created_at: int = Field(alias="createdAt")
+    status: str
+    reply: ReplyOut | None
+    replies: list[ReplyOut]
+    session_status: SessionStatus = Field(alias="sessionStatus")
+    expires_at: datetime = Field(alias="expiresAt")
+    warning: ExpiryWarning | None = None
+
+
+class SessionMessage(_Camel):
+    id: uuid.UUID
+    content: str
+    author_id: uuid.UUID = Field(alias="authorId")
+    is_agent: bool = Field(alias="isAgent")
+    actions: list[str]
+    in_reply_to: uuid.UUID | None = Field(None, alias="inReplyTo")
+    created_at: int = Field(alias="createdAt")
+
+
+class SessionMessagesQuery(_Camel):
+    cursor: Key | None = None
+    limit: Limit = 50
+
+
+class SessionMessagePage(_Camel):
+    messages: list[SessionMessage]
+    next_cursor: str | None = Field(alias="nextCursor")
+    has_more: bool = Field(alias="hasMore")
+
+
+class SessionEnded(_Camel):
+    success: bool
+    message: str
+
+
+def _time(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+class SessionApi:
+    def __init__(self, runtime: AgentRuntime, manager: SessionManager, rest: RestApi) -> None:
+        self.runtime, self.manager, self.rest = runtime, manager, rest
+
+    def _out(self, session: Session) -> SessionOut:
+        now = self.manager.clock()
+        return SessionOut(
+            session_id=session.id, agent_id=session.agent_id, user_id=session.user_id,
+            created_at=_time(session.created_at), last_activity=_time(session.last_activity),
+            expires_at=_time(session.expires_at), time_remaining=int(session.remaining(now) * 1000),
+            is_near_expiration=session.near_expiry(now), renewal_count=session.renewal_count,
+            timeout_config=session.config, metadata=session.metadata,
+        )
+
+    async def create_session(self, request: web.Request) -> web.Response:
+        body = await parse_body(request, SessionCreate)
+        self.rest.resolve_agent(body.agent_id)
+        session = await self.manager.create(body.user_id, body.timeout_config, body.metadata)
+        return json_response(self._out(session), status=201)
+
+    async def get_session(self, request: web.Request) -> web.Response:
+        return json_response(self._out(await self.manager.get(request.match_info["session_id"])))
+
+    async def send_session_message(self, request: web.Request) -> web.Response:
+        session_id = request.match_info["session_id"]
+        await self.manager.get(session_id)  # 404 before reading the body
+        body = await parse_body(request, SessionMessageIn)
+        session, renewed = await self.manager.touch(session_id)
+        exchange = await converse(
+            self.runtime, user=session.user_id, user_name=None, room_key=session.room_key,
+            room_name=f"session {session.id}", text=body.content or body.text or "",
+            metadata={**body.metadata, "session_id": session.id}, timeout=reply_timeout(self.runtime),
+        )
+        now = self.manager.clock()
+        remaining_ms = int(session.remaining(now) * 1000)
+        warning = None
+        if session.near_expiry(now):
+            warning = ExpiryWarning(message=f"This session expires in {session.remaining(now) / MINUTE:.0f} "
+                                    "minute(s).", expires_in=remaining_ms)
+        replies = [ReplyOut.of(reply_id, content) for reply_id, content in exchange.replies]
+        message = exchange.message
+        return json_response(SessionMessageResult(
+            id=message.id, content=message.content.text, author_id=message.entity_id,
+            created_at=message.created_at, status=exchange.status, reply=replies[0] if replies else None,
+            replies=replies, expires_at=_time(session.expires_at), warning=warning,
+            session_status=SessionStatus(expires_at=_time(session.expires_at), time_remaining=remaining_ms,
+                                         renewal_count=session.renewal_count, was_renewed=renewed,
+                                         is_near_expiration=session.near_expiry(now)),
+        ))
+
+    async def list_session_messages(self, request: web.Request) -> web.Response:
+        session = await self.manager.get(request.match_info["session_id"])
+        query = parse_query(request, SessionMessagesQuery)
+        page, cursor = await memory_page(self.runtime, room_id=room_id_for(self.runtime, session.room_key),
+                                         limit=query.limit, cursor=query.cursor)
+        agent_id = self.runtime.agent_id
+        return json_response(SessionMessagePage(
+            messages=[SessionMessage(id=m.id, content=m.content.text, author_id=m.entity_id,
+                                     is_agent=m.entity_id == agent_id, actions=m.content.actions,
+                                     in_reply_to=m.content.in_reply_to, created_at=m.created_at)
+                      for m in page],
+            next_cursor=cursor, has_more=cursor is not None,
+        ))
+
+    async def renew_session(self, request: web.Request) -> web.Response:
+        return json_response(self._out(await self.manager.renew(request.match_info["session_id"])))
+
+    async def heartbeat(self, request: web.Request) -> web.Response:
+        session, _ = await self.manager.touch(request.match_info["session_id"])
+        return json_response(self._out(session))
+
+    async def end_session(self, request: web.Request) -> web.Response:
+        session_id = request.match_info["session_id"]
+        await self.manager.delete(session_id)
+        return json_response(SessionEnded(success=True, message=f"session {session_id} ended"))
+
+    def _links(self) -> dict[str, tuple[str, dict[str, str]]]:
+        """What a client can do with the session it created (also guides schemathesis' stateful phase)."""
+        handlers = (self.get_session, self.send_session_message, self.list_session_messages, self.renew_session,
+                    self.heartbeat, self.end_session)
+        return {h.__name__: (h.__name__, {"session_id": "$response.body#/sessionId"}) for h in handlers}
+
+    def operations(self) -> list[Operation]:
+        sid = {"session_id": "the id POST /api/sessions returned"}
+        return [
+            Operation("POST", "/api/sessions", self.create_session, "Start a chat session", "sessions",
+                      {201: SessionOut}, body=SessionCreate, errors=[404, 429], links=self._links(),
+                      description="timeoutConfig overrides the agent's settings, which override the "
+                                  "SESSION_* defaults."),
+            Operation("GET", "/api/sessions/{session_id}", self.get_session, "A session's status", "sessions",
+                      {200: SessionOut}, errors=[404], path_params=sid),
+            Operation("POST", "/api/sessions/{session_id}/messages", self.send_session_message,
+                      "Send a message in a session and get the reply", "sessions", {200: SessionMessageResult},
+                      body=SessionMessageIn, errors=[404, 429, 504], path_params=sid),
+            Operation("GET", "/api/sessions/{session_id}/messages", self.list_session_messages,
+                      "A session's messages, newest first", "sessions", {200: SessionMessagePage},
+                      query=SessionMessagesQuery, errors=[404], path_params=sid),
+            Operation("POST", "/api/sessions/{session_id}/renew", self.renew_session, "Extend a session",
+                      "sessions", {200: SessionOut}, errors=[404, 422], path_params=sid),
+            Operation("POST", "/api/sessions/{session_id}/heartbeat", self.heartbeat,
+                      "Keep a session alive (renews it when autoRenew is on)", "sessions", {200: SessionOut},
+                      errors=[404], path_params=sid),
+            Operation("DELETE", "/api/sessions/{session_id}", self.end_session, "End a session", "sessions",
+                      {200: SessionEnded}, errors=[404], path_params=sid),
+        ]

@@ -1,0 +1,240 @@
+"""Chat sessions (the elizaOS Sessions API design): timeouts, auto-renew, a hard cap, persistence.
+
+A session is a room of its own between one user and the agent. It expires `timeoutMinutes` after
+its last activity; activity renews it when `autoRenew` is on, but never past `maxDurationMinutes`
+from its creation. Sessions live in memory for speed and are written through to the store's cache
+table, so a restart loses none; expired ones are removed by a periodic cleanup.
+
+All times come from an injected clock (seconds), so the lifecycle is testable without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from .app import ApiError
+
+if TYPE_CHECKING:
+    from bot.runtime import AgentRuntime
+
+log = logging.getLogger(__name__)
+
+CACHE_PREFIX = "session:"
+MINUTE = 60.0
+
+
+class _Camel(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class TimeoutConfig(_Camel):
+    """Session timeouts in minutes; every field optional in a request (agent, then global defaults)."""
+
+    timeout_minutes: float | None = Field(None, alias="timeoutMinutes", gt=0, le=10080)
+    auto_renew: bool | None = Field(None, alias="autoRenew")
+    max_duration_minutes: float | None = Field(None, alias="maxDurationMinutes", gt=0, le=43200)
+    warning_threshold_minutes: float | None = Field(None, alias="warningThresholdMinutes", ge=0, le=10080)
+
+
+class EffectiveConfig(_Camel):
+    timeout_minutes: float = Field(alias="timeoutMinutes")
+    auto_renew: bool = Field(alias="autoRenew")
+    max_duration_minutes: float = Field(alias="maxDurationMinutes")
+    warning_threshold_minutes: float = Field(alias="warningThresholdMinutes")
+
+
+class Session(_Camel):
+    """A session as persisted; times are seconds from the manager's clock."""
+
+    id: str
+    agent_id: uuid.UUID = Field(alias="agentId")
+    user_id: str = Field(alias="userId")
+    created_at: float = Field(alias="createdAt")
+    last_activity: float = Field(alias="lastActivity")
+    expires_at: float = Field(alias="expiresAt")
+    renewal_count: int = Field(0, alias="renewalCount")
+    config: EffectiveConfig
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def room_key(self) -> str:
+        return f"api:session:{self.id}"
+
+    @property
+    def hard_limit(self) -> float:
+        return self.created_at + self.config.max_duration_minutes * MINUTE
+
+    def remaining(self, now: float) -> float:
+        return max(0.0, self.expires_at - now)
+
+    def near_expiry(self, now: float) -> bool:
+        return self.remaining(now) <= self.config.warning_threshold_minutes * MINUTE
+
+
+class SessionNotFound(ApiError):
+    def __init__(self, session_id: str) -> None:
+        super().__init__(404, "SESSION_NOT_FOUND", f"no session {session_id!r}; create one with POST /api/sessions")
+
+
+class SessionExpired(ApiError):
+    def __init__(self, session_id: str) -> None:
+        super().__init__(404, "SESSION_EXPIRED", f"session {session_id!r} has expired; create a new one with "
+                         "POST /api/sessions")
+
+
+_SETTINGS = {
+    "timeout_minutes": ("SESSION_TIMEOUT_MINUTES", TypeAdapter(float)),
+    "auto_renew": ("SESSION_AUTO_RENEW", TypeAdapter(bool)),
+    "max_duration_minutes": ("SESSION_MAX_DURATION_MINUTES", TypeAdapter(float)),
+    "warning_threshold_minutes": ("SESSION_WARNING_THRESHOLD_MINUTES", TypeAdapter(float)),
+}
+
+
+class SessionManager:
+    def __init__(self, runtime: AgentRuntime, *, clock: Callable[[], float] | None = None) -> None:
+        self.runtime = runtime
+        self.clock = clock or runtime.clock
+        self._sessions: dict[str, Session] = {}
+        self._loaded = False
+        self._lock = asyncio.Lock()
+
+    # Configuration ----------------------------------------------------------------------------
+    def effective_config(self, requested: TimeoutConfig | None) -> EffectiveConfig:
+        """The session's own config over the agent's (character settings) over the global defaults."""
+        values: dict[str, Any] = {}
+        for name, (setting, adapter) in _SETTINGS.items():
+            chosen = getattr(requested, name) if requested is not None else None
+            if chosen is None:
+                raw = self.runtime.get_setting(setting)
+                try:
+                    chosen = adapter.validate_python(raw)
+                except ValidationError:
+                    log.warning("setting %s=%r is not valid; using the global default", setting, raw)
+                    chosen = getattr(self.runtime.settings, setting.lower())
+            values[name] = chosen
+        return EffectiveConfig(**values)
+
+    # Persistence --------------------------------------------------------------------------------
+    async def _ensure_loaded(self) -> None:
+        if self._loaded:
+            return
+        stored = await self.runtime.store.list_cache(self.runtime.agent_id, CACHE_PREFIX)
+        for key, value in stored.items():
+            try:
+                session = Session.model_validate(value)
+            except ValidationError:
+                log.warning("dropping unreadable stored session %s", key)
+                await self.runtime.store.delete_cache(self.runtime.agent_id, key)
+                continue
+            self._sessions.setdefault(session.id, session)
+        self._loaded = True
+
+    async def _save(self, session: Session) -> None:
+        await self.runtime.store.set_cache(self.runtime.agent_id, CACHE_PREFIX + session.id,
+                                           session.model_dump(mode="json", by_alias=True))
+
+    async def _forget(self, session_id: str) -> bool:
+        self._sessions.pop(session_id, None)
+        return await self.runtime.store.delete_cache(self.runtime.agent_id, CACHE_PREFIX + session_id)
+
+    # Lifecycle ----------------------------------------------------------------------------------
+    def active_count(self) -> int:
+        now = self.clock()
+        return sum(1 for s in self._sessions.values() if s.expires_at > now)
+
+    async def create(self, user_id: str, requested: TimeoutConfig | None = None,
+                     metadata: dict[str, Any] | None = None) -> Session:
+        config = self.effective_config(requested)
+        async with self._lock:
+            await self._ensure_loaded()
+            await self._cleanup_locked()
+            limit = self.runtime.settings.session_max_concurrent
+            if len(self._sessions) >= limit:
+                raise ApiError(429, "TOO_MANY_SESSIONS", f"{limit} sessions are open, the most this server "
+                               "allows (SESSION_MAX_CONCURRENT); end one or try again later",
+                               headers={"Retry-After": "60"})
+            now = self.clock()
+            session = Session(id=str(uuid.uuid4()), agent_id=self.runtime.agent_id, user_id=user_id,
+                              created_at=now, last_activity=now, expires_at=now, config=config,
+                              metadata=metadata or {})
+            session.expires_at = min(now + config.timeout_minutes * MINUTE, session.hard_limit)
+            self._sessions[session.id] = session
+            await self._save(session)
+        return session
+
+    async def get(self, session_id: str) -> Session:
+        """The live session, or 404: unknown, or expired (which also removes it)."""
+        async with self._lock:
+            await self._ensure_loaded()
+            session = self._sessions.get(session_id)
+            if session is None:
+                raise SessionNotFound(session_id)
+            if session.expires_at <= self.clock():
+                await self._forget(session_id)
+                raise SessionExpired(session_id)
+            return session
+
+    async def touch(self, session_id: str) -> tuple[Session, bool]:
+        """Record activity; with auto-renew on, extend the expiry (never past max duration)."""
+        session = await self.get(session_id)
+        now = self.clock()
+        session.last_activity = now
+        renewed = False
+        if session.config.auto_renew:
+            renewed = self._extend(session, now)
+        await self._save(session)
+        return session, renewed
+
+    async def renew(self, session_id: str) -> Session:
+        session = await self.get(session_id)
+        now = self.clock()
+        if not self._extend(session, now) and session.expires_at >= session.hard_limit:
+            raise ApiError(422, "MAX_DURATION_REACHED", "the session has reached its maximum duration "
+                           f"({session.config.max_duration_minutes:g} minutes) and cannot be renewed")
+        session.last_activity = now
+        await self._save(session)
+        return session
+
+    @staticmethod
+    def _extend(session: Session, now: float) -> bool:
+        expires_at = min(now + session.config.timeout_minutes * MINUTE, session.hard_limit)
+        if expires_at <= session.expires_at:
+            return False
+        session.expires_at = expires_at
+        session.renewal_count += 1
+        return True
+
+    async def delete(self, session_id: str) -> None:
+        await self.get(session_id)
+        async with self._lock:
+            await self._forget(session_id)
+
+    async def cleanup(self) -> int:
+        """Remove expired sessions; returns how many went."""
+        async with self._lock:
+            await self._ensure_loaded()
+            return await self._cleanup_locked()
+
+    async def _cleanup_locked(self) -> int:
+        now = self.clock()
+        expired = [s.id for s in self._sessions.values() if s.expires_at <= now]
+        for session_id in expired:
+            await self._forget(session_id)
+        if expired:
+            log.info("removed %d expired session(s)", len(expired))
+        return len(expired)
+
+    async def run_cleanup(self, interval: float) -> None:
+        """Forever: clean up, then sleep; a failing round is logged and the next one tries again."""
+        while True:
+            try:
+                await self.cleanup()
+            except Exception:
+                log.exception("session cleanup failed")
+            await asyncio.sleep(interval)

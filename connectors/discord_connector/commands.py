@@ -1,0 +1,101 @@
+"""Slash commands (/ask, /join, /leave) and the JOIN_VOICE / LEAVE_VOICE actions."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+
+from bot.plugin import Action, ActionResult
+from bot.types import Content, Memory
+
+from .events import SOURCE
+
+if TYPE_CHECKING:
+    from bot.runtime import AgentRuntime
+
+    from .connector import DiscordConnector
+
+log = logging.getLogger(__name__)
+
+
+def build_tree(client: discord.Client, connector: DiscordConnector) -> app_commands.CommandTree:
+    tree = app_commands.CommandTree(client)
+
+    @tree.command(name="ask", description=f"Ask {connector.runtime.character.name} something")
+    @app_commands.describe(question="What you want to ask")
+    async def ask(interaction: discord.Interaction, question: app_commands.Range[str, 1, 2000]) -> None:
+        await connector.on_ask(interaction, question)
+
+    @tree.command(name="join", description="Join a voice channel (yours if none is given)")
+    @app_commands.describe(channel="The voice channel to join")
+    @app_commands.guild_only()
+    async def join(interaction: discord.Interaction, channel: discord.VoiceChannel | None = None) -> None:
+        await connector.on_join_command(interaction, channel)
+
+    @tree.command(name="leave", description="Leave the voice channel")
+    @app_commands.guild_only()
+    async def leave(interaction: discord.Interaction) -> None:
+        await connector.on_leave_command(interaction)
+
+    return tree
+
+
+async def sync_tree(tree: app_commands.CommandTree, guild_id: int | None) -> None:
+    """Guild commands appear at once; global ones can take up to an hour to show up."""
+    if guild_id is None:
+        await tree.sync()
+        return
+    guild = discord.Object(id=guild_id)
+    tree.copy_global_to(guild=guild)
+    await tree.sync(guild=guild)
+
+
+def _connector(runtime: AgentRuntime) -> DiscordConnector | None:
+    from .connector import DiscordConnector
+
+    connector = runtime.connector_for(SOURCE)
+    return connector if isinstance(connector, DiscordConnector) else None
+
+
+async def _from_discord(runtime: AgentRuntime, message: Memory, _: Any) -> bool:
+    return message.content.source == SOURCE and _connector(runtime) is not None
+
+
+async def _reply(callback: Any, options: dict[str, Any], name: str, fallback: str) -> None:
+    response = options.get("response")
+    text = response.content.text if response is not None and response.content.text else fallback
+    if callback is not None:
+        await callback(Content(text=text, actions=[name]))
+
+
+async def join_voice_handler(runtime, message, state, options, callback, responses) -> ActionResult:
+    connector = _connector(runtime)
+    info = message.metadata.get("discord", {})
+    channel = connector.voice_target(info) if connector else None
+    if connector is None or channel is None:
+        await _reply(callback, {}, "JOIN_VOICE", "Join a voice channel first, then ask me again.")
+        return ActionResult(success=False, error="no voice channel to join")
+    await connector.voice.join(channel)
+    await _reply(callback, options, "JOIN_VOICE", f"Joining {channel.name}.")
+    return ActionResult(values={"voice_channel": str(channel.id)})
+
+
+async def leave_voice_handler(runtime, message, state, options, callback, responses) -> ActionResult:
+    connector = _connector(runtime)
+    guild_id = message.metadata.get("discord", {}).get("guild_id")
+    guild = connector.client.get_guild(int(guild_id)) if connector and connector.client and guild_id else None
+    left = guild is not None and await connector.voice.leave(guild)  # type: ignore[union-attr]
+    await _reply(callback, options if left else {}, "LEAVE_VOICE",
+                 "Left the voice channel." if left else "I'm not in a voice channel.")
+    return ActionResult(success=left)
+
+
+VOICE_ACTIONS = [
+    Action("JOIN_VOICE", "Join the speaker's Discord voice channel and speak replies there.", join_voice_handler,
+           _from_discord, ["JOIN_VC", "JOIN_VOICE_CHANNEL"]),
+    Action("LEAVE_VOICE", "Leave the Discord voice channel.", leave_voice_handler, _from_discord,
+           ["LEAVE_VC", "LEAVE_VOICE_CHANNEL"]),
+]

@@ -1,0 +1,322 @@
+"""The Discord connector: a discord.py Client whose events become Memories and whose replies behave.
+
+Etiquette enforced here: never answer itself or (by default) other bots, only allowlisted channels,
+replies split at 2,000 characters, the first chunk replying to the message, no @everyone/role pings,
+a per-channel pace under Discord's own limit, and a 403 logged once per channel instead of crashing.
+Duplicate deliveries after a gateway RESUME are dropped by the pipeline's dedupe on message id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import weakref
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import discord
+import yarl
+from aiolimiter import AsyncLimiter
+
+from bot.plugin import Connector
+from bot.runtime import AgentRuntime
+from bot.types import DIRECT_CHANNELS, Content, Memory, MentionContext, Room
+
+from .chunking import split_message
+from .commands import build_tree, sync_tree
+from .events import SOURCE, Mapper, message_key
+from .views import PayloadButton, build_view, cache_key
+from .voice import VoiceManager
+
+log = logging.getLogger(__name__)
+
+SAFE_MENTIONS = discord.AllowedMentions(everyone=False, roles=False, users=True, replied_user=True)
+CHANNEL_PACE = (5, 5.0)  # messages per seconds per channel: Discord's documented per-channel limit
+MAX_PACED_CHANNELS = 4096
+TYPING_LIMIT = 120.0  # never show "typing…" longer than this, whatever happens to the run
+ANSWERED_TYPES = {discord.MessageType.default, discord.MessageType.reply}
+
+SendOne = Callable[..., Awaitable[discord.Message]]
+
+
+def configure_endpoints(api_base: str, gateway_url: str) -> None:
+    """Point discord.py at the REST base and gateway (a proxy, or the fake in tests); process-wide."""
+    discord.http.Route.BASE = api_base.rstrip("/")
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
+
+
+class ParleyClient(discord.Client):
+    """discord.Client that hands every event to the connector."""
+
+    def __init__(self, connector: DiscordConnector, **options: Any) -> None:
+        intents = discord.Intents.none()
+        intents.guilds = intents.guild_messages = intents.message_content = True
+        intents.dm_messages = intents.voice_states = True
+        intents.guild_reactions = intents.dm_reactions = True
+        super().__init__(intents=intents, allowed_mentions=SAFE_MENTIONS, **options)
+        self.connector = connector
+        self.tree = build_tree(self, connector)
+
+    async def setup_hook(self) -> None:
+        self.add_dynamic_items(PayloadButton)
+        await sync_tree(self.tree, self.connector.runtime.settings.discord_guild_id)
+
+    async def on_ready(self) -> None:
+        await self.connector.on_ready()
+
+    async def on_message(self, message: discord.Message) -> None:
+        await self.connector.on_message(message)
+
+    async def on_voice_state_update(self, member: discord.Member, before: Any, after: Any) -> None:
+        await self.connector.voice.leave_if_alone(member.guild)
+
+    async def on_button_press(self, interaction: discord.Interaction, token: str) -> None:
+        await self.connector.on_button_press(interaction, token)
+
+
+class DiscordConnector(Connector):
+    service_type = "discord"
+    source = SOURCE
+    guild_ready_timeout: float = 2.0  # how long discord.py waits for more GUILD_CREATEs before "ready"
+
+    def __init__(self, runtime: AgentRuntime) -> None:
+        super().__init__(runtime)
+        self.settings = runtime.settings
+        self.mapper = Mapper(runtime)
+        self.voice = VoiceManager(runtime)
+        self.client: ParleyClient | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._order: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._pace: OrderedDict[int, AsyncLimiter] = OrderedDict()
+        self._forbidden: set[int] = set()
+
+    # Lifecycle ---------------------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self.client is not None and self.client.is_ready() and not self.client.is_closed()
+
+    async def start(self) -> None:
+        token = self.settings.discord_api_token
+        if token is None:
+            raise RuntimeError("DISCORD_API_TOKEN is not set")
+        configure_endpoints(self.settings.discord_api_base, self.settings.discord_gateway_url)
+        self.client = ParleyClient(self, application_id=self.settings.discord_application_id,
+                                   guild_ready_timeout=self.guild_ready_timeout)
+        try:
+            await self.client.login(token.get_secret_value())
+        except discord.LoginFailure:
+            await self.client.close()
+            raise RuntimeError("Discord rejected DISCORD_API_TOKEN; copy the bot token again from the "
+                               "Developer Portal") from None
+        self._task = asyncio.create_task(self._run(), name="discord-gateway")
+
+    async def _run(self) -> None:
+        assert self.client is not None
+        try:
+            await self.client.connect(reconnect=True)
+        except discord.PrivilegedIntentsRequired:
+            log.error("Discord refused the connection: enable the Message Content intent for this bot in "
+                      "the Developer Portal (Bot → Privileged Gateway Intents)")
+        except Exception as error:
+            log.error("the Discord gateway connection ended: %s: %s", type(error).__name__, error)
+
+    async def stop(self) -> None:
+        if self.client is not None:
+            for voice in list(self.client.voice_clients):
+                await voice.disconnect(force=True)
+            await self.client.close()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def on_ready(self) -> None:
+        assert self.client is not None and self.client.user is not None
+        log.info("Discord: logged in as %s in %d server(s)", self.client.user, len(self.client.guilds))
+        channel_id = self.settings.discord_voice_channel_id
+        if channel_id is None:
+            return
+        channel = self.client.get_channel(channel_id)
+        if not isinstance(channel, discord.VoiceChannel | discord.StageChannel):
+            log.warning("DISCORD_VOICE_CHANNEL_ID %s is not a voice channel the bot can see", channel_id)
+            return
+        try:
+            await self.voice.join(channel)
+        except Exception as error:
+            log.warning("could not join voice channel %s: %s", channel_id, error)
+
+    # Incoming --------------------------------------------------------------------------------------------
+    def allowed(self, channel: Any) -> bool:
+        """CHANNEL_IDS allowlist; a thread is allowed when its parent is; DMs are always allowed."""
+        allow = self.settings.channel_ids
+        if not allow or isinstance(channel, discord.DMChannel):
+            return True
+        return channel.id in allow or getattr(channel, "parent_id", None) in allow
+
+    async def on_message(self, message: discord.Message) -> None:
+        client = self.client
+        if client is None or client.user is None or message.author.id == client.user.id:
+            return
+        if message.type not in ANSWERED_TYPES or not self.allowed(message.channel):
+            return
+        if message.author.bot and self.settings.discord_ignore_bots:
+            return
+        # discord.py runs each event in its own task; the lock (FIFO) keeps a channel's messages in order.
+        lock = self._order.setdefault(message.channel.id, asyncio.Lock())
+        async with lock:
+            memory = await self.mapper.message_memory(message, client.user)
+            await self._submit(memory, self._channel_sender(message.channel), message.channel, message)
+
+    async def _submit(self, memory: Memory, send_one: SendOne, channel: Any,
+                      reference: discord.Message | None, typing: bool = True) -> None:
+        async def reply(content: Content) -> list[str]:
+            return await self.deliver(channel, content, send_one, reference)
+
+        try:
+            ticket = await self.runtime.receive_message(memory, reply)
+        except RuntimeError as error:  # shutting down: the message was not accepted
+            log.info("Discord message %s not accepted: %s", memory.id, error)
+            return
+        mention = memory.content.mention_context or MentionContext()
+        addressed = memory.content.channel_type in DIRECT_CHANNELS or mention.is_mention or mention.is_reply
+        if typing and addressed and not ticket.duplicate:
+            self.runtime.run_in_background(self._typing(channel, ticket.outcome), f"discord-typing-{channel.id}")
+
+    async def _typing(self, channel: Any, outcome: asyncio.Future[Any]) -> None:
+        try:
+            async with channel.typing():
+                await asyncio.wait_for(asyncio.shield(outcome), TYPING_LIMIT)
+        except (discord.HTTPException, TimeoutError) as error:
+            log.debug("typing indicator in %s stopped: %s", channel.id, error)
+
+    # Outgoing ------------------------------------------------------------------------------------------------
+    def _channel_sender(self, channel: discord.abc.Messageable) -> SendOne:
+        return channel.send
+
+    def _limiter(self, channel_id: int) -> AsyncLimiter:
+        limiter = self._pace.pop(channel_id, None) or AsyncLimiter(*CHANNEL_PACE)
+        self._pace[channel_id] = limiter
+        if len(self._pace) > MAX_PACED_CHANNELS:
+            self._pace.popitem(last=False)
+        return limiter
+
+    async def deliver(self, channel: Any, content: Content, send_one: SendOne,
+                      reference: discord.Message | None = None) -> list[str]:
+        """Send one reply (several messages when long) and return their platform keys."""
+        links = [a.url for a in content.attachments if a.data is None and a.url]
+        chunks = split_message("\n".join([content.text, *links]).strip())
+        files = [discord.File(io.BytesIO(a.data), filename=a.title or a.id) for a in content.attachments
+                 if a.data is not None]
+        view = await build_view(self.runtime, content.buttons) if content.buttons else None
+        if not chunks and (files or view):
+            chunks = [""]
+        keys: list[str] = []
+        try:
+            for index, chunk in enumerate(chunks):
+                options: dict[str, Any] = {"content": chunk or None, "allowed_mentions": SAFE_MENTIONS}
+                if index == 0 and reference is not None:
+                    options["reference"] = reference.to_reference(fail_if_not_exists=False)
+                if index == len(chunks) - 1:
+                    options.update({"files": files} if files else {}, **({"view": view} if view else {}))
+                async with self._limiter(channel.id):
+                    sent = await send_one(**options)
+                keys.append(message_key(channel.id, sent.id))
+        except discord.Forbidden as error:
+            if channel.id not in self._forbidden:
+                self._forbidden.add(channel.id)
+                log.warning("Discord: no permission to post in channel %s (%s); give the bot Send Messages "
+                            "there or leave it out of CHANNEL_IDS", channel.id, error.text)
+            return keys
+        self._forbidden.discard(channel.id)
+        self._maybe_speak(channel, content.text)
+        return keys
+
+    def _maybe_speak(self, channel: Any, text: str) -> None:
+        voice = self.voice.connected_client(channel)
+        if voice is not None and text.strip():
+            self.runtime.run_in_background(self.voice.speak(voice, channel.guild.id, text),
+                                           f"discord-speak-{channel.id}")
+
+    async def send_to_room(self, room: Room, content: Content) -> list[str]:
+        if self.client is None or room.channel_id is None:
+            return []
+        channel = self.client.get_channel(int(room.channel_id)) or await self.client.fetch_channel(
+            int(room.channel_id))
+        return await self.deliver(channel, content, channel.send)  # type: ignore[union-attr]
+
+    # Interactions ------------------------------------------------------------------------------------------
+    def _interaction_sender(self, interaction: discord.Interaction) -> SendOne:
+        async def send_one(reference: Any = None, **options: Any) -> discord.Message:
+            return await interaction.followup.send(wait=True, **options)
+
+        return send_one
+
+    async def on_button_press(self, interaction: discord.Interaction, token: str) -> None:
+        """Acknowledge at once (Discord allows 3 s), then feed the button's value through the pipeline."""
+        await interaction.response.defer()
+        payload = await self.runtime.store.get_cache(self.runtime.agent_id, cache_key(token))
+        channel, pressed_on = interaction.channel, interaction.message
+        if payload is None or channel is None or pressed_on is None:
+            await interaction.followup.send("This button has expired.", ephemeral=True)
+            return
+        if not self.allowed(channel):
+            return
+        memory = await self._interaction_memory(interaction, str(payload["value"]), is_reply=True)
+        memory.content.in_reply_to = self.mapper.uuid(message_key(channel.id, pressed_on.id))
+        memory.metadata["button"] = payload.get("label")
+        await self._submit(memory, self._channel_sender(channel), channel, pressed_on)  # type: ignore[arg-type]
+
+    async def _interaction_memory(self, interaction: discord.Interaction, text: str, *,
+                                  is_reply: bool = False) -> Memory:
+        channel = interaction.channel
+        entity, room = await self.mapper.connect(interaction.user, channel)
+        return Memory(
+            id=self.mapper.uuid(f"discord:interaction:{interaction.id}"), entity_id=entity.id,
+            agent_id=self.runtime.agent_id, room_id=room.id, world_id=room.world_id,
+            content=Content(text=text, source=SOURCE, channel_type=room.type,
+                            mention_context=MentionContext(is_mention=not is_reply, is_reply=is_reply)),
+            metadata=self.mapper.metadata(interaction.user, channel, None),
+        )
+
+    async def on_ask(self, interaction: discord.Interaction, question: str) -> None:
+        await interaction.response.defer(thinking=True)
+        if interaction.channel is None or not self.allowed(interaction.channel):
+            await interaction.followup.send("I don't answer in this channel.", ephemeral=True)
+            return
+        memory = await self._interaction_memory(interaction, question)
+        await self._submit(memory, self._interaction_sender(interaction), interaction.channel, None, typing=False)
+
+    def voice_target(self, info: dict[str, Any]) -> discord.VoiceChannel | discord.StageChannel | None:
+        """The voice channel a message points at: its own channel, else where its author is."""
+        if self.client is None:
+            return None
+        channel = self.client.get_channel(int(info.get("channel_id") or 0))
+        if isinstance(channel, discord.VoiceChannel | discord.StageChannel):
+            return channel
+        guild = self.client.get_guild(int(info.get("guild_id") or 0))
+        member = guild.get_member(int(info.get("user_id") or 0)) if guild else None
+        state = member.voice if member else None
+        return state.channel if state and isinstance(state.channel, discord.VoiceChannel) else None
+
+    async def on_join_command(self, interaction: discord.Interaction, channel: Any) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        target = channel or self.voice_target({"guild_id": interaction.guild_id, "user_id": interaction.user.id})
+        if target is None:
+            await interaction.followup.send("Join a voice channel first, or name one.", ephemeral=True)
+            return
+        try:
+            await self.voice.join(target)
+        except Exception as error:
+            log.warning("could not join voice channel %s: %s", target.id, error)
+            await interaction.followup.send("I couldn't join that voice channel.", ephemeral=True)
+            return
+        await interaction.followup.send(f"Joined {target.name}.", ephemeral=True)
+
+    async def on_leave_command(self, interaction: discord.Interaction) -> None:
+        left = interaction.guild is not None and await self.voice.leave(interaction.guild)
+        await interaction.response.send_message("Left the voice channel." if left else "I'm not in a voice "
+                                                "channel.", ephemeral=True)
+
+
+__all__ = ["DiscordConnector", "configure_endpoints"]

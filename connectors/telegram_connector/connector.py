@@ -1,0 +1,204 @@
+"""The Telegram connector: python-telegram-bot's Application, run inside the agent's event loop.
+
+The Application's lifecycle is driven by hand (initialize → start → polling or webhook, and the
+reverse on stop) instead of `run_polling()`, which would own the loop the rest of the process
+shares. Long polling is the default; with TELEGRAM_WEBHOOK_URL set, updates arrive through the
+project's HTTP server (see `WebhookEndpoint`) and no Updater is created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from typing import TYPE_CHECKING, ClassVar
+
+from aiohttp import web
+from telegram import Bot, BotCommand, Update
+from telegram.error import InvalidToken, TelegramError
+from telegram.ext import (
+    Application,
+    ApplicationBuilder,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    filters,
+)
+
+from bot.plugin import Connector
+from bot.settings import Settings, VoiceReplies
+from bot.types import Content, ModelType, Room
+
+from .formatting import html_to_plain, markdown_to_html
+from .handlers import ChatOrderedProcessor, Inbound
+from .keyboards import DEFAULT_TTL, ButtonStore
+from .outbox import TYPING_INTERVAL, Outbox, Target
+from .pacing import ChatPacer, telegram_rate_limiter
+from .voice import SOURCE, speak
+
+if TYPE_CHECKING:
+    from bot.runtime import AgentRuntime
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_PATH = "/telegram/webhook"
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+ALLOWED_UPDATES = [Update.MESSAGE, Update.EDITED_MESSAGE, Update.CALLBACK_QUERY]
+
+
+def webhook_secret(settings: Settings) -> str:
+    """TELEGRAM_WEBHOOK_SECRET, or one derived from the token (never the token itself)."""
+    if settings.telegram_webhook_secret is not None:
+        return settings.telegram_webhook_secret.get_secret_value()
+    token = settings.telegram_bot_token.get_secret_value() if settings.telegram_bot_token else ""
+    return hashlib.sha256(b"parley telegram webhook\x00" + token.encode()).hexdigest()
+
+
+class WebhookEndpoint:
+    """`POST /telegram/webhook`: checks Telegram's secret header, then queues the update.
+
+    The route exists before the connector has started (the HTTP server starts first), so until
+    an Application is attached it answers 503 and Telegram retries later.
+    """
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+        self.application: Application | None = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        given = request.headers.get(SECRET_HEADER, "")
+        if not hmac.compare_digest(given.encode(), self.secret.encode()):
+            log.warning("webhook call from %s without the right secret token: refused", request.remote)
+            return web.json_response({"error": "forbidden"}, status=403)
+        application = self.application
+        if application is None or not application.running:
+            return web.json_response({"error": "not ready"}, status=503)
+        try:
+            update = Update.de_json(await request.json(), application.bot)
+        except (ValueError, TypeError, KeyError, json.JSONDecodeError):
+            return web.json_response({"error": "the body is not a Telegram update"}, status=400)
+        await application.update_queue.put(update)
+        return web.json_response({"ok": True})
+
+
+class TelegramConnector(Connector):
+    service_type = "telegram"
+    source = SOURCE
+    webhook: ClassVar[WebhookEndpoint | None] = None  # set by create_plugin for its subclass
+    poll_timeout: ClassVar[float] = 10.0
+    typing_interval: ClassVar[float] = TYPING_INTERVAL
+    button_ttl: ClassVar[float] = DEFAULT_TTL
+    pacer: ClassVar[ChatPacer | None] = None  # None: a fresh ChatPacer() per connector
+
+    def __init__(self, runtime: AgentRuntime) -> None:
+        super().__init__(runtime)
+        settings = runtime.settings
+        if settings.telegram_bot_token is None:
+            raise ValueError("TELEGRAM_BOT_TOKEN is not set")
+        root = settings.telegram_api_root.rstrip("/")
+        builder = (
+            ApplicationBuilder()
+            .token(settings.telegram_bot_token.get_secret_value())
+            .base_url(f"{root}/bot")
+            .base_file_url(f"{root}/file/bot")
+            .rate_limiter(telegram_rate_limiter())
+            .concurrent_updates(ChatOrderedProcessor())
+        )
+        if settings.telegram_webhook_url:
+            builder = builder.updater(None)
+        self.application: Application = builder.build()
+        self.buttons = ButtonStore(runtime.store, runtime.agent_id, self.button_ttl)
+        self.outbox = Outbox(self.application.bot, self.buttons, self.pacer or ChatPacer())
+        self.inbound = Inbound(self)
+
+    @property
+    def bot(self) -> Bot:
+        return self.application.bot
+
+    @property
+    def connected(self) -> bool:
+        return self.application.running
+
+    async def start(self) -> None:
+        try:
+            await self.application.initialize()
+        except InvalidToken:  # its message quotes the token
+            raise RuntimeError("Telegram rejected TELEGRAM_BOT_TOKEN; check the token from @BotFather") from None
+        except TelegramError as error:
+            raise RuntimeError(f"cannot reach the Telegram Bot API: {type(error).__name__}: {error}") from None
+        self._add_handlers()
+        await self._set_commands()
+        await self.application.start()
+        settings = self.runtime.settings
+        if settings.telegram_webhook_url:
+            await self.bot.set_webhook(settings.telegram_webhook_url, secret_token=webhook_secret(settings),
+                                       allowed_updates=ALLOWED_UPDATES)
+            if self.webhook is not None:
+                self.webhook.application = self.application
+            log.info("Telegram: @%s receives updates by webhook", self.bot.username)
+        else:
+            assert self.application.updater is not None
+            await self.application.updater.start_polling(
+                timeout=int(self.poll_timeout), allowed_updates=ALLOWED_UPDATES, error_callback=self._polling_error,
+            )
+            log.info("Telegram: @%s is polling for updates", self.bot.username)
+
+    def _add_handlers(self) -> None:
+        app, inbound = self.application, self.inbound
+        app.add_handler(CommandHandler(["start", "help"], inbound.on_command))
+        app.add_handler(MessageHandler(
+            filters.UpdateType.MESSAGE & (filters.TEXT | filters.CAPTION | filters.VOICE | filters.AUDIO
+                                          | filters.PHOTO | filters.Document.ALL),
+            inbound.on_message,
+        ))
+        app.add_handler(MessageHandler(filters.UpdateType.EDITED_MESSAGE, inbound.on_edited))
+        app.add_handler(CallbackQueryHandler(inbound.on_callback))
+        app.add_error_handler(self._on_error)
+
+    async def _set_commands(self) -> None:
+        name = self.runtime.character.name
+        try:
+            await self.bot.set_my_commands([BotCommand("start", f"Say hello to {name}"),
+                                            BotCommand("help", f"How to talk to {name}")])
+        except TelegramError as error:
+            log.warning("could not register the bot's commands: %s", error)
+
+    def _polling_error(self, error: TelegramError) -> None:
+        # python-telegram-bot retries with a growing back-off; only say what happened.
+        log.warning("polling Telegram failed (%s: %s); retrying", type(error).__name__, error)
+
+    async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        chat = update.effective_chat.id if isinstance(update, Update) and update.effective_chat else None
+        error = context.error
+        log.error("handling a Telegram update in chat %s failed: %s", chat, error,
+                  exc_info=(type(error), error, error.__traceback__) if error else None)
+
+    async def stop(self) -> None:
+        if self.webhook is not None:
+            self.webhook.application = None
+        try:
+            if self.application.updater is not None and self.application.updater.running:
+                await self.application.updater.stop()
+            if self.application.running:
+                await self.application.stop()
+            await self.application.shutdown()
+        except Exception as error:
+            log.warning("stopping the Telegram connector: %s", error)
+
+    # Sending ------------------------------------------------------------------------------------
+    async def send(self, target: Target, content: Content) -> list[str]:
+        """Send a reply (and, when the user spoke or VOICE_REPLIES=always, a voice note)."""
+        mode = self.runtime.settings.voice_replies
+        wants_voice = mode is VoiceReplies.ALWAYS or (mode is VoiceReplies.AUTO and target.voice)
+        voice = None
+        if wants_voice and self.runtime.has_model(ModelType.TEXT_TO_SPEECH):
+            voice = await speak(self.runtime, html_to_plain(markdown_to_html(content.text)))
+        return await self.outbox.send(target, content, voice)
+
+    async def send_to_room(self, room: Room, content: Content) -> list[str]:
+        chat_id = room.metadata.get("chat_id") or room.channel_id
+        if chat_id is None:
+            raise LookupError(f"room {room.id} has no Telegram chat id")
+        return await self.send(Target(int(chat_id), room.metadata.get("thread_id")), content)

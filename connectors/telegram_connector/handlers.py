@@ -1,0 +1,271 @@
+"""Incoming updates → Memories: ids, rooms, mentions, media, commands, button presses, edits.
+
+Handlers return as soon as the message is accepted by the runtime (stored and queued); they never
+wait for the reply, so one slow conversation does not hold up the others. `ChatOrderedProcessor`
+runs updates concurrently across chats but in order within a chat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+from telegram import Chat, Message, MessageEntity, Update, User
+from telegram.constants import ChatType
+from telegram.ext import BaseUpdateProcessor, ContextTypes
+
+from bot.ids import create_unique_uuid
+from bot.plugin import HandlerCallback
+from bot.types import ChannelType, Content, Entity, Memory, MentionContext, Room, World
+
+from .outbox import Target, Typing, message_key
+from .voice import SOURCE, MediaReader
+
+if TYPE_CHECKING:
+    from .connector import TelegramConnector
+
+log = logging.getLogger(__name__)
+
+VOICE_UNAVAILABLE = "I can't listen to voice messages here yet; please type your message instead."
+EXPIRED_BUTTON = "This button has expired."
+
+
+class ChatOrderedProcessor(BaseUpdateProcessor):
+    """Concurrent across chats, sequential within one, so a chat's messages are stored in order."""
+
+    def __init__(self, max_concurrent_updates: int = 64) -> None:
+        super().__init__(max_concurrent_updates)
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
+        chat = update.effective_chat if isinstance(update, Update) else None
+        if chat is None:
+            await coroutine
+            return
+        lock = self._locks.setdefault(chat.id, asyncio.Lock())
+        try:
+            async with lock:
+                await coroutine
+        finally:
+            if not lock.locked() and self._locks.get(chat.id) is lock:
+                del self._locks[chat.id]
+
+    async def initialize(self) -> None:
+        """Nothing to set up."""
+
+    async def shutdown(self) -> None:
+        """Nothing to release."""
+
+
+def is_group(chat: Chat) -> bool:
+    return chat.type in (ChatType.GROUP, ChatType.SUPERGROUP)
+
+
+def topic_of(message: Message) -> int | None:
+    """The forum topic a message is in; None outside forums (reply threads are not topics)."""
+    return message.message_thread_id if message.is_topic_message else None
+
+
+def real_reply(message: Message) -> Message | None:
+    """The message replied to, except the topic-creation message Telegram sets on every topic post."""
+    replied = message.reply_to_message
+    if replied is None or replied.forum_topic_created is not None:
+        return None
+    return replied
+
+
+class Inbound:
+    """PTB callbacks: each maps one kind of update onto the runtime's API."""
+
+    def __init__(self, connector: TelegramConnector) -> None:
+        self.connector = connector
+        self.runtime = connector.runtime
+        self.media = MediaReader(connector.runtime)
+        self._ignored_chats: set[int] = set()
+        self._told_voice_unavailable: set[int] = set()
+
+    # Identity ---------------------------------------------------------------------------------
+    def _uuid(self, key: str) -> Any:
+        return create_unique_uuid(self.runtime.agent_id, key)
+
+    def entity(self, user: User) -> Entity:
+        names = list(dict.fromkeys(n for n in (user.full_name, user.username) if n))
+        return Entity(id=self._uuid(f"telegram:user:{user.id}"), agent_id=self.runtime.agent_id, names=names,
+                      metadata={"telegram": {"id": user.id, "username": user.username, "is_bot": user.is_bot}})
+
+    def room(self, chat: Chat, thread_id: int | None, topic_name: str | None = None) -> tuple[Room, World]:
+        world = World(id=self._uuid(f"telegram:chat:{chat.id}"), agent_id=self.runtime.agent_id,
+                      name=chat.title or chat.full_name or str(chat.id), server_id=str(chat.id),
+                      metadata={"telegram": {"chat_type": chat.type}})
+        key = f"telegram:chat:{chat.id}" + (f":topic:{thread_id}" if thread_id else "")
+        name = world.name if topic_name is None else f"{world.name} / {topic_name}"
+        room = Room(id=self._uuid(key), agent_id=self.runtime.agent_id, name=name, source=SOURCE,
+                    type=ChannelType.GROUP if is_group(chat) else ChannelType.DM, channel_id=str(chat.id),
+                    server_id=str(chat.id), world_id=world.id,
+                    metadata={"chat_id": chat.id, "thread_id": thread_id})
+        return room, world
+
+    def _allowed(self, chat: Chat) -> bool:
+        allowed = self.runtime.settings.telegram_allowed_chats
+        if not allowed or chat.id in allowed:
+            return True
+        if chat.id not in self._ignored_chats:
+            self._ignored_chats.add(chat.id)
+            log.info("ignoring chat %s: not in TELEGRAM_ALLOWED_CHATS", chat.id)
+        return False
+
+    def _mention(self, message: Message) -> MentionContext:
+        bot = message.get_bot()
+        text_entities = message.parse_entities() or message.parse_caption_entities()
+        username = f"@{bot.username}".lower()
+        mentioned = any(
+            (entity.type == MessageEntity.MENTION and value.lower() == username)
+            or (entity.type == MessageEntity.TEXT_MENTION and entity.user is not None and entity.user.id == bot.id)
+            for entity, value in text_entities.items()
+        )
+        replied = real_reply(message)
+        is_reply = bool(replied and replied.from_user and replied.from_user.id == bot.id)
+        named = self._names_bot(message.text or message.caption or "", bot.first_name, bot.username)
+        return MentionContext(is_mention=mentioned or named, is_reply=is_reply,
+                              is_thread=topic_of(message) is not None)
+
+    def _names_bot(self, text: str, *telegram_names: str | None) -> bool:
+        """Addressed by name: the character's names or the bot's Telegram name, as a whole word."""
+        character = self.runtime.character
+        names = {n.lower() for n in (character.name, character.username, *telegram_names) if n}
+        return any(re.search(rf"(?<!\w){re.escape(name)}(?!\w)", text, re.IGNORECASE) for name in names)
+
+    async def _memory(self, message: Message, text: str, attachments: list[Any] | None = None) -> Memory:
+        user, chat = message.from_user, message.chat
+        assert user is not None
+        thread_id = topic_of(message)
+        topic = message.reply_to_message.forum_topic_created if message.reply_to_message else None
+        room, world = self.room(chat, thread_id, topic.name if topic else None)
+        entity = self.entity(user)
+        await self.runtime.ensure_connection(entity, room, world)
+        replied = real_reply(message)
+        return Memory(
+            id=self._uuid(message_key(chat.id, message.message_id)), entity_id=entity.id,
+            agent_id=self.runtime.agent_id, room_id=room.id, world_id=world.id,
+            content=Content(
+                text=text, source=SOURCE, channel_type=room.type, mention_context=self._mention(message),
+                in_reply_to=self._uuid(message_key(chat.id, replied.message_id)) if replied else None,
+                attachments=attachments or [],
+            ),
+            created_at=int(message.date.timestamp() * 1000),
+            metadata={"author_is_bot": user.is_bot, "telegram": {"chat_id": chat.id, "message_id": message.message_id,
+                                                                 "thread_id": thread_id}},
+        )
+
+    # Handlers -----------------------------------------------------------------------------------
+    async def on_message(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.message
+        if message is None or message.from_user is None or message.from_user.id == context.bot.id:
+            return
+        if not self._allowed(message.chat):
+            return
+        self.connector.outbox.unblock(message.chat_id)
+        heard = await self.media.read(message)
+        target = Target(message.chat_id, topic_of(message), message.message_id, voice=heard.spoke)
+        if heard.unheard_voice and not heard.text.strip():
+            await self._voice_unavailable(target)
+            return
+        if not heard.text.strip() and not heard.attachments:
+            return
+        memory = await self._memory(message, heard.text, heard.attachments)
+        await self._submit(memory, target, addressed=not is_group(message.chat) or bool(
+            memory.content.mention_context and (memory.content.mention_context.is_mention
+                                                or memory.content.mention_context.is_reply)))
+
+    async def on_edited(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """An edit replaces the stored text; it is never answered a second time."""
+        message = update.edited_message
+        if message is None or message.from_user is None or not self._allowed(message.chat):
+            return
+        memory = await self._memory(message, message.text or message.caption or "")
+        stored = await self.runtime.store.get_memory(memory.id)
+        if stored is None:
+            log.debug("edit of a message that was never stored (chat %s)", message.chat_id)
+            return
+        stored.content.text = memory.content.text
+        stored.metadata = {**stored.metadata, "edited_at": int((message.edit_date or message.date).timestamp() * 1000)}
+        await self.runtime.store.update_memory(stored)
+
+    async def on_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """/start and /help answer from the character file, without a model call."""
+        message = update.message
+        if message is None or not self._allowed(message.chat):
+            return
+        self.connector.outbox.unblock(message.chat_id)
+        character = self.runtime.character
+        command = (message.text or "").split()[0].split("@")[0].lstrip("/").lower()
+        if command == "help":
+            text = (f"Talk to me in a private chat, or mention @{context.bot.username} or reply to me in a group. "
+                    "You can send voice notes and photos too.")
+        else:
+            about = character.bio_lines[0] if character.bio_lines else ""
+            text = f"Hi, I'm {character.name}! {about}".strip()
+        await self.connector.outbox.send(Target(message.chat_id, topic_of(message), message.message_id),
+                                         Content(text=text))
+
+    async def on_callback(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """A button press: acknowledge at once, then the button's value enters the pipeline."""
+        query = update.callback_query
+        if query is None:
+            return
+        pressed = await self.connector.buttons.resolve(query.data)
+        if pressed is None or query.message is None:
+            await query.answer(EXPIRED_BUTTON, show_alert=True)
+            return
+        await query.answer()
+        chat = query.message.chat
+        if not self._allowed(chat):
+            return
+        source = query.message if isinstance(query.message, Message) else None
+        thread_id = topic_of(source) if source is not None else None
+        room, world = self.room(chat, thread_id)
+        entity = self.entity(query.from_user)
+        await self.runtime.ensure_connection(entity, room, world)
+        memory = Memory(
+            id=self._uuid(f"telegram:callback:{query.id}"), entity_id=entity.id, agent_id=self.runtime.agent_id,
+            room_id=room.id, world_id=world.id,
+            content=Content(
+                text=pressed.value, source=SOURCE, channel_type=room.type,
+                mention_context=MentionContext(is_reply=True, is_thread=thread_id is not None),
+                in_reply_to=self._uuid(message_key(chat.id, query.message.message_id)),
+                metadata={"button": {"label": pressed.label}},
+            ),
+            metadata={"author_is_bot": query.from_user.is_bot},
+        )
+        await self._submit(memory, Target(chat.id, thread_id), addressed=True)
+
+    # Pipeline -----------------------------------------------------------------------------------
+    async def _submit(self, memory: Memory, target: Target, *, addressed: bool) -> None:
+        typing = Typing(self.connector.bot, target, self.connector.typing_interval).start() if addressed else None
+        try:
+            ticket = await self.runtime.receive_message(memory, self._reply_callback(target, typing))
+        except BaseException:
+            if typing is not None:
+                typing.stop()
+            raise
+        if typing is not None:
+            ticket.outcome.add_done_callback(lambda _: typing.stop())
+
+    def _reply_callback(self, target: Target, typing: Typing | None) -> HandlerCallback:
+        async def reply(content: Content) -> list[str]:
+            if typing is not None:
+                typing.stop()
+            return await self.connector.send(target, content)
+
+        return reply
+
+    async def _voice_unavailable(self, target: Target) -> None:
+        """Say once per chat (and process lifetime) that voice notes cannot be heard."""
+        if target.chat_id in self._told_voice_unavailable:
+            return
+        self._told_voice_unavailable.add(target.chat_id)
+        await self.connector.outbox.send(target, Content(text=VOICE_UNAVAILABLE))
+

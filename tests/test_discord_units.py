@@ -1,0 +1,135 @@
+"""Discord connector pieces without a gateway: chunking, and the TTS → ffmpeg → PCM voice path."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import wave
+from typing import Any
+
+import discord
+import pytest
+
+from bot.types import ModelType
+from connectors.discord_connector.chunking import split_message
+from connectors.discord_connector.voice import FRAME_BYTES, VoiceManager, pcm_source
+
+
+# Chunking ---------------------------------------------------------------------------------------------
+def test_short_text_is_one_chunk() -> None:
+    assert split_message("hello") == ["hello"]
+    assert split_message("") == []
+
+
+def test_long_prose_splits_at_word_boundaries() -> None:
+    text = " ".join(f"word{i}" for i in range(1500))
+    chunks = split_message(text)
+    assert all(len(c) <= 2000 for c in chunks)
+    assert " ".join(chunks).split() == text.split()
+
+
+def test_code_block_is_closed_and_reopened_with_its_language() -> None:
+    code = "\n".join(f"x_{i} = {i}" for i in range(600))
+    text = f"Intro\n```python\n{code}\n```\nOutro"
+    chunks = split_message(text)
+    assert len(chunks) >= 3
+    for chunk in chunks:
+        assert len(chunk) <= 2000 and chunk.count("```") % 2 == 0
+    assert all(c.startswith("```python\n") for c in chunks[1:-1])
+    body = "".join(c.replace("```python\n", "").replace("\n```", "\n") for c in chunks)
+    assert all(f"x_{i} = {i}\n" in body for i in range(600))
+
+
+def test_a_single_huge_line_is_cut_hard() -> None:
+    chunks = split_message("x" * 4500)
+    assert [len(c) for c in chunks] == [2000, 2000, 500]
+
+
+# Voice ------------------------------------------------------------------------------------------------
+def wav(seconds: float, rate: int = 22050) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(b"\x10\x00" * int(seconds * rate))
+    return buffer.getvalue()
+
+
+class FakeVoiceClient:
+    """Stands in for discord.VoiceClient, which needs Discord's UDP voice servers."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.playing = False
+
+    def is_connected(self) -> bool:
+        return True
+
+    def is_playing(self) -> bool:
+        return self.playing
+
+    def play(self, source: discord.AudioSource, *, after: Any = None) -> None:
+        assert not self.playing, "replies must not talk over each other"
+        self.playing = True
+
+        def run() -> None:  # like discord.py's AudioPlayer thread: read 20 ms frames until b""
+            while frame := source.read():
+                self.frames.append(frame)
+            self.playing = False
+            after(None)
+
+        asyncio.get_running_loop().run_in_executor(None, run)
+
+
+class Runtime:
+    def __init__(self, audio: bytes) -> None:
+        self.audio = audio
+        self.spoken: list[str] = []
+
+    def has_model(self, model_type: ModelType) -> bool:
+        return model_type is ModelType.TEXT_TO_SPEECH
+
+    async def use_model(self, model_type: ModelType, params: dict[str, Any]) -> bytes:
+        self.spoken.append(params["text"])
+        return self.audio
+
+
+async def test_tts_audio_is_played_as_20ms_pcm_frames_of_the_right_length() -> None:
+    runtime = Runtime(wav(1.0))
+    voice = FakeVoiceClient()
+    manager = VoiceManager(runtime)  # type: ignore[arg-type]
+    assert await manager.speak(voice, 1, "Hello voice channel")
+    assert runtime.spoken == ["Hello voice channel"]
+    assert FRAME_BYTES == 3840
+    assert voice.frames and all(len(f) == FRAME_BYTES for f in voice.frames)
+    assert 49 <= len(voice.frames) <= 51  # one second of audio is 50 frames of 20 ms
+
+
+async def test_replies_are_spoken_one_after_another() -> None:
+    voice = FakeVoiceClient()
+    manager = VoiceManager(Runtime(wav(0.2)))  # type: ignore[arg-type]
+    results = await asyncio.gather(*(manager.speak(voice, 1, f"reply {i}") for i in range(3)))
+    assert results == [True, True, True]
+    assert 29 <= len(voice.frames) <= 32
+
+
+def test_pcm_source_pads_the_last_frame_instead_of_dropping_it() -> None:
+    source = pcm_source(b"\x01" * (FRAME_BYTES + 10))
+    assert [len(source.read()), len(source.read()), source.read()] == [FRAME_BYTES, FRAME_BYTES, b""]
+
+
+async def test_pcm_frames_encode_to_opus_packets() -> None:
+    if not discord.opus.is_loaded():
+        try:
+            discord.opus._load_default()
+        except Exception:
+            pytest.skip("libopus is not installed")
+    from plugins.voice import to_pcm
+
+    source = pcm_source(await to_pcm(wav(0.1)))
+    encoder = discord.opus.Encoder()
+    packets = [encoder.encode(frame, encoder.SAMPLES_PER_FRAME) for frame in iter(source.read, b"")]
+    assert len(packets) == 5 and all(0 < len(p) < FRAME_BYTES for p in packets)
+
+

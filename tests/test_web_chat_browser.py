@@ -1,0 +1,150 @@
+"""The web chat page in a real headless Chromium, driven over the DevTools protocol (no playwright).
+
+A person opens `/`, sees the character's name, types a message, sees the typing indicator and then
+the reply; a reload keeps the conversation (the session and its messages are stored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.fakes.openai_server import FakeOpenAI
+from tests.server_helpers import fake_model, running_app, xml_reply
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian chromium is not installed")
+
+
+class Page:
+    """One tab, over its DevTools websocket: evaluate JavaScript and wait for conditions."""
+
+    def __init__(self, socket: aiohttp.ClientWebSocketResponse) -> None:
+        self.socket = socket
+        self._ids = itertools.count(1)
+
+    async def send(self, method: str, **params: Any) -> dict[str, Any]:
+        message_id = next(self._ids)
+        await self.socket.send_json({"id": message_id, "method": method, "params": params})
+        async for message in self.socket:
+            data = json.loads(message.data)
+            if data.get("id") == message_id:
+                if "error" in data:
+                    raise AssertionError(f"{method}: {data['error']}")
+                return data["result"]
+        raise AssertionError("DevTools connection closed")
+
+    async def evaluate(self, expression: str) -> Any:
+        result = await self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in result:
+            raise AssertionError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    async def wait_for(self, expression: str, timeout: float = 15) -> Any:
+        """Poll the page until `expression` is truthy (errors count as not yet: the page may be loading)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                value = await self.evaluate(expression)
+            except AssertionError:
+                value = None
+            if value:
+                return value
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"timed out waiting for {expression}")
+            await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def chromium(user_data: Path, url: str) -> AsyncIterator[Page]:
+    """Headless Chromium on `url`; its DevTools port is read from DevToolsActivePort."""
+    process = await asyncio.create_subprocess_exec(
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
+        "--disable-dev-shm-usage", "--remote-debugging-port=0", f"--user-data-dir={user_data}", url,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        port_file = user_data / "DevToolsActivePort"
+        for _ in range(400):
+            if port_file.exists() and port_file.read_text().strip():
+                break
+            await asyncio.sleep(0.05)
+        port = int(port_file.read_text().split()[0])
+        async with aiohttp.ClientSession() as http:
+            for _ in range(100):
+                async with http.get(f"http://127.0.0.1:{port}/json/list") as response:
+                    pages = [t for t in await response.json() if t["type"] == "page"]
+                if pages:
+                    break
+                await asyncio.sleep(0.05)
+            async with http.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0) as socket:
+                yield Page(socket)
+    finally:
+        process.kill()
+        await process.wait()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAI]:
+    async with fake_model() as server:
+        yield server
+
+
+async def test_type_a_message_and_see_the_reply(tmp_path: Path, fake: FakeOpenAI) -> None:
+    fake.script(xml_reply("Hello <b>friend</b>, nice to meet you."))
+    async with running_app(tmp_path, fake) as bot, chromium(tmp_path / "chromium", bot.url + "/") as page:
+        assert await page.wait_for("document.getElementById('agent-name').textContent === 'Test'")
+        assert await page.evaluate("document.title") == "Chat with Test"
+        await page.wait_for("localStorage.getItem('parley.sessionId')")
+        # Watch for the typing indicator while the reply is on its way.
+        await page.evaluate("""
+            window.sawTyping = false;
+            new MutationObserver(() => { if (!document.getElementById('typing').hidden) window.sawTyping = true; })
+              .observe(document.getElementById('typing'), {attributes: true});
+        """)
+        await page.evaluate("""
+            document.getElementById('input').value = 'Hi, I am Alice';
+            document.getElementById('send').click();
+        """)
+        await page.wait_for("document.querySelectorAll('#messages li.agent').length === 1")
+        bubbles = await page.evaluate(
+            "[...document.querySelectorAll('#messages li')].map(li => [li.className, li.textContent])")
+        assert bubbles == [["user", "Hi, I am Alice"], ["agent", "Hello <b>friend</b>, nice to meet you."]]
+        assert await page.evaluate("document.querySelectorAll('#messages b').length") == 0  # text, not HTML
+        assert await page.evaluate("window.sawTyping") is True
+        assert await page.evaluate("document.getElementById('typing').hidden") is True
+        chat = fake.requests_to("/chat/completions")
+        assert "Hi, I am Alice" in json.dumps(chat[-1].body)
+
+        await page.send("Page.reload")
+        await page.wait_for("document.querySelectorAll('#messages li').length === 2")
+        assert await page.evaluate("document.querySelector('#messages li.agent').textContent") == \
+            "Hello <b>friend</b>, nice to meet you."
+
+
+async def test_page_asks_for_the_api_key_when_the_server_has_one(tmp_path: Path, fake: FakeOpenAI) -> None:
+    async with running_app(tmp_path, fake, api_key="page-key") as bot, \
+            chromium(tmp_path / "chromium", bot.url + "/") as page:
+        await page.wait_for("!document.getElementById('key-form').hidden")
+        assert "API key" in await page.evaluate("document.getElementById('status').textContent")
+        await page.evaluate("""
+            document.getElementById('api-key').value = 'page-key';
+            document.querySelector('#key-form button').click();
+        """)
+        await page.wait_for("document.getElementById('agent-name').textContent === 'Test'")
+        await page.wait_for("localStorage.getItem('parley.sessionId')")
+        await page.evaluate("""
+            document.getElementById('input').value = 'hello';
+            document.getElementById('send').click();
+        """)
+        assert await page.wait_for("document.querySelector('#messages li.agent')?.textContent") == "Hello from Test."
