@@ -121,6 +121,7 @@ async def run(messages: int, data_dir: Path) -> dict[str, Any]:
         await rooms.send(user, room, sentence(rng))
 
     statements.clear()
+    direct = store.direct_statements
     model.calls.clear()
     latencies = []
     started = time.perf_counter()
@@ -128,7 +129,7 @@ async def run(messages: int, data_dir: Path) -> dict[str, Any]:
         latencies.append(await rooms.send(user, room, sentence(rng)))
     seq_elapsed = time.perf_counter() - started
     await runtime.message_handler.embeddings.flush()
-    sql_per_msg = statements["sql"] / messages
+    sql_per_msg = (statements["sql"] + store.direct_statements - direct) / messages
     calls = {str(k): v / messages for k, v in model.calls.items()}
     prompt_chars = len(model.last_prompt)
 

@@ -66,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(settings)
     try:
         character = load_character_or_raise(settings)
-        app = App(settings, character, console=not has_platform_token(settings))
+        from connectors.console import console_wanted
+
+        app = App(settings, character, console=console_wanted(settings, has_platform_token(settings)))
         asyncio.run(app.run())
     except (StartupError, SettingsError) as error:
         print(f"parley: {error}", file=sys.stderr)

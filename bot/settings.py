@@ -21,6 +21,12 @@ class ShouldRespondMode(StrEnum):
     MENTIONS = "mentions"
 
 
+class ConsoleMode(StrEnum):
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+
 class VoiceReplies(StrEnum):
     AUTO = "auto"
     ALWAYS = "always"
@@ -55,6 +61,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     port: int = Field(3000, ge=0, le=65535)  # 0: any free port (tests)
     host: str = "0.0.0.0"
+    console: ConsoleMode = ConsoleMode.AUTO
 
     # Pipeline
     should_respond_mode: ShouldRespondMode = ShouldRespondMode.AUTO

@@ -8,15 +8,53 @@ so a conversation can be scripted.
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 import sys
+import threading
 from collections.abc import Callable
 from typing import TextIO
 
 from bot.ids import create_unique_uuid
 from bot.plugin import Connector, Plugin, Priority
+from bot.settings import ConsoleMode, Settings
 from bot.types import ChannelType, Content, Entity, Memory, Room
 
 SOURCE = "console"
+
+
+def console_wanted(settings: Settings, has_platform: bool, stdin: TextIO = sys.stdin) -> bool:
+    """`CONSOLE=auto`: only without a platform and when stdin can carry input (not /dev/null)."""
+    if settings.console is not ConsoleMode.AUTO:
+        return settings.console is ConsoleMode.ON
+    if has_platform:
+        return False
+    try:
+        mode = os.fstat(stdin.fileno()).st_mode
+    except (OSError, ValueError):
+        return False
+    return stdin.isatty() or not stat.S_ISCHR(mode)
+
+
+class LineReader:
+    """Reads stdin on a daemon thread, so a pending read never keeps the process from exiting."""
+
+    def __init__(self, stdin: TextIO) -> None:
+        self._stdin = stdin
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
+        threading.Thread(target=self._pump, name="console-stdin", daemon=True).start()
+
+    def _pump(self) -> None:
+        while True:
+            line = self._stdin.readline()
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, line)
+            if not line:
+                return
+
+    async def readline(self) -> str:
+        """The next line, or "" at end of input."""
+        return await self._queue.get()
 
 
 class ConsoleConnector(Connector):
@@ -63,15 +101,15 @@ class ConsoleConnector(Connector):
         return await self._reply(content)
 
     async def _loop(self) -> None:
-        name = self.runtime.character.name
+        reader = LineReader(self.stdin)
         if self._interactive:
-            self._print(f"Chatting with {name}. Ctrl-D to quit.")
+            self._print(f"Chatting with {self.runtime.character.name}. Ctrl-D to quit.")
         try:
             while True:
                 if self._interactive:
                     self.stdout.write("You: ")
                     self.stdout.flush()
-                line = await asyncio.to_thread(self.stdin.readline)
+                line = await reader.readline()
                 if not line:
                     break
                 text = line.rstrip("\n")

@@ -43,11 +43,13 @@ def count_statements(store: SqlStore) -> Iterator[list[str]]:
     def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
         statements.append(statement)
 
+    direct = store.direct_statements
     sa.event.listen(store.engine.sync_engine, "before_cursor_execute", record)
     try:
         yield statements
     finally:
         sa.event.remove(store.engine.sync_engine, "before_cursor_execute", record)
+        statements.extend(["direct insert"] * (store.direct_statements - direct))
 
 
 # Lifecycle and schema ---------------------------------------------------------------------------

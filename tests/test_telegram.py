@@ -283,11 +283,11 @@ async def test_voice_note_in_transcribed_and_answered_by_voice(
         assert len(telegram.calls_to("sendVoice")) == 1, "VOICE_REPLIES=auto: voice only when the user spoke"
 
 
-async def text_only_models(fake: FakeOpenAI) -> list[Plugin]:
+async def text_only_models(fake: FakeOpenAI, tmp_path: Path) -> list[Plugin]:
     """The OpenAI provider with only its text and embedding models: no speech, no vision."""
     from plugins.openai_provider import openai_plugin
 
-    full = openai_plugin(settings_for(Path("."), fake.base_url), character())
+    full = openai_plugin(settings_for(tmp_path, fake.base_url), character())
     keep = {ModelType.TEXT_SMALL, ModelType.TEXT_LARGE, ModelType.TEXT_EMBEDDING}
     models: list[ModelRegistration] = [m for m in full.models if m.model_type in keep]
     return [Plugin(name=full.name, priority=Priority.MODEL, models=models, services=full.services)]
@@ -297,7 +297,7 @@ async def test_without_a_speech_model_the_user_is_told_once(
     tmp_path: Path, telegram: FakeTelegram, model: FakeOpenAI
 ) -> None:
     spoken = await to_ogg_opus(sine_wav())
-    async with running_bot(tmp_path, telegram, model, model_plugins=await text_only_models(model)):
+    async with running_bot(tmp_path, telegram, model, model_plugins=await text_only_models(model, tmp_path)):
         telegram.push({"message": telegram.voice_message(ADA, DM, spoken)})
         telegram.push({"message": telegram.voice_message(ADA, DM, spoken, file_id="voice-file-2")})
         telegram.push({"message": telegram.message(ADA, DM, "typed instead")})

@@ -46,14 +46,17 @@ class SessionOut(_Camel):
 
 
 class SessionMessageIn(_Camel):
-    content: Text | None = None
-    text: Text | None = Field(None, description="Accepted instead of content.")
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["content"]}, {"required": ["text"]}]})
+
+    # Optional but never null, as the schema says: exactly one of the two is given.
+    content: Text = Field(None, validate_default=False)
+    text: Text = Field(None, description="Accepted instead of content.", validate_default=False)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_text(self) -> SessionMessageIn:
         if (self.content is None) == (self.text is None):
-            raise ValueError("give the message as 'content' (or 'text'), not both")
+            raise ValueError("give the message text as 'content' (or as 'text'): exactly one of the two")
         return self
 
 

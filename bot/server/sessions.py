@@ -36,9 +36,9 @@ class _Camel(BaseModel):
 class TimeoutConfig(_Camel):
     """Session timeouts in minutes; every field optional in a request (agent, then global defaults)."""
 
-    timeout_minutes: float | None = Field(None, alias="timeoutMinutes", gt=0, le=10080)
+    timeout_minutes: float | None = Field(None, alias="timeoutMinutes", ge=1, le=10080)
     auto_renew: bool | None = Field(None, alias="autoRenew")
-    max_duration_minutes: float | None = Field(None, alias="maxDurationMinutes", gt=0, le=43200)
+    max_duration_minutes: float | None = Field(None, alias="maxDurationMinutes", ge=1, le=43200)
     warning_threshold_minutes: float | None = Field(None, alias="warningThresholdMinutes", ge=0, le=10080)
 
 

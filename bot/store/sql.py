@@ -43,6 +43,7 @@ from bot.store.schema import (
     tasks,
     worlds,
 )
+from bot.store.sqlite_writer import SqliteAutocommitWriter
 from bot.store.vector import Row, VectorIndex
 from bot.types import (
     Agent,
@@ -179,11 +180,21 @@ class SqlStore(Store):
         if self._sqlite:
             sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         self._insert_memory = self._insert(memories).on_conflict_do_nothing(index_elements=["id"])
+        database = engine.url.database
+        self._fast_insert = (
+            SqliteAutocommitWriter(database, self._insert_memory, engine.dialect)
+            if self._sqlite and database and database != ":memory:" else None
+        )
         upsert_embedding = self._insert(embeddings)
         self._upsert_embedding = upsert_embedding.on_conflict_do_update(
             index_elements=["memory_id"],
             set_={"dim": upsert_embedding.excluded.dim, "vector": upsert_embedding.excluded.vector},
         )
+
+    @property
+    def direct_statements(self) -> int:
+        """Statements run outside the engine (the SQLite insert fast path), for statement counts."""
+        return self._fast_insert.statements if self._fast_insert is not None else 0
 
     @classmethod
     def from_url(cls, url: str, **engine_options: Any) -> SqlStore:
@@ -220,6 +231,8 @@ class SqlStore(Store):
         return current
 
     async def close(self) -> None:
+        if self._fast_insert is not None:
+            await self._fast_insert.close()
         await self.engine.dispose()
 
     async def ping(self) -> bool:
@@ -410,6 +423,8 @@ class SqlStore(Store):
 
     async def create_memory(self, memory: Memory) -> bool:
         values = self._memory_values(memory)
+        if self._fast_insert is not None and not memory.embedding:
+            return await self._fast_insert.insert(values) == 1
         async with self.engine.begin() as conn:
             inserted = (await conn.execute(self._insert_memory, values)).rowcount == 1
             if inserted and memory.embedding:

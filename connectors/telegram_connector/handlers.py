@@ -192,7 +192,7 @@ class Inbound:
             return
         stored.content.text = memory.content.text
         stored.metadata = {**stored.metadata, "edited_at": int((message.edit_date or message.date).timestamp() * 1000)}
-        await self.runtime.store.update_memory(stored)
+        await self.runtime.update_memory(stored)
 
     async def on_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """/start and /help answer from the character file, without a model call."""

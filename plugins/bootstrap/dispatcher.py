@@ -78,6 +78,9 @@ class MessageDispatcher(MessageHandler):
         self._workers: dict[UUID, asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(runtime.settings.max_concurrent_rooms)
         self._accepting = True
+        self._receiving = 0  # receives past the accepting check, not yet queued
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @property
     def queue_depth(self) -> int:
@@ -90,6 +93,16 @@ class MessageDispatcher(MessageHandler):
     async def receive(self, message: Memory, callback: HandlerCallback | None) -> MessageTicket:
         if not self._accepting:
             raise ShuttingDown("shutting down: not accepting new messages")
+        self._receiving += 1
+        self._idle.clear()
+        try:
+            return await self._accept(message, callback)
+        finally:
+            self._receiving -= 1
+            if not self._receiving:
+                self._idle.set()
+
+    async def _accept(self, message: Memory, callback: HandlerCallback | None) -> MessageTicket:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[RunOutcome] = loop.create_future()
         if message.entity_id == self.runtime.agent_id:
@@ -149,11 +162,14 @@ class MessageDispatcher(MessageHandler):
     async def drain(self, timeout: float) -> None:
         """Stop accepting, let queued and running messages finish (up to `timeout`), flush embeddings."""
         self._accepting = False
-        workers = list(self._workers.values())
-        if workers:
-            done, pending = await asyncio.wait(workers, timeout=timeout)
-            for task in pending:
+        deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._idle.wait()  # messages being stored right now still get their run
+                while self._workers:
+                    await asyncio.wait(list(self._workers.values()))
+        except TimeoutError:
+            log.warning("shutdown: %d room(s) still busy after %.0fs", len(self._workers), timeout)
+            for task in list(self._workers.values()):
                 task.cancel()
-            if pending:
-                log.warning("shutdown: %d room(s) still busy after %.0fs", len(pending), timeout)
         await self.embeddings.close()
