@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import re
 import time
 import uuid
@@ -59,6 +60,8 @@ from bot.types import (
     World,
     now_ms,
 )
+
+log = logging.getLogger(__name__)
 
 # Searching more rows than this inline would hold the event loop for more than about a millisecond.
 _INLINE_SEARCH_ROWS = 20_000
@@ -182,14 +185,27 @@ class SqlStore(Store):
         self._insert_memory = self._insert(memories).on_conflict_do_nothing(index_elements=["id"])
         database = engine.url.database
         self._fast_insert = (
-            SqliteAutocommitWriter(database, self._insert_memory, engine.dialect)
+            SqliteAutocommitWriter(database, self._insert_memory, engine.dialect, self._checkpoint_soon)
             if self._sqlite and database and database != ":memory:" else None
         )
+        self._checkpoint_task: asyncio.Task[None] | None = None
         upsert_embedding = self._insert(embeddings)
         self._upsert_embedding = upsert_embedding.on_conflict_do_update(
             index_elements=["memory_id"],
             set_={"dim": upsert_embedding.excluded.dim, "vector": upsert_embedding.excluded.vector},
         )
+
+    def _checkpoint_soon(self) -> None:
+        if self._checkpoint_task is None or self._checkpoint_task.done():
+            self._checkpoint_task = asyncio.create_task(self._checkpoint(), name="sqlite-checkpoint")
+
+    async def _checkpoint(self) -> None:
+        """Move WAL pages into the database file without blocking writers (PASSIVE)."""
+        try:
+            async with self.engine.connect() as conn:
+                await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        except sa.exc.SQLAlchemyError as error:
+            log.warning("SQLite checkpoint failed (the next one will retry): %s", error)
 
     @property
     def direct_statements(self) -> int:
@@ -231,6 +247,8 @@ class SqlStore(Store):
         return current
 
     async def close(self) -> None:
+        if self._checkpoint_task is not None:
+            await self._checkpoint_task
         if self._fast_insert is not None:
             await self._fast_insert.close()
         await self.engine.dispose()

@@ -133,8 +133,10 @@ class MessageDispatcher(MessageHandler):
 
     def _addressed(self, message: Memory) -> bool:
         mention = message.content.mention_context
-        return message.content.channel_type in DIRECT_CHANNELS or bool(
-            mention and (mention.is_mention or mention.is_reply)
+        return (
+            message.content.channel_type in DIRECT_CHANNELS
+            or bool(mention and (mention.is_mention or mention.is_reply))
+            or self.pipeline.names_agent(message.content.text)
         )
 
     async def _drain_room(self, room_id: UUID) -> None:

@@ -35,23 +35,25 @@ class EmbeddingQueue:
 
     async def _run(self) -> None:
         while self._pending:
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), BATCH_WAIT)
-            except TimeoutError:
-                pass
+            if len(self._pending) < BATCH_SIZE:
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), BATCH_WAIT)
+                except TimeoutError:
+                    pass
             self._wakeup.clear()
-            await self.flush()
+            await self._embed_next_batch()
+
+    async def _embed_next_batch(self) -> None:
+        batch, self._pending = self._pending[:BATCH_SIZE], self._pending[BATCH_SIZE:]
+        try:
+            vectors = await self.runtime.use_model(ModelType.TEXT_EMBEDDING, {"texts": [m.content.text for m in batch]})
+            await self.runtime.store.set_embeddings([(m.id, v) for m, v in zip(batch, vectors, strict=True)])
+        except Exception as error:
+            log.warning("embedding %d memories failed (they stay searchable by text): %s", len(batch), error)
 
     async def flush(self) -> None:
         while self._pending:
-            batch, self._pending = self._pending[:BATCH_SIZE], self._pending[BATCH_SIZE:]
-            try:
-                vectors = await self.runtime.use_model(
-                    ModelType.TEXT_EMBEDDING, {"texts": [m.content.text for m in batch]}
-                )
-                await self.runtime.store.set_embeddings([(m.id, v) for m, v in zip(batch, vectors, strict=True)])
-            except Exception as error:
-                log.warning("embedding %d memories failed (they stay searchable by text): %s", len(batch), error)
+            await self._embed_next_batch()
 
     async def close(self) -> None:
         await self.flush()

@@ -69,17 +69,18 @@ class ReplySender:
 class Pipeline:
     def __init__(self, runtime: AgentRuntime) -> None:
         self.runtime = runtime
+        names = [re.escape(n) for n in (runtime.character.name, runtime.character.username) if n]
+        self._name_pattern = re.compile(rf"(?<!\w)@?(?:{'|'.join(names)})(?!\w)", re.IGNORECASE)
 
     # Should-respond -------------------------------------------------------------------------------
-    def _names_agent(self, text: str) -> bool:
-        names = [n for n in (self.runtime.character.name, self.runtime.character.username) if n]
-        return any(re.search(rf"(?<!\w)@?{re.escape(n)}(?!\w)", text, re.IGNORECASE) for n in names)
+    def names_agent(self, text: str) -> bool:
+        return self._name_pattern.search(text) is not None
 
     async def should_respond(self, message: Memory, run_id: uuid.UUID) -> Decision:
         runtime, content = self.runtime, message.content
         if message.metadata.get("author_is_bot") and not runtime.settings.respond_to_bots:
             return Decision(False, "ignored", "author is a bot")
-        named = self._names_agent(content.text)
+        named = self.names_agent(content.text)
         state = await runtime.get_room_state(message.room_id)
         if state is RoomState.MUTED:
             return Decision(True) if named else Decision(False, "muted", "room is muted")
