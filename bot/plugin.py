@@ -121,6 +121,8 @@ class ModelRegistration:
     handler: ModelHandler
     provider: str
     priority: int = 0  # lower is tried first
+    # False for small models that cannot follow an output format (XML, JSON): prompts ask for plain text.
+    structured: bool = True
 
 
 @dataclass

@@ -363,6 +363,11 @@ class AgentRuntime:
     def has_model(self, model_type: ModelType) -> bool:
         return bool(self._models.get(model_type))
 
+    def prefers_plain_text(self, model_type: ModelType) -> bool:
+        """True when the first model for this type cannot follow an output format (small local models)."""
+        handlers = self._models.get(model_type)
+        return bool(handlers) and not handlers[0].structured
+
     def model_providers(self, model_type: ModelType) -> list[str]:
         return [r.provider for r in self._models.get(model_type, [])]
 

@@ -69,7 +69,7 @@ class ConsoleConnector(Connector):
         self._task: asyncio.Task[None] | None = None
         self._interactive = self.stdin.isatty()
         agent = runtime.agent_id
-        self.user = Entity(id=create_unique_uuid(agent, "console:user"), agent_id=agent, names=["You"])
+        self.user = Entity(id=create_unique_uuid(agent, "console:user"), agent_id=agent, names=["User"])
         self.room = Room(id=create_unique_uuid(agent, "console:room"), agent_id=agent, name="console",
                          source=SOURCE, type=ChannelType.DM, channel_id="console")
 

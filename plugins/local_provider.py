@@ -101,6 +101,19 @@ class LocalProvider:
             raise ValueError("the system prompt and max_tokens leave no room for the prompt in LOCAL_CONTEXT_SIZE")
         return llama.detokenize(tokens[-budget:]).decode("utf-8", errors="ignore")
 
+    def _fit_turns(self, llama: Llama, system: str, turns: list[dict[str, str]], max_tokens: int) -> list[dict[str, str]]:
+        """Drop the oldest chat turns until the rest fit the context (the last turn always stays)."""
+        budget = llama.n_ctx() - max_tokens - CHAT_TEMPLATE_TOKENS
+        budget -= len(llama.tokenize(system.encode(), add_bos=False, special=False))
+        kept: list[dict[str, str]] = []
+        for turn in reversed(turns):
+            cost = len(llama.tokenize(turn["content"].encode(), add_bos=False, special=False)) + 8
+            if kept and cost > budget:
+                break
+            kept.insert(0, turn)
+            budget -= cost
+        return kept
+
     def _complete(self, params: dict[str, Any], system: str, json_schema: dict[str, Any] | None,
                   want_json: bool) -> ModelOutput:
         """Blocking inference; runs in a worker thread while the lock is held."""
@@ -109,9 +122,12 @@ class LocalProvider:
         llama = self._llama
         # Half the context at most, so a large max_tokens cannot squeeze the prompt out entirely.
         max_tokens = min(int(params.get("max_tokens") or self.settings.local_max_tokens), llama.n_ctx() // 2)
-        prompt = self._fit_prompt(llama, system, str(params["prompt"]), max_tokens)
         messages = [{"role": "system", "content": system}] if system else []
-        messages.append({"role": "user", "content": prompt})
+        if params.get("messages"):
+            messages += self._fit_turns(llama, system, list(params["messages"]), max_tokens)
+        else:
+            messages.append({"role": "user", "content": self._fit_prompt(llama, system, str(params["prompt"]),
+                                                                         max_tokens)})
         options: dict[str, Any] = {}
         if params.get("temperature") is not None:
             options["temperature"] = float(params["temperature"])
@@ -151,7 +167,8 @@ class LocalProvider:
             ModelType.OBJECT_SMALL: self.object,
             ModelType.OBJECT_LARGE: self.object,
         }
-        return [ModelRegistration(t, h, provider=NAME, priority=priority) for t, h in handlers.items()]
+        return [ModelRegistration(t, h, provider=NAME, priority=priority, structured=False)
+                for t, h in handlers.items()]
 
 
 def local_plugin(settings: Settings, priority: int = 0) -> tuple[Plugin | None, str]:

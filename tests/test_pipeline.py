@@ -403,3 +403,19 @@ async def test_prompt_is_lean_with_full_history(sqlite_store, tmp_path, model):
     prompt = model.prompts(ModelType.TEXT_LARGE)[-1]
     assert "message number 19" in prompt and "message number 4" in prompt
     assert len(prompt) < 5000
+
+
+async def test_small_local_models_get_chat_turns_and_plain_text(sqlite_store, tmp_path, model):
+    from bot.runtime import AgentRuntime
+    from plugins.bootstrap import bootstrap_plugin
+
+    model.script(ModelType.TEXT_LARGE, "Ava: Hi Sam, nice to meet you!\nSam: thanks")
+    runtime = AgentRuntime(make_character(), make_settings(tmp_path), sqlite_store,
+                           [bootstrap_plugin(), model.plugin(structured=False)])
+    await runtime.initialize()
+    chat = make_chat(runtime)
+    await chat.send("hello")
+    assert [c.text for c in chat.sent] == ["Hi Sam, nice to meet you!"]
+    [(_, params)] = model.calls
+    assert params["messages"] == [{"role": "user", "content": "hello"}]
+    assert "<response>" not in params["system"] and "Ava is a helpful test character." in params["system"]

@@ -39,6 +39,20 @@ class Decision:
     reason: str = ""
 
 
+_SPEAKER = re.compile(r"^\s*[\w .'-]{1,40}:\s")
+
+
+def clean_plain_reply(raw: str) -> str:
+    """The first turn of a small model's answer, without a leading "Name:" or later turns."""
+    text = _SPEAKER.sub("", raw.strip(), count=1) if _SPEAKER.match(raw.strip()) else raw.strip()
+    lines = []
+    for line in text.splitlines():
+        if lines and _SPEAKER.match(line):
+            break
+        lines.append(line)
+    return "\n".join(lines).strip() or raw.strip()
+
+
 class ReplySender:
     """Wraps a connector callback: stamps replies, stores each as a memory and emits MESSAGE_SENT."""
 
@@ -104,6 +118,8 @@ class Pipeline:
     # Generation -----------------------------------------------------------------------------------
     async def _generate(self, message: Memory, state: State) -> ParsedResponse:
         runtime = self.runtime
+        if runtime.prefers_plain_text(ModelType.TEXT_LARGE):
+            return await self._generate_plain(message, state)
         prompt = render(template_for(runtime.character.templates, "messageHandlerTemplate"), {
             **state.values, "providers": state.text, "agentName": runtime.character.name,
         })
@@ -116,6 +132,28 @@ class Pipeline:
             if parsed is not None:
                 return parsed
         return ParsedResponse(text=raw.strip(), actions=["REPLY"])
+
+    async def _generate_plain(self, message: Memory, state: State) -> ParsedResponse:
+        """For small local models: the context as the system prompt and the conversation as chat
+        turns, asking for the reply text alone; what they add around it is trimmed."""
+        runtime = self.runtime
+        providers = state.data.get("providers", {})
+        context = "\n\n".join(r.text for name, r in providers.items() if r.text and name != "RECENT_MESSAGES")
+        system = "\n\n".join(p for p in (runtime.character.system, context,
+                                         f"Reply as {runtime.character.name}, briefly and in character.") if p)
+        history = providers["RECENT_MESSAGES"].data.get("memories", []) if "RECENT_MESSAGES" in providers else []
+        names = await runtime.entity_names({m.entity_id for m in history})
+        turns = [
+            {"role": "assistant", "content": m.content.text} if m.entity_id == runtime.agent_id
+            else {"role": "user", "content": m.content.text if message.content.channel_type in DIRECT_CHANNELS
+                  else f"{names.get(m.entity_id, 'Someone')}: {m.content.text}"}
+            for m in reversed(history) if m.content.text
+        ] or [{"role": "user", "content": message.content.text}]
+        raw = await runtime.use_model(ModelType.TEXT_LARGE, {
+            "prompt": message.content.text, "messages": turns, "system": system,
+            "room_id": message.room_id, "entity_id": message.entity_id,
+        })
+        return ParsedResponse(text=clean_plain_reply(raw), actions=["REPLY"])
 
     async def run(self, job: Job) -> RunOutcome:
         runtime, message = self.runtime, job.message
