@@ -152,6 +152,27 @@ async def test_reply_to_the_bot_counts_as_addressed(bot: Bot, discord_fake: Fake
     assert await runtime.store.get_memory(stored.content.in_reply_to) is not None
 
 
+async def test_edit_updates_the_stored_message_without_a_second_reply(bot: Bot, discord_fake: FakeDiscord) -> None:
+    sent = await say(discord_fake, GENERAL, "hey, meet at 5?", mentions=[discord_fake.bot])
+    await discord_fake.wait_for_messages(1)
+    await discord_fake.dispatch("MESSAGE_UPDATE", {**sent, "content": "hey, meet at 6?",
+                                                   "edited_timestamp": sent["timestamp"]})
+    runtime = bot.app.runtime
+    memory_id = create_unique_uuid(runtime.agent_id, f"discord:msg:{GENERAL}:{sent['id']}")
+
+    async def edited() -> bool:
+        stored = await runtime.store.get_memory(memory_id)
+        return stored.content.text == "hey, meet at 6?"
+
+    for _ in range(100):
+        if await edited():
+            break
+        await asyncio.sleep(0.02)
+    assert await edited()
+    await quiet(bot)
+    assert len(discord_fake.messages) == 1
+
+
 async def test_dm_is_answered_without_mention(bot: Bot, discord_fake: FakeDiscord) -> None:
     await discord_fake.dispatch("CHANNEL_CREATE", {"id": str(DM), "type": 1, "recipients": [ALICE],
                                                    "last_message_id": None})

@@ -69,6 +69,9 @@ class ParleyClient(discord.Client):
     async def on_message(self, message: discord.Message) -> None:
         await self.connector.on_message(message)
 
+    async def on_message_edit(self, before: discord.Message, after: discord.Message) -> None:
+        await self.connector.on_message_edit(before, after)
+
     async def on_voice_state_update(self, member: discord.Member, before: Any, after: Any) -> None:
         await self.connector.voice.leave_if_alone(member.guild)
 
@@ -167,6 +170,20 @@ class DiscordConnector(Connector):
         async with lock:
             memory = await self.mapper.message_memory(message, client.user)
             await self._submit(memory, self._channel_sender(message.channel), message.channel, message)
+
+    async def on_message_edit(self, before: discord.Message, after: discord.Message) -> None:
+        """An edit updates the stored message (so later prompts see the new text), never replies again."""
+        client = self.client
+        if client is None or client.user is None or after.author.id == client.user.id:
+            return
+        if before.content == after.content or not self.allowed(after.channel):
+            return
+        stored = await self.runtime.store.get_memory(self.mapper.uuid(message_key(after.channel.id, after.id)))
+        if stored is None:
+            return
+        content = stored.content.model_copy(update={"text": after.clean_content})
+        await self.runtime.update_memory(stored.model_copy(update={
+            "content": content, "metadata": {**stored.metadata, "edited": True}}))
 
     async def _submit(self, memory: Memory, send_one: SendOne, channel: Any,
                       reference: discord.Message | None, typing: bool = True) -> None:
