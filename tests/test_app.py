@@ -1,0 +1,58 @@
+"""Start-up wiring: plugin selection from settings and character, and when the console runs."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from bot.app import select_plugins
+from bot.settings import ConsoleMode
+from connectors.console import console_wanted
+from tests.runtime_helpers import make_character, make_settings
+
+
+def test_elizaos_plugin_names_map_to_builtins_and_unknown_ones_warn(tmp_path: Path):
+    character = make_character(plugins=["@elizaos/plugin-openai", "@elizaos/plugin-bootstrap",
+                                        "@elizaos/plugin-solana", "web-search"])
+    selection = select_plugins(make_settings(tmp_path, openai_api_key="sk-x"), character)
+    notes = [n for n in selection.notes if "no parley equivalent" in n]
+    assert len(notes) == 2
+    assert "'@elizaos/plugin-solana'" in notes[0] and "'web-search'" in notes[1]
+    names = [p.name for p in selection.plugins]
+    assert names[0] == "bootstrap" and "openai" in names
+
+
+def test_platform_plugins_start_only_with_their_token(tmp_path: Path):
+    plain = [p.name for p in select_plugins(make_settings(tmp_path), make_character(), models=[]).plugins]
+    assert plain == ["bootstrap"]
+    both = select_plugins(make_settings(tmp_path, telegram_bot_token="123456:" + "a" * 35,
+                                        discord_api_token="x" * 60), make_character(), models=[])
+    assert {p.name for p in both.plugins} >= {"telegram", "discord"}
+
+
+def _pipe() -> io.TextIOWrapper:
+    read, write = os.pipe()
+    os.close(write)
+    return io.TextIOWrapper(os.fdopen(read, "rb"))
+
+
+def test_console_runs_for_pipes_and_files_but_not_dev_null_or_with_a_platform(tmp_path: Path):
+    settings = make_settings(tmp_path)
+    with _pipe() as pipe:
+        assert console_wanted(settings, has_platform=False, stdin=pipe)
+        assert not console_wanted(settings, has_platform=True, stdin=pipe)
+    script = tmp_path / "script.txt"
+    script.write_text("hi\n")
+    with script.open() as file:
+        assert console_wanted(settings, has_platform=False, stdin=file)
+    with open(os.devnull) as devnull:
+        assert not console_wanted(settings, has_platform=False, stdin=devnull)
+
+
+@pytest.mark.parametrize(("mode", "expected"), [(ConsoleMode.ON, True), (ConsoleMode.OFF, False)])
+def test_console_setting_overrides_detection(tmp_path: Path, mode: ConsoleMode, expected: bool):
+    with open(os.devnull) as devnull:
+        assert console_wanted(make_settings(tmp_path, console=mode), has_platform=True, stdin=devnull) is expected
