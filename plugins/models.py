@@ -11,6 +11,7 @@ import re
 from typing import Any, Protocol
 
 from bot.character import Character
+from bot.jsontext import parse_json_object
 from bot.plugin import Plugin, Service
 from bot.settings import Settings, SettingsError
 
@@ -47,7 +48,6 @@ DESCRIBE_INSTRUCTION = (
     'Reply with a JSON object {"title": "<a short title>", "description": "<a detailed description>"}.'
 )
 
-_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|[A-Za-z0-9_\-]{0,8}\*{4,}[A-Za-z0-9_\-]*)")
 
 
@@ -82,27 +82,6 @@ def json_instruction(schema: dict[str, Any] | None) -> str:
     if not schema:
         return JSON_INSTRUCTION
     return f"{JSON_INSTRUCTION}\nThe object must match this JSON schema:\n{json.dumps(schema)}"
-
-
-def parse_json_object(text: str) -> dict[str, Any]:
-    """The JSON object in a model reply, tolerating code fences and prose around it.
-
-    Models asked for JSON still wrap it in ```json fences or add a sentence; being lenient here
-    saves a retry that costs a full model call.
-    """
-    candidates = [text.strip()]
-    candidates += [m.strip() for m in _FENCE.findall(text)]
-    start, end = text.find("{"), text.rfind("}")
-    if start != -1 and end > start:
-        candidates.append(text[start:end + 1])
-    for candidate in candidates:
-        try:
-            value = json.loads(candidate)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            return value
-    raise ValueError(f"model reply is not a JSON object: {text[:200]!r}")
 
 
 def sniff_image_type(data: bytes) -> str:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from bot.plugin import Action, ActionResult, HandlerCallback, State
 from bot.types import Button, Content, Memory, ModelType, RoomState
 
-from .parsing import parse_json_object, parse_response
+from .parsing import parse_json_object_or_none, parse_response
 from .templates import render, template_for
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ async def _extract(runtime: AgentRuntime, message: Memory, state: State, instruc
     model = ModelType.OBJECT_SMALL if runtime.has_model(ModelType.OBJECT_SMALL) else ModelType.TEXT_SMALL
     raw = await runtime.use_model(model, {"prompt": prompt, "room_id": message.room_id,
                                           "entity_id": message.entity_id})
-    return parse_json_object(raw) or {}
+    return parse_json_object_or_none(raw) or {}
 
 
 async def _other_rooms_exist(runtime: AgentRuntime, message: Memory, state: State | None) -> bool:

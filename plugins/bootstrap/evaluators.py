@@ -14,7 +14,7 @@ from uuid import UUID
 from bot.plugin import ActionResult, Evaluator, State
 from bot.types import Content, Memory, MemoryType, ModelType, Relationship
 
-from .parsing import parse_json_object
+from .parsing import parse_json_object_or_none
 from .providers import Recall
 from .templates import render, template_for
 
@@ -51,7 +51,7 @@ def reflection_evaluator(counter: ReflectionCounter, recall: Recall) -> Evaluato
         })
         model = ModelType.OBJECT_SMALL if runtime.has_model(ModelType.OBJECT_SMALL) else ModelType.TEXT_SMALL
         raw = await runtime.use_model(model, {"prompt": prompt, "room_id": message.room_id})
-        found = parse_json_object(raw)
+        found = parse_json_object_or_none(raw)
         if found is None:
             log.info("reflection in room %s produced no JSON; nothing stored", message.room_id)
             return ActionResult(success=False, error="no JSON")

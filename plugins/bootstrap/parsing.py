@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import html
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot.jsontext import parse_json_object
+
 _TAG = r"<{0}>(.*?)</{0}>"
-_FENCE = re.compile(r"^```[a-zA-Z]*\s*|\s*```$")
 
 
 @dataclass
@@ -54,18 +54,13 @@ def parse_decision(raw: str) -> str:
     return found[0] if found else "IGNORE"
 
 
-def parse_json_object(raw: Any) -> dict[str, Any] | None:
-    """A dict from a model answer that may wrap JSON in fences or prose."""
+def parse_json_object_or_none(raw: Any) -> dict[str, Any] | None:
+    """A dict from a model answer (already a dict from OBJECT models, or text with JSON in it)."""
     if isinstance(raw, dict):
         return raw
     if not isinstance(raw, str):
         return None
-    text = _FENCE.sub("", raw.strip())
-    start, end = text.find("{"), text.rfind("}")
-    if start < 0 or end <= start:
-        return None
     try:
-        value = json.loads(text[start : end + 1])
-    except json.JSONDecodeError:
+        return parse_json_object(raw)
+    except ValueError:
         return None
-    return value if isinstance(value, dict) else None
