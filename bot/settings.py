@@ -73,8 +73,8 @@ class Settings(BaseSettings):
 
     # Models
     model_providers: StrList = Field(default_factory=list)
-    model_timeout: float = Field(60.0, gt=0)
-    model_max_retries: int = Field(3, ge=0, le=10)
+    model_timeout: float = Field(30.0, gt=0)
+    model_max_retries: int = Field(2, ge=0, le=10)
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
     openai_small_model: str = "gpt-4o-mini"
