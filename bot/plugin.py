@@ -60,6 +60,9 @@ class ActionResult:
 # A connector's reply function: sends the content to the room the message came from and returns
 # the platform ids of the messages it sent (empty when nothing was sent).
 HandlerCallback = Callable[[Content], Awaitable[list[str]]]
+# Slow enrichment of a stored message (transcribe a voice note, describe an image): runs in the
+# message's turn, after it is stored and deduplicated; the result replaces the stored memory.
+MessagePreparer = Callable[[Memory], Awaitable[Memory]]
 ProviderGet = Callable[["AgentRuntime", Memory, State], Awaitable[ProviderResult]]
 Validator = Callable[["AgentRuntime", Memory, State | None], Awaitable[bool]]
 ActionHandler = Callable[

@@ -22,6 +22,7 @@ from bot.plugin import (
     Evaluator,
     EventHandler,
     HandlerCallback,
+    MessagePreparer,
     ModelOutput,
     ModelRegistration,
     Plugin,
@@ -71,7 +72,8 @@ class MessageTicket:
 class MessageHandler:
     """Implemented by the bootstrap plugin: stores a message, then schedules its processing."""
 
-    async def receive(self, message: Memory, callback: HandlerCallback | None) -> MessageTicket:
+    async def receive(self, message: Memory, callback: HandlerCallback | None,
+                      prepare: MessagePreparer | None = None) -> MessageTicket:
         raise NotImplementedError
 
     async def drain(self, timeout: float) -> None:
@@ -282,11 +284,17 @@ class AgentRuntime:
             self.history.replace(memory)
         return updated
 
-    async def receive_message(self, message: Memory, callback: HandlerCallback | None = None) -> MessageTicket:
-        """Entry point for connectors: the message is stored when this returns, then processed."""
+    async def receive_message(
+        self, message: Memory, callback: HandlerCallback | None = None, *, prepare: MessagePreparer | None = None
+    ) -> MessageTicket:
+        """Entry point for connectors: the message is stored when this returns, then processed.
+
+        `prepare` (optional) enriches the stored message before its run, e.g. a transcript for a
+        voice note, so slow model calls never stand between receiving a message and storing it.
+        """
         if self.message_handler is None:
             raise RuntimeError("no message handler: the bootstrap plugin is not loaded")
-        return await self.message_handler.receive(message, callback)
+        return await self.message_handler.receive(message, callback, prepare)
 
     async def send_message_to_room(self, room_id: uuid.UUID, content: Content) -> list[str]:
         """Send content to any room the agent knows, through the connector that owns it."""

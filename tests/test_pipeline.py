@@ -419,3 +419,32 @@ async def test_small_local_models_get_chat_turns_and_plain_text(sqlite_store, tm
     [(_, params)] = model.calls
     assert params["messages"] == [{"role": "user", "content": "hello"}]
     assert "<response>" not in params["system"] and "Ava is a helpful test character." in params["system"]
+
+
+async def test_prepare_enriches_the_stored_message_before_its_run(sqlite_store, tmp_path, model):
+    runtime = await _runtime(sqlite_store, tmp_path, model)
+    chat = make_chat(runtime)
+    await runtime.ensure_connection(chat.user, chat.room)
+    seen_stored: list[str] = []
+
+    async def transcribe(memory):
+        seen_stored.append((await sqlite_store.get_memory(memory.id)).content.text)
+        return memory.model_copy(update={"content": memory.content.model_copy(update={"text": "voice transcript"})})
+
+    ticket = await runtime.receive_message(chat.message(""), chat.callback, prepare=transcribe)
+    assert (await ticket.outcome).status == "completed"
+    assert seen_stored == [""], "stored before the slow enrichment ran"
+    assert (await sqlite_store.get_memory(ticket.message.id)).content.text == "voice transcript"
+    assert "voice transcript" in model.prompts(ModelType.TEXT_LARGE)[0]
+
+
+async def test_failed_prepare_still_answers_the_message(sqlite_store, tmp_path, model):
+    runtime = await _runtime(sqlite_store, tmp_path, model)
+    chat = make_chat(runtime)
+    await runtime.ensure_connection(chat.user, chat.room)
+
+    async def broken(memory):
+        raise RuntimeError("transcription service down")
+
+    ticket = await runtime.receive_message(chat.message("hello"), chat.callback, prepare=broken)
+    assert (await ticket.outcome).status == "completed" and len(chat.sent) == 1

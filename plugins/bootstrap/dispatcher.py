@@ -14,7 +14,7 @@ from collections import OrderedDict, deque
 from typing import TYPE_CHECKING
 from uuid import UUID
 
-from bot.plugin import HandlerCallback
+from bot.plugin import HandlerCallback, MessagePreparer
 from bot.runtime import MessageHandler, MessageTicket, RunOutcome
 from bot.types import DIRECT_CHANNELS, Content, EventType, Memory
 
@@ -90,19 +90,21 @@ class MessageDispatcher(MessageHandler):
     def active_rooms(self) -> int:
         return len(self._workers)
 
-    async def receive(self, message: Memory, callback: HandlerCallback | None) -> MessageTicket:
+    async def receive(self, message: Memory, callback: HandlerCallback | None,
+                      prepare: MessagePreparer | None = None) -> MessageTicket:
         if not self._accepting:
             raise ShuttingDown("shutting down: not accepting new messages")
         self._receiving += 1
         self._idle.clear()
         try:
-            return await self._accept(message, callback)
+            return await self._accept(message, callback, prepare)
         finally:
             self._receiving -= 1
             if not self._receiving:
                 self._idle.set()
 
-    async def _accept(self, message: Memory, callback: HandlerCallback | None) -> MessageTicket:
+    async def _accept(self, message: Memory, callback: HandlerCallback | None,
+                      prepare: MessagePreparer | None) -> MessageTicket:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[RunOutcome] = loop.create_future()
         if message.entity_id == self.runtime.agent_id:
@@ -116,7 +118,7 @@ class MessageDispatcher(MessageHandler):
         if not self.rate_limiter.allow(message.entity_id):
             future.set_result(await self._slow_down(message, callback))
             return MessageTicket(message, duplicate=False, outcome=future)
-        self._queues.setdefault(message.room_id, deque()).append((Job(message, callback), future))
+        self._queues.setdefault(message.room_id, deque()).append((Job(message, callback, prepare), future))
         if message.room_id not in self._workers:
             self._workers[message.room_id] = asyncio.create_task(
                 self._drain_room(message.room_id), name=f"room-{message.room_id}"

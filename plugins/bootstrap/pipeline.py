@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from bot.ids import create_unique_uuid
-from bot.plugin import HandlerCallback, State
+from bot.plugin import HandlerCallback, MessagePreparer, State
 from bot.runtime import RunOutcome
 from bot.settings import ShouldRespondMode
 from bot.types import DIRECT_CHANNELS, ChannelType, Content, EventType, Memory, ModelType, RoomState
@@ -29,6 +29,7 @@ PLAIN_REPLY = {"REPLY", "NONE"}
 class Job:
     message: Memory
     callback: HandlerCallback | None
+    prepare: MessagePreparer | None = None
     run_id: uuid.UUID = field(default_factory=uuid.uuid4)
 
 
@@ -161,6 +162,8 @@ class Pipeline:
         await runtime.emit(EventType.RUN_STARTED, base)
         sender = ReplySender(runtime, message, job.callback, job.run_id)
         try:
+            if job.prepare is not None:
+                message = job.message = sender.message = base["message"] = await self._prepared(job)
             decision = await self.should_respond(message, job.run_id)
             if not decision.respond:
                 outcome = RunOutcome(status=decision.status, run_id=job.run_id)
@@ -173,6 +176,16 @@ class Pipeline:
                                  error=f"{type(error).__name__}: {error}")
         await runtime.emit(EventType.RUN_ENDED, {**base, "status": outcome.status, "error": outcome.error})
         return outcome
+
+    async def _prepared(self, job: Job) -> Memory:
+        """The message after its connector's enrichment; on failure the stored message stands."""
+        try:
+            prepared = await job.prepare(job.message)
+        except Exception:
+            log.exception("preparing message %s failed; answering it as received", job.message.id)
+            return job.message
+        await self.runtime.update_memory(prepared)
+        return prepared
 
     async def _respond(self, message: Memory, sender: ReplySender, run_id: uuid.UUID) -> RunOutcome:
         runtime = self.runtime
