@@ -448,3 +448,38 @@ async def test_failed_prepare_still_answers_the_message(sqlite_store, tmp_path, 
 
     ticket = await runtime.receive_message(chat.message("hello"), chat.callback, prepare=broken)
     assert (await ticket.outcome).status == "completed" and len(chat.sent) == 1
+
+
+async def test_rate_limit_never_scolds_people_not_talking_to_the_bot(sqlite_store, tmp_path, model):
+    runtime = await _runtime(sqlite_store, tmp_path, model, rate_limit_per_minute=2,
+                             should_respond_mode=ShouldRespondMode.MENTIONS)
+    chat = make_chat(runtime, channel=ChannelType.GROUP)
+    statuses = [(await chat.send(f"chatter {i}")).status for i in range(4)]
+    assert statuses == ["ignored", "ignored", "rate_limited", "rate_limited"]
+    assert chat.sent == []
+
+
+async def test_shutdown_stores_late_messages_and_errors_for_unfinished_runs(sqlite_store, tmp_path, model):
+    from plugins.bootstrap import ShuttingDown
+
+    never = asyncio.Event()
+
+    async def hang(params):
+        await never.wait()
+
+    model.defaults[ModelType.TEXT_LARGE] = hang
+    runtime = await _runtime(sqlite_store, tmp_path, model)
+    chat = make_chat(runtime)
+    await runtime.ensure_connection(chat.user, chat.room)
+    running = await runtime.receive_message(chat.message("first"), chat.callback)
+    queued = await runtime.receive_message(chat.message("second"), chat.callback)
+    await asyncio.sleep(0.05)
+    await runtime.message_handler.drain(0.2)
+    assert (await running.outcome).status == "error" and (await queued.outcome).status == "error"
+    late = chat.message("too late")
+    with pytest.raises(ShuttingDown):
+        await runtime.receive_message(late, chat.callback)
+    assert await sqlite_store.get_memory(late.id) is not None
+    rows = await sqlite_store.get_memories(agent_id=runtime.agent_id, room_id=chat.room.id, count=None)
+    errors = {r.content.in_reply_to for r in rows if r.content.actions == ["ERROR"]}
+    assert errors == {running.message.id, queued.message.id}

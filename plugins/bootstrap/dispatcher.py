@@ -76,6 +76,7 @@ class MessageDispatcher(MessageHandler):
         self.rate_limiter = RateLimiter(runtime.settings.rate_limit_per_minute)
         self._queues: dict[UUID, deque[tuple[Job, asyncio.Future[RunOutcome]]]] = {}
         self._workers: dict[UUID, asyncio.Task[None]] = {}
+        self._running: dict[UUID, tuple[Job, asyncio.Future[RunOutcome]]] = {}
         self._slots = asyncio.Semaphore(runtime.settings.max_concurrent_rooms)
         self._accepting = True
         self._receiving = 0  # receives past the accepting check, not yet queued
@@ -93,7 +94,10 @@ class MessageDispatcher(MessageHandler):
     async def receive(self, message: Memory, callback: HandlerCallback | None,
                       prepare: MessagePreparer | None = None) -> MessageTicket:
         if not self._accepting:
-            raise ShuttingDown("shutting down: not accepting new messages")
+            # Stored all the same, so nothing received is lost; it is not answered in this process.
+            if message.entity_id != self.runtime.agent_id:
+                await self.runtime.create_memory(message)
+            raise ShuttingDown("shutting down: message stored, not answered")
         self._receiving += 1
         self._idle.clear()
         try:
@@ -116,7 +120,7 @@ class MessageDispatcher(MessageHandler):
         await self.runtime.emit(EventType.MESSAGE_RECEIVED, {"runtime": self.runtime, "message": message})
         self.embeddings.add(message)
         if not self.rate_limiter.allow(message.entity_id):
-            future.set_result(await self._slow_down(message, callback))
+            future.set_result(await self._slow_down(message, callback if self._addressed(message) else None))
             return MessageTicket(message, duplicate=False, outcome=future)
         self._queues.setdefault(message.room_id, deque()).append((Job(message, callback, prepare), future))
         if message.room_id not in self._workers:
@@ -126,6 +130,7 @@ class MessageDispatcher(MessageHandler):
         return MessageTicket(message, duplicate=False, outcome=future)
 
     async def _slow_down(self, message: Memory, callback: HandlerCallback | None) -> RunOutcome:
+        """Over the limit: say "slow down" (only to someone talking to the bot), skip the run."""
         if callback is not None and self.rate_limiter.should_warn(message.entity_id):
             try:
                 await callback(Content(text=SLOW_DOWN, in_reply_to=message.id, actions=["RATE_LIMITED"]))
@@ -151,11 +156,14 @@ class MessageDispatcher(MessageHandler):
                     future.set_result(RunOutcome(status="ignored", run_id=job.run_id, error="superseded"))
                     continue
                 async with self._slots:
+                    self._running[room_id] = (job, future)
                     try:
                         outcome = await self.pipeline.run(job)
                     except Exception as error:  # run() handles its own errors; this is a last guard
                         log.exception("pipeline crashed for message %s", job.message.id)
                         outcome = RunOutcome(status="error", run_id=job.run_id, error=str(error))
+                    finally:
+                        self._running.pop(room_id, None)
                 if not future.done():
                     future.set_result(outcome)
         finally:
@@ -164,9 +172,14 @@ class MessageDispatcher(MessageHandler):
                 self._queues.pop(room_id, None)
 
     async def drain(self, timeout: float) -> None:
-        """Stop accepting, let queued and running messages finish (up to `timeout`), flush embeddings."""
+        """Stop accepting, let queued and running messages finish (up to `timeout`), flush embeddings.
+
+        A message whose run could not finish in time gets a stored error in its place, so every
+        accepted message ends with a stored reply or a stored error.
+        """
         self._accepting = False
-        deadline = asyncio.get_running_loop().time() + timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
             async with asyncio.timeout_at(deadline):
                 await self._idle.wait()  # messages being stored right now still get their run
@@ -174,6 +187,26 @@ class MessageDispatcher(MessageHandler):
                     await asyncio.wait(list(self._workers.values()))
         except TimeoutError:
             log.warning("shutdown: %d room(s) still busy after %.0fs", len(self._workers), timeout)
+            unfinished = [pair for queue in self._queues.values() for pair in queue]
+            unfinished += list(self._running.values())
             for task in list(self._workers.values()):
                 task.cancel()
-        await self.embeddings.close()
+            await asyncio.gather(*self._workers.values(), return_exceptions=True)
+            for job, future in unfinished:
+                await self._store_shutdown_error(job)
+                if not future.done():
+                    future.set_result(RunOutcome(status="error", run_id=job.run_id, error="shutdown"))
+        try:
+            async with asyncio.timeout_at(max(deadline, loop.time() + 1)):
+                await self.embeddings.close()
+        except TimeoutError:
+            log.warning("shutdown: embeddings not flushed in time; those messages stay searchable by text")
+
+    async def _store_shutdown_error(self, job: Job) -> None:
+        message = job.message
+        await self.runtime.create_memory(Memory(
+            entity_id=self.runtime.agent_id, agent_id=self.runtime.agent_id, room_id=message.room_id,
+            world_id=message.world_id, content=Content(
+                text="", actions=["ERROR"], in_reply_to=message.id, source=message.content.source,
+                metadata={"error": "shutdown before the reply was ready", "run_id": str(job.run_id)}),
+        ))
