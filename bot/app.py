@@ -128,15 +128,41 @@ class App:
         for note in self.selection.notes:
             log.warning("%s", note)
         self.server = WebServer(self.runtime, self.settings)
-        await self.server.start()
         try:
+            await self.server.start()
+        except OSError as error:
+            raise StartupError(
+                f"PORT: cannot listen on {self.settings.host}:{self.settings.port} ({error.strerror or error}). "
+                "Fix: stop whatever uses that port or set PORT to a free one"
+            ) from None
+        try:
+            await self._open_store()
             await self.runtime.initialize()
-        except Exception as error:
+        except BaseException as error:
             await self.server.stop()
-            raise StartupError(f"start-up failed: {error}") from error
+            await self.runtime.stop()
+            await self.store.close()
+            if isinstance(error, StartupError | asyncio.CancelledError):
+                raise
+            raise StartupError(f"start-up failed: {type(error).__name__}: {error}") from error
         self.server.mark_started()
         log.info("%s is ready (agent %s) on port %s", self.character.name, self.runtime.agent_id,
-                 self.settings.port)
+                 self.server.port)
+
+    async def _open_store(self) -> None:
+        """Create or upgrade the schema, turning connection failures into one actionable line."""
+        try:
+            await self.store.init()
+        except Exception as error:
+            if self.settings.database_url:
+                raise StartupError(
+                    f"DATABASE_URL: cannot use the database ({type(error).__name__}: {error}). "
+                    "Fix: check the URL and that the server is running and reachable"
+                ) from None
+            raise StartupError(
+                f"DATA_DIR: cannot open the SQLite database {self.settings.sqlite_path} ({error}). "
+                "Fix: set DATA_DIR to a writable directory"
+            ) from None
 
     def request_stop(self) -> None:
         self._stopping.set()

@@ -51,7 +51,7 @@ def check_characters(paths: list[str]) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from bot.app import App, StartupError, has_platform_token, load_character_or_raise
-    from bot.logging_setup import configure_logging
+    from bot.logging_setup import character_secret_values, configure_logging
 
     overrides = {}
     if args.character:
@@ -63,15 +63,17 @@ def run(args: argparse.Namespace) -> int:
     except SettingsError as error:
         print(f"parley: configuration error: {error}", file=sys.stderr)
         return 2
-    configure_logging(settings)
+    redactor = configure_logging(settings)
     try:
         character = load_character_or_raise(settings)
+        for secret in character_secret_values(character):
+            redactor.add(secret)
         from connectors.console import console_wanted
 
         app = App(settings, character, console=console_wanted(settings, has_platform_token(settings)))
         asyncio.run(app.run())
     except (StartupError, SettingsError) as error:
-        print(f"parley: {error}", file=sys.stderr)
+        print(f"parley: {redactor.redact(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 0

@@ -11,7 +11,9 @@ import logging
 import re
 import sys
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
+from bot.character import Character
 from bot.settings import Settings
 
 MASK = "***"
@@ -29,7 +31,18 @@ def secret_values(settings: Settings) -> list[str]:
             secret = value.get_secret_value()
             if secret and len(secret) >= 4:
                 values.append(secret)
+    if settings.database_url:
+        password = urlsplit(settings.database_url).password
+        if password:
+            values.append(password)
     return values
+
+
+def character_secret_values(character: Character) -> list[str]:
+    """Keys a character file carries (`secrets`, `settings.secrets`) are masked like env secrets."""
+    nested = character.settings.get("secrets")
+    sources = [character.secrets, nested if isinstance(nested, dict) else {}]
+    return [str(v) for source in sources for v in source.values() if isinstance(v, str) and len(v) >= 4]
 
 
 class RedactingFilter(logging.Filter):

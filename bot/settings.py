@@ -7,6 +7,7 @@ the fix, instead of surfacing later as a confusing failure deep inside a connect
 from __future__ import annotations
 
 import json
+import re
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -155,6 +156,13 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^(postgres|postgresql(\+asyncpg)?|sqlite(\+aiosqlite)?)://", value):
+            raise ValueError("use a postgresql:// (or postgres://) URL, or leave it empty for SQLite")
+        return value
+
     @property
     def sqlite_path(self) -> Path:
         return self.data_dir / "parley.db"
@@ -169,7 +177,7 @@ def describe_validation_error(error: ValidationError) -> str:
     first = error.errors()[0]
     name = str(first["loc"][0]).upper() if first["loc"] else "settings"
     value = first.get("input")
-    secret = any(word in name for word in ("TOKEN", "KEY", "SECRET", "PASSWORD"))
+    secret = any(word in name for word in ("TOKEN", "KEY", "SECRET", "PASSWORD", "DATABASE_URL"))
     shown = "" if secret or value is None or isinstance(value, dict) else f" (got {str(value)[:60]!r})"
     more = len(error.errors()) - 1
     suffix = f" [and {more} more bad setting{'s' if more > 1 else ''}]" if more else ""

@@ -12,6 +12,7 @@ import pytest
 from bot.settings import Settings, SettingsError, ShouldRespondMode, load_settings
 
 ROOT = Path(__file__).parents[1]
+CHARACTER = ROOT / "characters" / "default.json"
 
 
 def _run_bot(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
@@ -78,3 +79,32 @@ def test_load_settings_raises_one_line():
     with pytest.raises(SettingsError) as info:
         load_settings(_env_file=None, port="x")
     assert "\n" not in str(info.value) and str(info.value).startswith("PORT:")
+
+
+def test_database_url_of_another_kind_is_rejected_without_echoing_it(tmp_path: Path):
+    run = _run_bot({"DATABASE_URL": "mysql://admin:hunter2secret@db.example/app"}, tmp_path)
+    assert run.returncode == 2 and "DATABASE_URL" in run.stderr and "postgresql://" in run.stderr
+    assert "hunter2secret" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
+
+
+def test_unreachable_database_is_one_line_naming_database_url(tmp_path: Path):
+    run = _run_bot({"DATABASE_URL": "postgresql://parley:pw-not-shown-1234@127.0.0.1:1/none",
+                    "DATA_DIR": str(tmp_path), "CONSOLE": "off", "CHARACTER_PATH": str(CHARACTER)}, tmp_path)
+    assert run.returncode == 2, run.stderr
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("parley: DATABASE_URL: cannot use the database") and "Fix:" in last
+    assert "pw-not-shown-1234" not in run.stderr and "Traceback" not in run.stderr
+
+
+def test_port_in_use_is_one_line_naming_port(tmp_path: Path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        run = _run_bot({"PORT": str(port), "HOST": "127.0.0.1", "DATA_DIR": str(tmp_path), "CONSOLE": "off",
+                        "CHARACTER_PATH": str(CHARACTER)}, tmp_path)
+    assert run.returncode == 2, run.stderr
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"parley: PORT: cannot listen on 127.0.0.1:{port}") and "Traceback" not in run.stderr

@@ -43,14 +43,27 @@ def build_tree(client: discord.Client, connector: DiscordConnector) -> app_comma
     return tree
 
 
-async def sync_tree(tree: app_commands.CommandTree, guild_id: int | None) -> None:
-    """Guild commands appear at once; global ones can take up to an hour to show up."""
-    if guild_id is None:
-        await tree.sync()
-        return
-    guild = discord.Object(id=guild_id)
-    tree.copy_global_to(guild=guild)
-    await tree.sync(guild=guild)
+async def sync_tree(tree: app_commands.CommandTree, guild_id: int | None) -> bool:
+    """Guild commands appear at once; global ones can take up to an hour to show up.
+
+    A refused sync (no applications.commands scope, a DISCORD_GUILD_ID the bot is not in) leaves the
+    slash commands out but never stops the bot: messages and buttons work without them.
+    """
+    try:
+        if guild_id is None:
+            await tree.sync()
+        else:
+            guild = discord.Object(id=guild_id)
+            tree.copy_global_to(guild=guild)
+            await tree.sync(guild=guild)
+    except discord.HTTPException as error:
+        where = f"server {guild_id}" if guild_id is not None else "all servers"
+        log.warning("Discord refused the slash commands for %s (%s %s); /ask, /join and /leave are unavailable. "
+                    "Re-invite the bot with the applications.commands scope (OAuth2 URL: scope=bot+"
+                    "applications.commands) and check that DISCORD_GUILD_ID is a server the bot is in",
+                    where, error.status, error.text or error.response.reason)
+        return False
+    return True
 
 
 def _connector(runtime: AgentRuntime) -> DiscordConnector | None:

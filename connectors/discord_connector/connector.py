@@ -20,9 +20,10 @@ import discord
 import yarl
 from aiolimiter import AsyncLimiter
 
-from bot.plugin import Connector
+from bot.plugin import Connector, MessagePreparer
 from bot.runtime import AgentRuntime
 from bot.types import DIRECT_CHANNELS, Content, Memory, MentionContext, Room
+from plugins.bootstrap import ShuttingDown
 
 from .chunking import split_message
 from .commands import build_tree, sync_tree
@@ -37,6 +38,7 @@ CHANNEL_PACE = (5, 5.0)  # messages per seconds per channel: Discord's documente
 MAX_PACED_CHANNELS = 4096
 TYPING_LIMIT = 120.0  # never show "typing…" longer than this, whatever happens to the run
 ANSWERED_TYPES = {discord.MessageType.default, discord.MessageType.reply}
+RESTARTING = "I'm restarting; try again in a moment."
 
 SendOne = Callable[..., Awaitable[discord.Message]]
 
@@ -169,7 +171,8 @@ class DiscordConnector(Connector):
         lock = self._order.setdefault(message.channel.id, asyncio.Lock())
         async with lock:
             memory = await self.mapper.message_memory(message, client.user)
-            await self._submit(memory, self._channel_sender(message.channel), message.channel, message)
+            await self._submit(memory, self._channel_sender(message.channel), message.channel, message,
+                               prepare=self.mapper.preparer(message))
 
     async def on_message_edit(self, before: discord.Message, after: discord.Message) -> None:
         """An edit updates the stored message (so later prompts see the new text), never replies again."""
@@ -186,19 +189,22 @@ class DiscordConnector(Connector):
             "content": content, "metadata": {**stored.metadata, "edited": True}}))
 
     async def _submit(self, memory: Memory, send_one: SendOne, channel: Any,
-                      reference: discord.Message | None, typing: bool = True) -> None:
+                      reference: discord.Message | None, typing: bool = True, *,
+                      prepare: MessagePreparer | None = None) -> bool:
+        """Hand the message to the pipeline; False when it was not accepted (the process is shutting down)."""
         async def reply(content: Content) -> list[str]:
             return await self.deliver(channel, content, send_one, reference)
 
         try:
-            ticket = await self.runtime.receive_message(memory, reply)
-        except RuntimeError as error:  # shutting down: the message was not accepted
+            ticket = await self.runtime.receive_message(memory, reply, prepare=prepare)
+        except ShuttingDown as error:
             log.info("Discord message %s not accepted: %s", memory.id, error)
-            return
+            return False
         mention = memory.content.mention_context or MentionContext()
         addressed = memory.content.channel_type in DIRECT_CHANNELS or mention.is_mention or mention.is_reply
         if typing and addressed and not ticket.duplicate:
             self.runtime.run_in_background(self._typing(channel, ticket.outcome), f"discord-typing-{channel.id}")
+        return True
 
     async def _typing(self, channel: Any, outcome: asyncio.Future[Any]) -> None:
         try:
@@ -229,22 +235,30 @@ class DiscordConnector(Connector):
         if not chunks and (files or view):
             chunks = [""]
         keys: list[str] = []
-        try:
-            for index, chunk in enumerate(chunks):
-                options: dict[str, Any] = {"content": chunk or None, "allowed_mentions": SAFE_MENTIONS}
-                if index == 0 and reference is not None:
-                    options["reference"] = reference.to_reference(fail_if_not_exists=False)
-                if index == len(chunks) - 1:
-                    options.update({"files": files} if files else {}, **({"view": view} if view else {}))
+        for index, chunk in enumerate(chunks):
+            options: dict[str, Any] = {"content": chunk or None, "allowed_mentions": SAFE_MENTIONS}
+            if index == 0 and reference is not None:
+                options["reference"] = reference.to_reference(fail_if_not_exists=False)
+            if index == len(chunks) - 1:
+                options.update({"files": files} if files else {}, **({"view": view} if view else {}))
+            try:
                 async with self._limiter(channel.id):
                     sent = await send_one(**options)
-                keys.append(message_key(channel.id, sent.id))
-        except discord.Forbidden as error:
-            if channel.id not in self._forbidden:
-                self._forbidden.add(channel.id)
-                log.warning("Discord: no permission to post in channel %s (%s); give the bot Send Messages "
-                            "there or leave it out of CHANNEL_IDS", channel.id, error.text)
-            return keys
+            except discord.Forbidden as error:
+                if channel.id not in self._forbidden:
+                    self._forbidden.add(channel.id)
+                    log.warning("Discord: no permission to post in channel %s (%s); give the bot Send Messages "
+                                "there or leave it out of CHANNEL_IDS", channel.id, error.text)
+                return keys
+            except discord.HTTPException as error:
+                if not keys:
+                    raise  # nothing was sent: the pipeline apologises (once)
+                # Part of the reply is out: keep its keys so it is stored, and send no apology after it.
+                log.warning("Discord: message %d of %d of a reply in channel %s failed (%s %s); the rest of "
+                            "the reply was not sent", index + 1, len(chunks), channel.id, error.status,
+                            error.text or error.response.reason)
+                return keys
+            keys.append(message_key(channel.id, sent.id))
         self._forbidden.discard(channel.id)
         self._maybe_speak(channel, content.text)
         return keys
@@ -269,6 +283,16 @@ class DiscordConnector(Connector):
 
         return send_one
 
+    async def _restarting(self, interaction: discord.Interaction, *, replace_original: bool = False) -> None:
+        """Tell the user (only them) that the press or command was not taken because of a restart."""
+        try:
+            if replace_original:
+                # The first follow-up after a public "thinking…" would be public too; drop that first.
+                await interaction.delete_original_response()
+            await interaction.followup.send(RESTARTING, ephemeral=True)
+        except discord.HTTPException as error:
+            log.info("could not tell %s about the restart: %s", interaction.user.id, error)
+
     async def on_button_press(self, interaction: discord.Interaction, token: str) -> None:
         """Acknowledge at once (Discord allows 3 s), then feed the button's value through the pipeline."""
         await interaction.response.defer()
@@ -282,7 +306,8 @@ class DiscordConnector(Connector):
         memory = await self._interaction_memory(interaction, str(payload["value"]), is_reply=True)
         memory.content.in_reply_to = self.mapper.uuid(message_key(channel.id, pressed_on.id))
         memory.metadata["button"] = payload.get("label")
-        await self._submit(memory, self._channel_sender(channel), channel, pressed_on)  # type: ignore[arg-type]
+        if not await self._submit(memory, self._channel_sender(channel), channel, pressed_on):  # type: ignore[arg-type]
+            await self._restarting(interaction)
 
     async def _interaction_memory(self, interaction: discord.Interaction, text: str, *,
                                   is_reply: bool = False) -> Memory:
@@ -297,12 +322,14 @@ class DiscordConnector(Connector):
         )
 
     async def on_ask(self, interaction: discord.Interaction, question: str) -> None:
-        await interaction.response.defer(thinking=True)
         if interaction.channel is None or not self.allowed(interaction.channel):
-            await interaction.followup.send("I don't answer in this channel.", ephemeral=True)
+            await interaction.response.send_message("I don't answer in this channel.", ephemeral=True)
             return
+        await interaction.response.defer(thinking=True)
         memory = await self._interaction_memory(interaction, question)
-        await self._submit(memory, self._interaction_sender(interaction), interaction.channel, None, typing=False)
+        if not await self._submit(memory, self._interaction_sender(interaction), interaction.channel, None,
+                                  typing=False):
+            await self._restarting(interaction, replace_original=True)
 
     def voice_target(self, info: dict[str, Any]) -> discord.VoiceChannel | discord.StageChannel | None:
         """The voice channel a message points at: its own channel, else where its author is."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +12,7 @@ from bot.ids import create_unique_uuid
 from bot.types import Attachment, ChannelType, Content, Entity, Memory, MentionContext, ModelType, Room, World
 
 if TYPE_CHECKING:
+    from bot.plugin import MessagePreparer
     from bot.runtime import AgentRuntime
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,7 @@ class Mapper:
             "message_id": str(message_id) if message_id else None}}
 
     async def message_memory(self, message: discord.Message, bot_user: discord.ClientUser) -> Memory:
+        """The message as received: attachments are listed, not yet described (see `preparer`)."""
         entity, room = await self.connect(message.author, message.channel)
         reference = message.reference
         replied = reference.resolved if reference and isinstance(reference.resolved, discord.Message) else None
@@ -98,7 +101,7 @@ class Mapper:
             in_reply_to = self.uuid(message_key(reference.channel_id, reference.message_id))
         content = Content(
             text=message.clean_content, source=SOURCE, channel_type=room.type, in_reply_to=in_reply_to,
-            attachments=[await self.attachment(a) for a in message.attachments],
+            attachments=[self.attachment(a) for a in message.attachments],
             mention_context=MentionContext(
                 is_mention=mentions_bot(message, bot_user),
                 is_reply=replied is not None and replied.author.id == bot_user.id,
@@ -109,23 +112,55 @@ class Mapper:
                       agent_id=self.runtime.agent_id, room_id=room.id, world_id=room.world_id, content=content,
                       metadata=self.metadata(message.author, message.channel, message.id))
 
-    async def attachment(self, item: discord.Attachment) -> Attachment:
-        """Images get a description and audio a transcript when such a model is configured."""
-        kind = attachment_kind(item.content_type)
-        result = Attachment(id=str(item.id), kind=kind, title=item.filename, source=SOURCE,
-                            content_type=item.content_type, url=item.url, description=item.description)
-        model = {"image": ModelType.IMAGE_DESCRIPTION, "audio": ModelType.TRANSCRIPTION}.get(kind)
+    @staticmethod
+    def attachment(item: discord.Attachment) -> Attachment:
+        return Attachment(id=str(item.id), kind=attachment_kind(item.content_type), title=item.filename,
+                          source=SOURCE, content_type=item.content_type, url=item.url, description=item.description)
+
+    def enrichment_model(self, item: discord.Attachment) -> ModelType | None:
+        """IMAGE_DESCRIPTION for images, TRANSCRIPTION for audio, when configured and the file is not huge."""
+        model = {"image": ModelType.IMAGE_DESCRIPTION, "audio": ModelType.TRANSCRIPTION}.get(
+            attachment_kind(item.content_type))
         if model is None or not self.runtime.has_model(model) or item.size > MAX_ATTACHMENT_BYTES:
-            return result
+            return None
+        return model
+
+    def preparer(self, message: discord.Message) -> MessagePreparer | None:
+        """The enrichment to run after the message is stored (`receive_message(prepare=...)`), if any.
+
+        Downloads and model calls happen in the message's turn, after storing and deduplication, so a
+        crash or a slow model never loses the message and a RESUME replay never repeats them.
+        """
+        pending = {str(a.id): (a, model) for a in message.attachments if (model := self.enrichment_model(a))}
+        if not pending:
+            return None
+
+        async def prepare(memory: Memory) -> Memory:
+            # Start from the stored copy: an edit may have landed while the message waited its turn.
+            current = await self.runtime.store.get_memory(memory.id) or memory
+            attachments = list(current.content.attachments)
+            indexes = [i for i, a in enumerate(attachments) if a.id in pending]
+            enriched = await asyncio.gather(*(self.enrich(attachments[i], *pending[attachments[i].id])
+                                              for i in indexes))
+            for i, attachment in zip(indexes, enriched, strict=True):
+                attachments[i] = attachment
+            content = current.content.model_copy(update={"attachments": attachments})
+            return current.model_copy(update={"content": content})
+
+        return prepare
+
+    async def enrich(self, noted: Attachment, item: discord.Attachment, model: ModelType) -> Attachment:
+        """An image's description or an audio file's transcript; on failure the attachment as noted."""
         try:
             data = await item.read()
             if model is ModelType.IMAGE_DESCRIPTION:
                 described = await self.runtime.use_model(model, {"image": data, "mime_type": item.content_type})
-                result.title = described.get("title") or result.title
-                result.description = described.get("description") or result.description
-            else:
-                result.text = await self.runtime.use_model(model, {
-                    "audio": data, "mime_type": item.content_type, "filename": item.filename})
-        except Exception as error:  # a failed description must not lose the message
-            log.warning("could not process attachment %s (%s): %s", item.filename, kind, error)
-        return result
+                return noted.model_copy(update={"title": described.get("title") or noted.title,
+                                                "description": described.get("description") or noted.description})
+            text = await self.runtime.use_model(model, {
+                "audio": data, "mime_type": item.content_type, "filename": item.filename})
+            return noted.model_copy(update={"text": text})
+        except Exception as error:  # one failed attachment must not cost the others, nor the message
+            log.warning("could not process attachment %s (%s): %s: %s", item.filename, noted.kind,
+                        type(error).__name__, error)
+            return noted

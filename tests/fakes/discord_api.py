@@ -4,7 +4,7 @@ Point discord.py at it with DISCORD_API_BASE=`fake.api_base` and DISCORD_GATEWAY
 The gateway speaks the real protocol (HELLO, heartbeat ACK, IDENTIFY → READY + GUILD_CREATE,
 RESUME → replay + RESUMED, INVALID_SESSION, zlib-stream when asked for); REST answers JSON with
 exactly `Content-Type: application/json`, as discord.py requires, and can be scripted to fail
-(429 with `Via` and rate-limit headers, 403 Missing Permissions).
+(429 with `Via` and rate-limit headers, 403 Missing Permissions, 400 Invalid Form Body, ...).
 """
 
 from __future__ import annotations
@@ -50,6 +50,11 @@ class Fault:
     status: int
     times: int
     retry_after: float
+    after: int = 0  # matching requests to let through before failing
+
+
+ERRORS = {400: (50035, "Invalid Form Body"), 403: (50013, "Missing Permissions"), 404: (10003, "Unknown Channel"),
+          500: (0, "500: Internal Server Error")}
 
 
 class FakeDiscord:
@@ -101,6 +106,7 @@ class FakeDiscord:
             ("POST", "/interactions/{id}/{token}/callback", self._interaction_callback),
             ("POST", "/webhooks/{app}/{token}", self._followup),
             ("PATCH", "/webhooks/{app}/{token}/messages/@original", self._followup),
+            ("DELETE", "/webhooks/{app}/{token}/messages/@original", self._delete_original),
         ):
             app.router.add_route(method, api + path, handler)
         app.router.add_route("*", "/{tail:.*}", self._unknown)
@@ -234,13 +240,18 @@ class FakeDiscord:
         await asyncio.wait_for(self._ready.wait(), timeout)
 
     # Faults ----------------------------------------------------------------------------------------
-    def fail(self, method: str, path: str, status: int, *, times: int = 1, retry_after: float = 0.05) -> None:
-        """The next `times` requests matching `method` and the `path` regex get `status` (429 or 403)."""
-        self.faults.append(Fault(method, re.compile(path), status, times, retry_after))
+    def fail(self, method: str, path: str, status: int, *, times: int = 1, retry_after: float = 0.05,
+             after: int = 0) -> None:
+        """The next `times` requests matching `method` and the `path` regex get `status` (429, 403, 400, ...),
+        after letting `after` matching requests through (after=1: the second one fails)."""
+        self.faults.append(Fault(method, re.compile(path), status, times, retry_after, after))
 
     def _fault_for(self, request: web.Request) -> web.Response | None:
         for fault in self.faults:
             if fault.times > 0 and fault.method == request.method and fault.path.search(request.path):
+                if fault.after > 0:
+                    fault.after -= 1
+                    continue
                 fault.times -= 1
                 if fault.status == 429:
                     return _json({"message": "You are being rate limited.", "retry_after": fault.retry_after,
@@ -249,7 +260,8 @@ class FakeDiscord:
                         "X-RateLimit-Remaining": "0", "X-RateLimit-Reset-After": str(fault.retry_after),
                         "X-RateLimit-Reset": str(time.time() + fault.retry_after),
                         "X-RateLimit-Bucket": "fakebucket", "X-RateLimit-Scope": "user", "Via": "1.1 google"})
-                return _json({"message": "Missing Permissions", "code": 50013}, fault.status)
+                code, message = ERRORS.get(fault.status, (0, f"scripted status {fault.status}"))
+                return _json({"message": message, "code": code}, fault.status)
         return None
 
     # REST --------------------------------------------------------------------------------------------
@@ -292,7 +304,10 @@ class FakeDiscord:
             "total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}})
 
     async def _sync_commands(self, request: web.Request) -> web.Response:
+        fault = self._fault_for(request)
         recorded = await self._record(request)
+        if fault is not None:
+            return fault
         commands = [{**c, "id": str(self.snowflake()), "application_id": str(self.app_id), "version": "1",
                      "default_member_permissions": None, "type": c.get("type", 1)} for c in recorded.body or []]
         self.commands[request.match_info.get("guild", "global")] = commands
@@ -338,6 +353,13 @@ class FakeDiscord:
                                        webhook_token=request.match_info["token"])
         await self._notify()
         return _json({k: v for k, v in message.items() if not k.startswith("sent_")})
+
+    async def _delete_original(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        token = request.match_info["token"]
+        self.messages = [m for m in self.messages if m.get("webhook_token") != token or m.get("followup")]
+        await self._notify()
+        return web.Response(status=204)
 
     async def _file(self, request: web.Request) -> web.Response:
         data, content_type = self.files[request.match_info["name"]]
