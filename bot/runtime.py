@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from bot.character import Character
 from bot.events import EventBus
 from bot.history import MessageHistory
+from bot.lru import LRU
 from bot.plugin import (
     Action,
     ActionResult,
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 S = TypeVar("S", bound=Service)
 
 STATE_CACHE_SIZE = 512
+CACHE_SIZE = 10_000
 USAGE_FLUSH_SECONDS = 1.0
 
 
@@ -110,12 +112,13 @@ class AgentRuntime:
         self.message_handler: MessageHandler | None = None
         self._models: dict[ModelType, list[ModelRegistration]] = {}
         self._state_cache: OrderedDict[uuid.UUID, dict[str, ProviderResult]] = OrderedDict()
-        self._known_rooms: set[uuid.UUID] = set()
-        self._known_entities: dict[tuple[uuid.UUID, uuid.UUID], tuple[str, ...]] = {}
-        self._entities: dict[uuid.UUID, Entity] = {}
-        self._room_members: dict[uuid.UUID, set[uuid.UUID]] = {}
-        self._room_cache: dict[uuid.UUID, Room] = {}
-        self._states: dict[tuple[uuid.UUID, uuid.UUID], RoomState | None] = {}
+        # Connection caches: what is known to be stored already, so repeats cost no query.
+        self._known_rooms: LRU[uuid.UUID, bool] = LRU(CACHE_SIZE)
+        self._known_entities: LRU[tuple[uuid.UUID, uuid.UUID], tuple[str, ...]] = LRU(CACHE_SIZE)
+        self._entities: LRU[uuid.UUID, Entity] = LRU(CACHE_SIZE)
+        self._room_members: LRU[uuid.UUID, set[uuid.UUID]] = LRU(CACHE_SIZE)
+        self._room_cache: LRU[uuid.UUID, Room] = LRU(CACHE_SIZE)
+        self._states: LRU[tuple[uuid.UUID, uuid.UUID], RoomState | None] = LRU(CACHE_SIZE)
         self._background: set[asyncio.Task[Any]] = set()
         self.history = MessageHistory(store, self.agent_id, settings.conversation_length)
         self._usage: list[dict[str, Any]] = []
@@ -217,15 +220,19 @@ class AgentRuntime:
                 await self.store.upsert_world(world)
             await self.store.upsert_room(room)
             await self.store.add_participant(self.agent_id, room.id)
-            self._known_rooms.add(room.id)
+            self._known_rooms[room.id] = True
             self._room_cache[room.id] = room
         if self._known_entities.get(entity_key) != names:
             await self.store.upsert_entity(entity)
             await self.store.add_participant(entity.id, room.id)
             self._known_entities[entity_key] = names
             self._entities.pop(entity.id, None)
-        self._room_members.setdefault(room.id, set()).add(entity.id)
-        self._entities.setdefault(entity.id, entity)
+        members = self._room_members.get(room.id)
+        if members is None:
+            members = self._room_members[room.id] = set()
+        members.add(entity.id)
+        if entity.id not in self._entities:
+            self._entities[entity.id] = entity
 
     async def entity_names(self, entity_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
         """Display names, from the cache when possible (one query for the ones not seen yet)."""
@@ -233,10 +240,11 @@ class AgentRuntime:
         if missing:
             for entity in await self.store.get_entities(missing):
                 self._entities[entity.id] = entity
-        names = {
-            i: e.metadata.get("preferred_name") or e.names[0]
-            for i, e in self._entities.items() if i in entity_ids and e.names
-        }
+        names = {}
+        for entity_id in entity_ids:
+            entity = self._entities.get(entity_id)
+            if entity is not None and entity.names:
+                names[entity_id] = entity.metadata.get("preferred_name") or entity.names[0]
         if self.agent_id in entity_ids:
             names[self.agent_id] = self.character.name
         return names
@@ -249,7 +257,7 @@ class AgentRuntime:
         self._entities[entity.id] = entity
 
     def known_room_ids(self) -> set[uuid.UUID]:
-        return set(self._known_rooms)
+        return set(self._known_rooms.keys())
 
     async def get_room(self, room_id: uuid.UUID) -> Room | None:
         room = self._room_cache.get(room_id)

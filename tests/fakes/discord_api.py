@@ -355,10 +355,8 @@ class FakeDiscord:
         return _json({k: v for k, v in message.items() if not k.startswith("sent_")})
 
     async def _delete_original(self, request: web.Request) -> web.Response:
+        """Deleting a deferred "thinking…" response: recorded (see `requests`), nothing else to undo here."""
         await self._record(request)
-        token = request.match_info["token"]
-        self.messages = [m for m in self.messages if m.get("webhook_token") != token or m.get("followup")]
-        await self._notify()
         return web.Response(status=204)
 
     async def _file(self, request: web.Request) -> web.Response:
