@@ -11,6 +11,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from telegram import Chat, Message, MessageEntity, Update, User
@@ -18,8 +19,9 @@ from telegram.constants import ChatType
 from telegram.ext import BaseUpdateProcessor, ContextTypes
 
 from bot.ids import create_unique_uuid
-from bot.plugin import HandlerCallback
+from bot.plugin import HandlerCallback, MessagePreparer
 from bot.types import ChannelType, Content, Entity, Memory, MentionContext, Room, World
+from plugins.bootstrap.dispatcher import ShuttingDown
 
 from .outbox import Target, Typing, message_key
 from .voice import SOURCE, MediaReader
@@ -168,15 +170,17 @@ class Inbound:
         if not self._allowed(message.chat):
             return
         self.connector.outbox.unblock(message.chat_id)
-        heard = await self.media.read(message)
+        heard = self.media.note(message)
         target = Target(message.chat_id, topic_of(message), message.message_id, voice=heard.spoke)
-        if heard.unheard_voice and not heard.text.strip():
-            await self._voice_unavailable(target)
+        if heard.audio is not None and not heard.text.strip() and not self.media.can_hear:
+            await self._voice_unavailable(target)  # nothing in it could be read: not stored, not answered
             return
         if not heard.text.strip() and not heard.attachments:
             return
+        # Stored with the attachments noted; downloads and model calls come in its turn (prepare).
         memory = await self._memory(message, heard.text, heard.attachments)
-        await self._submit(memory, target, addressed=not is_group(message.chat) or bool(
+        prepare = partial(self.media.enrich, message=message) if heard.readable else None
+        await self._submit(memory, target, prepare=prepare, addressed=not is_group(message.chat) or bool(
             memory.content.mention_context and (memory.content.mention_context.is_mention
                                                 or memory.content.mention_context.is_reply)))
 
@@ -243,10 +247,17 @@ class Inbound:
         await self._submit(memory, Target(chat.id, thread_id), addressed=True)
 
     # Pipeline -----------------------------------------------------------------------------------
-    async def _submit(self, memory: Memory, target: Target, *, addressed: bool) -> None:
+    async def _submit(self, memory: Memory, target: Target, *, addressed: bool,
+                      prepare: MessagePreparer | None = None) -> None:
         typing = Typing(self.connector.bot, target, self.connector.typing_interval).start() if addressed else None
         try:
-            ticket = await self.runtime.receive_message(memory, self._reply_callback(target, typing))
+            ticket = await self.runtime.receive_message(memory, self._reply_callback(target, typing), prepare=prepare)
+        except ShuttingDown:
+            # The dispatcher stored the message before refusing it: nothing is lost, it is just not answered.
+            if typing is not None:
+                typing.stop()
+            log.info("shutting down: message %s in chat %s stored, not answered", memory.id, target.chat_id)
+            return
         except BaseException:
             if typing is not None:
                 typing.stop()

@@ -2,8 +2,8 @@
 
 Attachments are noted from the update first and the message is stored with them; files are then
 fetched (getFile) and read in the message's turn. Only the file_id is ever kept, since a Telegram
-file URL embeds the bot token. The Bot API cannot download files over 20 MB, so
-larger ones are noted without being read.
+file URL embeds the bot token. The Bot API cannot download files over 20 MB, so larger ones are
+noted without being read.
 """
 
 from __future__ import annotations
