@@ -17,6 +17,7 @@ from bot.types import ModelType
 from plugins.models import (
     DESCRIBE_INSTRUCTION,
     DESCRIBE_PROMPT,
+    SdkClient,
     client_closer,
     describe_result,
     json_instruction,
@@ -48,30 +49,14 @@ def image_block(params: dict[str, Any]) -> dict[str, Any]:
             "source": {"type": "base64", "media_type": mime, "data": base64.b64encode(data).decode()}}
 
 
-class AnthropicProvider:
-    """Model handlers sharing one lazily created client (created on first use, inside the loop)."""
+class AnthropicProvider(SdkClient[anthropic.AsyncAnthropic]):
+    """Model handlers sharing one lazily created client."""
 
     def __init__(self, settings: Settings, api_key: str) -> None:
         self.settings = settings
         self.api_key = api_key
-        self._client: anthropic.AsyncAnthropic | None = None
-
-    @property
-    def client(self) -> anthropic.AsyncAnthropic:
-        if self._client is None:
-            self._client = anthropic.AsyncAnthropic(
-                api_key=self.api_key,
-                base_url=self.settings.anthropic_base_url or None,
-                timeout=self.settings.model_timeout,
-                max_retries=self.settings.model_max_retries,
-            )
-        return self._client
-
-    async def aclose(self) -> None:
-        """Close the client; a later call makes a new one (e.g. in another event loop)."""
-        client, self._client = self._client, None
-        if client is not None:
-            await client.close()
+        super().__init__(anthropic.AsyncAnthropic, api_key=api_key, base_url=settings.anthropic_base_url,
+                         settings=settings)
 
     async def _messages(self, model: str, content: str | list[dict[str, Any]], params: dict[str, Any],
                         system: str | None = None) -> ModelOutput:

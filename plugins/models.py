@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
 
 from bot.character import Character
 from bot.jsontext import parse_json_object
@@ -51,12 +52,38 @@ DESCRIBE_INSTRUCTION = (
 _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|[A-Za-z0-9_\-]{0,8}\*{4,}[A-Za-z0-9_\-]*)")
 
 
+C = TypeVar("C")
+
+
 class ModelProviderError(RuntimeError):
     """A provider call failed. The message names the provider and never contains a secret."""
 
 
 class Closable(Protocol):
     async def aclose(self) -> None: ...
+
+
+class SdkClient(Generic[C]):
+    """One SDK client per provider, made on first use (inside the running loop, as the SDKs
+    expect) from the shared timeout/retry settings, and closed by the plugin's closer service."""
+
+    def __init__(self, factory: Callable[..., C], *, api_key: str, base_url: str | None, settings: Settings) -> None:
+        self._factory = factory
+        self._options = {"api_key": api_key, "base_url": base_url or None, "timeout": settings.model_timeout,
+                         "max_retries": settings.model_max_retries}
+        self._client: C | None = None
+
+    @property
+    def client(self) -> C:
+        if self._client is None:
+            self._client = self._factory(**self._options)
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the client; a later call makes a new one (e.g. in another event loop)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
 
 
 def client_closer(name: str, owner: Closable) -> type[Service]:

@@ -21,6 +21,7 @@ from bot.types import Attachment, ModelType
 from plugins.models import (
     DESCRIBE_INSTRUCTION,
     DESCRIBE_PROMPT,
+    SdkClient,
     client_closer,
     describe_result,
     json_instruction,
@@ -51,32 +52,16 @@ def image_url_for(params: dict[str, Any]) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
-class OpenAIProvider:
-    """Model handlers sharing one lazily created client (created on first use, inside the loop)."""
+class OpenAIProvider(SdkClient[openai.AsyncOpenAI]):
+    """Model handlers sharing one lazily created client."""
 
     def __init__(self, settings: Settings, api_key: str | None) -> None:
         self.settings = settings
         self.api_key = api_key or (PLACEHOLDER_KEY if settings.openai_base_url else None)
         if self.api_key is None:
             raise ValueError("OpenAI needs OPENAI_API_KEY or OPENAI_BASE_URL")
-        self._client: openai.AsyncOpenAI | None = None
-
-    @property
-    def client(self) -> openai.AsyncOpenAI:
-        if self._client is None:
-            self._client = openai.AsyncOpenAI(
-                api_key=self.api_key,
-                base_url=self.settings.openai_base_url or None,
-                timeout=self.settings.model_timeout,
-                max_retries=self.settings.model_max_retries,
-            )
-        return self._client
-
-    async def aclose(self) -> None:
-        """Close the client; a later call makes a new one (e.g. in another event loop)."""
-        client, self._client = self._client, None
-        if client is not None:
-            await client.close()
+        super().__init__(openai.AsyncOpenAI, api_key=self.api_key, base_url=settings.openai_base_url,
+                         settings=settings)
 
     async def _call(self, request: Awaitable[Any]) -> Any:
         try:

@@ -295,6 +295,55 @@ async def test_slash_commands_are_synced_to_the_guild_and_ask_answers(
         await runner.stop()
 
 
+async def test_shutdown_answers_interactions_with_a_restart_notice(
+    tmp_path: Path, discord_fake: FakeDiscord, model: FakeOpenAI, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    from connectors.discord_connector.connector import RESTARTING
+    from plugins.bootstrap import ShuttingDown
+
+    runner = Bot(tmp_path, discord_fake, model, discord_guild_id=discord_fake.guild_id)
+    await runner.start()
+    try:
+        runtime = runner.app.runtime
+        token = "ab" * 16
+        await runtime.store.set_cache(runtime.agent_id, f"button:{token}", {"label": "red", "value": "red"}, 60)
+
+        async def shutting_down(*args: Any, **kwargs: Any) -> Any:
+            raise ShuttingDown("shutting down: message stored, not answered")
+
+        monkeypatch.setattr(runtime, "receive_message", shutting_down)
+        ask = next(c for c in discord_fake.commands[str(discord_fake.guild_id)] if c["name"] == "ask")
+        with caplog.at_level(logging.INFO, logger="connectors.discord_connector.connector"):
+            await discord_fake.dispatch("INTERACTION_CREATE", discord_fake.interaction(2, ALICE, GENERAL, {
+                "id": ask["id"], "name": "ask", "type": 1,
+                "options": [{"name": "question", "type": 3, "value": "still up?"}]}))
+            [notice] = await discord_fake.wait_for_messages(1)
+            assert notice["sent_body"]["content"] == RESTARTING and notice["sent_body"]["flags"] == 64
+            assert discord_fake.interaction_responses[0]["type"] == 5
+            # The public "thinking…" placeholder is removed, so the notice really is only for the asker.
+            assert any(r.method == "DELETE" and r.path.endswith("/messages/@original") for r in discord_fake.requests)
+
+            message = discord_fake.message(GENERAL, discord_fake.bot, "pick")
+            custom_id = f"parley:{token}"
+            message["components"] = [{"type": 1, "components": [{"type": 2, "style": 1, "label": "red",
+                                                                 "custom_id": custom_id}]}]
+            await discord_fake.dispatch("INTERACTION_CREATE", discord_fake.interaction(
+                3, ALICE, GENERAL, {"custom_id": custom_id, "component_type": 2}, message=message))
+            messages = await discord_fake.wait_for_messages(2)
+            assert messages[1]["sent_body"]["content"] == RESTARTING and messages[1]["sent_body"]["flags"] == 64
+            assert discord_fake.interaction_responses[1]["type"] == 6
+
+            await say(discord_fake, GENERAL, "hello?", mentions=[discord_fake.bot])
+            await asyncio.sleep(0.3)
+        assert len(discord_fake.messages) == 2
+        not_accepted = [r for r in caplog.records if "not accepted" in r.getMessage()]
+        assert len(not_accepted) == 3 and all(r.levelno == logging.INFO for r in not_accepted)
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("discord")]
+    finally:
+        await runner.stop()
+
+
 # Faults -------------------------------------------------------------------------------------------------------
 async def test_429_with_via_is_retried_and_403_is_logged_once(
     bot: Bot, discord_fake: FakeDiscord, caplog: pytest.LogCaptureFixture
@@ -314,6 +363,56 @@ async def test_429_with_via_is_retried_and_403_is_logged_once(
     assert bot.connector.connected  # still serving
     await say(discord_fake, GENERAL, "still there?", mentions=[discord_fake.bot])
     await discord_fake.wait_for_messages(2)
+
+
+async def test_failure_after_the_first_chunk_keeps_the_sent_part_without_an_apology(
+    bot: Bot, discord_fake: FakeDiscord, model: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = "\n\n".join(f"Paragraph {i}: " + "words " * 300 for i in range(3))
+    assert len(text) > 4000
+    model.script(xml(text))
+    discord_fake.fail("POST", rf"/channels/{GENERAL}/messages$", 400, after=1)  # the 2nd message POST
+    with caplog.at_level(logging.WARNING, logger="connectors.discord_connector.connector"):
+        sent = await say(discord_fake, GENERAL, "tell me everything", mentions=[discord_fake.bot])
+        [first] = await discord_fake.wait_for_messages(1)
+        await quiet(bot)
+    posts = [r for r in discord_fake.requests if r.method == "POST" and r.path.endswith(f"{GENERAL}/messages")]
+    assert len(posts) == 2  # the first chunk went out, the second failed, the third was not tried
+    assert len(discord_fake.messages) == 1 and first["sent_body"]["content"].startswith("Paragraph 0:")
+    assert str(first["sent_body"]["message_reference"]["message_id"]) == sent["id"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("message 2 of 3" in w for w in warnings) == 1, warnings
+    # The part that was sent is the stored reply, under the key of its first message.
+    runtime = bot.app.runtime
+    reply = await runtime.store.get_memory(create_unique_uuid(runtime.agent_id, f"discord:msg:{GENERAL}:{first['id']}"))
+    assert reply is not None and reply.entity_id == runtime.agent_id
+
+
+async def test_first_chunk_failure_gets_one_apology(bot: Bot, discord_fake: FakeDiscord) -> None:
+    discord_fake.fail("POST", rf"/channels/{GENERAL}/messages$", 400)
+    await say(discord_fake, GENERAL, "hello?", mentions=[discord_fake.bot])
+    [apology] = await discord_fake.wait_for_messages(1)
+    await quiet(bot)
+    assert len(discord_fake.messages) == 1 and apology["sent_body"]["content"] != "Hello from Test"
+
+
+async def test_refused_command_sync_does_not_stop_the_bot(
+    tmp_path: Path, discord_fake: FakeDiscord, model: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    discord_fake.fail("PUT", rf"/guilds/{discord_fake.guild_id}/commands$", 403)
+    runner = Bot(tmp_path, discord_fake, model, discord_guild_id=discord_fake.guild_id)
+    with caplog.at_level(logging.WARNING, logger="connectors.discord_connector.commands"):
+        await runner.start()
+    try:
+        assert discord_fake.commands == {}
+        warnings = [r.getMessage() for r in caplog.records if r.name == "connectors.discord_connector.commands"]
+        assert len(warnings) == 1
+        assert "applications.commands" in warnings[0] and "DISCORD_GUILD_ID" in warnings[0]
+        await say(discord_fake, GENERAL, "are you there?", mentions=[discord_fake.bot])
+        [reply] = await discord_fake.wait_for_messages(1)
+        assert reply["sent_body"]["content"] == "Hello from Test"
+    finally:
+        await runner.stop()
 
 
 async def test_dropped_socket_resumes_without_duplicate_reply(bot: Bot, discord_fake: FakeDiscord) -> None:
@@ -363,6 +462,72 @@ async def test_image_in_is_described_and_file_out_is_uploaded(bot: Bot, discord_
     messages = await discord_fake.wait_for_messages(2)
     assert messages[1]["sent_files"] == [("drawing.png", b"\x89PNG fake bytes")]
     assert keys == [f"discord:msg:{GENERAL}:{messages[1]['id']}"]
+
+
+def image_requests(model: FakeOpenAI) -> int:
+    from tests.fakes.openai_server import has_image
+
+    return sum(has_image(r.body.get("messages", [])) for r in model.requests_to("/chat/completions"))
+
+
+async def test_message_is_stored_before_its_image_is_described_and_a_replay_is_not_described_again(
+    bot: Bot, discord_fake: FakeDiscord, model: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.types import ModelType
+    from tests.fakes.openai_server import tiny_png
+
+    runtime = bot.app.runtime
+    use_model, gate = runtime.use_model, asyncio.Event()
+
+    async def slow_description(model_type: ModelType, params: dict[str, Any], **options: Any) -> Any:
+        if model_type is ModelType.IMAGE_DESCRIPTION:
+            await gate.wait()
+        return await use_model(model_type, params, **options)
+
+    monkeypatch.setattr(runtime, "use_model", slow_description)
+    image = discord_fake.add_file("slow.png", tiny_png(), "image/png")
+    sent = await say(discord_fake, GENERAL, "what is this?", mentions=[discord_fake.bot], attachments=[image])
+    memory_id = create_unique_uuid(runtime.agent_id, f"discord:msg:{GENERAL}:{sent['id']}")
+    stored = None
+    for _ in range(200):  # stored while the description model is still busy
+        if (stored := await runtime.store.get_memory(memory_id)) is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert stored is not None and discord_fake.messages == []
+    [noted] = stored.content.attachments
+    assert noted.kind == "image" and noted.title == "slow.png" and noted.description is None
+    gate.set()
+    await discord_fake.wait_for_messages(1)
+    described = await runtime.store.get_memory(memory_id)
+    assert described.content.attachments[0].description == "A small solid red square."
+    assert described.content.text == "what is this?"
+    assert image_requests(model) == 1
+
+    await discord_fake.dispatch("MESSAGE_CREATE", sent)  # redelivered around a reconnect
+    await quiet(bot)
+    assert image_requests(model) == 1 and len(discord_fake.messages) == 1
+
+
+async def test_failing_description_model_does_not_lose_the_message(
+    bot: Bot, discord_fake: FakeDiscord, model: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.fakes.openai_server import Status, tiny_png
+
+    model.script(Status(400, body={"error": {"message": "image rejected", "type": "invalid_request_error"}}))
+    image = discord_fake.add_file("broken.png", tiny_png(), "image/png")
+    with caplog.at_level(logging.WARNING, logger="connectors.discord_connector.events"):
+        sent = await say(discord_fake, GENERAL, "look", mentions=[discord_fake.bot], attachments=[image])
+        [reply] = await discord_fake.wait_for_messages(1)
+        await quiet(bot)
+    assert reply["sent_body"]["content"] == "Hello from Test"
+    assert str(reply["sent_body"]["message_reference"]["message_id"]) == sent["id"]
+    assert len(discord_fake.messages) == 1  # answered once, no apology
+    runtime = bot.app.runtime
+    stored = await runtime.store.get_memory(create_unique_uuid(runtime.agent_id, f"discord:msg:{GENERAL}:{sent['id']}"))
+    assert stored is not None and stored.content.text == "look"
+    [attachment] = stored.content.attachments
+    assert attachment.kind == "image" and attachment.title == "broken.png" and attachment.description is None
+    assert any("could not process attachment broken.png" in r.getMessage() for r in caplog.records)
 
 
 # The real process ------------------------------------------------------------------------------------------

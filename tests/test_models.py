@@ -419,13 +419,13 @@ async def test_api_keys_never_appear_in_errors_or_logs(
     # Real APIs echo (partly masked) keys in 401 messages; make the fakes echo the whole key.
     fake_openai.script(SERVER_ERROR, Status(401, body={"error": {"message": f"Incorrect API key: {OPENAI_KEY}"}}))
     fake_anthropic.script(Status(401, body={"type": "error", "error": {
-        "type": "authentication_error", "message": f"invalid x-api-key {ANTHROPIC_KEY} / sk-ant-****4567"}}))
+        "type": "authentication_error", "message": f"invalid x-api-key {ANTHROPIC_KEY} / sk-ant-****zq7v"}}))
     with pytest.raises(ModelError) as raised:
         await runtime.use_model(ModelType.TEXT_SMALL, {"prompt": "x"})
     message = str(raised.value)
     assert "HTTP 401" in message and "[redacted]" in message
     for text in (message, caplog.text, repr(raised.value.__cause__), repr(raised.value.__context__)):
-        for key in (OPENAI_KEY, ANTHROPIC_KEY, "4567"):
+        for key in (OPENAI_KEY, ANTHROPIC_KEY, "zq7v"):
             assert key not in text
 
 

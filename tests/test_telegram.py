@@ -23,8 +23,17 @@ from connectors.telegram_connector import TelegramConnector, webhook_secret
 from connectors.telegram_connector.handlers import EXPIRED_BUTTON, VOICE_UNAVAILABLE
 from connectors.telegram_connector.pacing import ChatPacer
 from plugins.voice import to_ogg_opus
-from tests.fakes.openai_server import FakeOpenAI, sine_wav, tiny_png
-from tests.fakes.telegram_api import BAD_GATEWAY, BLOCKED, CANT_PARSE, FakeTelegram, parse_html, retry_after
+from tests.fakes.openai_server import FakeOpenAI, Hang, sine_wav, tiny_png
+from tests.fakes.telegram_api import (
+    BAD_GATEWAY,
+    BLOCKED,
+    CANT_PARSE,
+    THREAD_NOT_FOUND,
+    ApiError,
+    FakeTelegram,
+    parse_html,
+    retry_after,
+)
 from tests.server_helpers import character, settings_for, xml_reply
 
 TOKEN = "123456789:AAHtestTOKENabcdefghijklmnopqrstuvw"
@@ -283,6 +292,36 @@ async def test_voice_note_in_transcribed_and_answered_by_voice(
         assert len(telegram.calls_to("sendVoice")) == 1, "VOICE_REPLIES=auto: voice only when the user spoke"
 
 
+async def test_a_voice_note_is_stored_before_transcription_and_kept_when_it_fails(
+    tmp_path: Path, telegram: FakeTelegram, model: FakeOpenAI
+) -> None:
+    spoken = await to_ogg_opus(sine_wav())
+    model.script(Hang(1.0), endpoint="transcriptions")  # slow, then a 504
+    async with running_bot(tmp_path, telegram, model) as app:
+        incoming = telegram.push({"message": telegram.voice_message(ADA, DM, spoken)})["message"]
+        key = memory_id(app, DM["id"], incoming["message_id"])
+
+        async def transcribing() -> bool:
+            return bool(model.requests_to("/audio/transcriptions"))
+
+        await eventually(transcribing)
+        stored = await app.runtime.store.get_memory(key)
+        assert stored is not None and stored.content.text == "", "stored while the transcription is still running"
+        (attachment,) = stored.content.attachments
+        assert (attachment.kind, attachment.file_id, attachment.url, attachment.text) == (
+            "voice", "voice-file-1", None, None)
+        assert not telegram.calls_to("sendVoice") and not telegram.calls_to("sendMessage")
+
+        (reply,) = await telegram.wait_for("sendVoice")
+        assert reply["reply_parameters"]["message_id"] == incoming["message_id"]
+        assert reply["caption"] == "Hello <b>Ada</b>, nice to meet you!", "answered, not apologised for"
+        stored = await app.runtime.store.get_memory(key)
+        assert stored is not None and stored.content.attachments[0].title == "Voice message (could not be transcribed)"
+        prompts = [json.dumps(r.body) for r in model.requests_to("/chat/completions")]
+        assert any("could not be transcribed" in p for p in prompts), "the model knows it could not hear it"
+        assert TOKEN not in stored.model_dump_json()
+
+
 async def text_only_models(fake: FakeOpenAI, tmp_path: Path) -> list[Plugin]:
     """The OpenAI provider with only its text and embedding models: no speech, no vision."""
     from plugins.openai_provider import openai_plugin
@@ -355,6 +394,61 @@ async def test_a_blocked_chat_stops_getting_messages_and_others_are_served(
 
         assert await connector.send_to_room(room, Content(text="still there?")) == []
         assert len(telegram.calls_to("sendMessage", chat_id=str(ADA["id"]))) == 1
+
+
+@pytest.mark.parametrize("error", [THREAD_NOT_FOUND, BAD_GATEWAY], ids=["bad-request", "network"])
+async def test_a_failed_later_chunk_keeps_what_was_sent_without_an_apology(
+    tmp_path: Path, telegram: FakeTelegram, model: FakeOpenAI, caplog: pytest.LogCaptureFixture, error: ApiError
+) -> None:
+    caplog.set_level(logging.WARNING)
+    model.reply = xml_reply("\n\n".join(["x" * 3000] * 3))
+    telegram.fail("sendMessage", error, after=1)
+    async with running_bot(tmp_path, telegram, model) as app:
+        incoming = telegram.push({"message": telegram.message(ADA, DM, "tell me a lot")})["message"]
+        (first,) = await telegram.wait_for("sendMessage")
+        await telegram.wait_for("sendMessage", ok=False)
+        reply = await eventually(lambda: app.runtime.store.get_memory(
+            memory_id(app, DM["id"], first.result["message_id"])))
+        assert reply.content.in_reply_to == memory_id(app, DM["id"], incoming["message_id"])
+        assert reply.metadata["platform_keys"] == [f"telegram:msg:{DM['id']}:{first.result['message_id']}"]
+        await asyncio.sleep(0.3)
+        assert len(telegram.calls_to("sendMessage")) == 2, "no third chunk and no apology after a partial reply"
+        stops = [r for r in caplog.records if "the reply stops" in r.getMessage()]
+        assert len(stops) == 1 and stops[0].levelno == logging.WARNING
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_failed_first_chunk_is_apologised_for_once(
+    tmp_path: Path, telegram: FakeTelegram, model: FakeOpenAI
+) -> None:
+    telegram.fail("sendMessage", THREAD_NOT_FOUND)
+    async with running_bot(tmp_path, telegram, model) as app:
+        telegram.push({"message": telegram.message(ADA, DM, "hi")})
+        (apology,) = await telegram.wait_for("sendMessage")
+        assert apology["text"] == app.settings.error_reply
+        await asyncio.sleep(0.2)
+        assert len(telegram.calls_to("sendMessage")) == 2
+
+
+async def test_a_message_during_shutdown_is_stored_and_logged_once(
+    tmp_path: Path, telegram: FakeTelegram, model: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with running_bot(tmp_path, telegram, model) as app:
+        assert app.runtime.message_handler is not None
+        await app.runtime.message_handler.drain(1)  # what App.stop does first
+        late = telegram.push({"message": telegram.message(ADA, DM, "still there?")})["message"]
+        stored = await eventually(lambda: app.runtime.store.get_memory(memory_id(app, DM["id"], late["message_id"])))
+        assert stored.content.text == "still there?"
+
+        async def noted() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if "stored, not answered" in r.getMessage()
+                    and r.name.startswith("connectors.telegram_connector")]
+
+        (note,) = await eventually(noted)
+        assert note.levelno == logging.INFO and note.exc_info is None
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert not telegram.calls_to("sendMessage")
 
 
 async def test_rejected_markup_is_resent_as_plain_text(

@@ -176,11 +176,15 @@ class TelegramConnector(Connector):
                   exc_info=(type(error), error, error.__traceback__) if error else None)
 
     async def stop(self) -> None:
-        if self.webhook is not None:
-            self.webhook.application = None
+        """Stop taking updates first (polling, then the webhook route), then the Application."""
         try:
             if self.application.updater is not None and self.application.updater.running:
                 await self.application.updater.stop()
+        except Exception as error:
+            log.warning("stopping Telegram polling: %s", error)
+        if self.webhook is not None:
+            self.webhook.application = None
+        try:
             if self.application.running:
                 await self.application.stop()
             await self.application.shutdown()

@@ -24,7 +24,7 @@ from bot.types import ChannelType, Content, Entity, Memory, MentionContext, Room
 from plugins.bootstrap.dispatcher import ShuttingDown
 
 from .outbox import Target, Typing, message_key
-from .voice import SOURCE, MediaReader
+from .voice import AUDIO_KINDS, SOURCE, MediaReader
 
 if TYPE_CHECKING:
     from .connector import TelegramConnector
@@ -194,7 +194,8 @@ class Inbound:
         if stored is None:
             log.debug("edit of a message that was never stored (chat %s)", message.chat_id)
             return
-        stored.content.text = memory.content.text
+        transcripts = [a.text for a in stored.content.attachments if a.kind in AUDIO_KINDS and a.text]
+        stored.content.text = "\n".join([*transcripts, memory.content.text]).strip()  # a caption edit keeps them
         stored.metadata = {**stored.metadata, "edited_at": int((message.edit_date or message.date).timestamp() * 1000)}
         await self.runtime.update_memory(stored)
 

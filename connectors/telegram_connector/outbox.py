@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 from telegram import Bot, InlineKeyboardMarkup, Message, ReplyParameters
 from telegram.constants import ChatAction, ParseMode
@@ -92,33 +94,49 @@ class Outbox:
         return [message_key(m.chat_id, m.message_id) for m in sent]
 
     async def _send(self, target: Target, content: Content, voice: bytes | None, sent: list[Message]) -> None:
+        """Send every part in order; once one part is out, a failing part ends the reply there.
+
+        The first part's error propagates (nothing reached the user, so the pipeline may apologise);
+        after that the parts already sent stand as the reply and their keys are returned, because an
+        apology after half an answer, or a lost key for a message the user can see, is worse.
+        Forbidden always propagates: `send` then stops writing to that chat.
+        """
         markup = await self.buttons.keyboard(content.buttons) if content.buttons else None
         chunks = render_chunks(content.text)
-        reply_to = target.reply_to
+        parts: list[Callable[[int | None], Awaitable[Message | None]]] = []
         if voice is not None:
             caption = markdown_to_html(content.text)
             fits = len(chunks) == 1 and visible_length(caption) <= CAPTION_LIMIT
-            sent.append(await self._voice(target, voice, caption if fits else None, reply_to,
-                                          markup if fits else None))
-            reply_to = None
+            parts.append(partial(self._voice, target, voice, caption if fits else None,
+                                 markup=markup if fits else None))
             if fits:
                 chunks = []
         for index, chunk in enumerate(chunks):
             last = index == len(chunks) - 1
-            sent.append(await self._text(target, chunk, reply_to, markup if last else None))
-            reply_to = None
-        for attachment in content.attachments:
-            message = await self._attachment(target, attachment, reply_to)
+            parts.append(partial(self._text, target, chunk, markup=markup if last else None))
+        parts.extend(partial(self._attachment, target, attachment) for attachment in content.attachments)
+        reply_to = target.reply_to  # only the first part replies to the message
+        for number, part in enumerate(parts, 1):
+            try:
+                message = await part(reply_to)
+            except Forbidden:
+                raise
+            except TelegramError as error:
+                if not sent:
+                    raise
+                log.warning("sending part %d of %d to chat %s failed (%s: %s); the reply stops after %d part(s)",
+                            number, len(parts), target.chat_id, type(error).__name__, error, len(sent))
+                return
             if message is not None:
                 sent.append(message)
-            reply_to = None
+                reply_to = None
 
     @staticmethod
     def _reply(message_id: int | None) -> ReplyParameters | None:
         return ReplyParameters(message_id, allow_sending_without_reply=True) if message_id else None
 
-    async def _text(self, target: Target, chunk: str, reply_to: int | None,
-                    markup: InlineKeyboardMarkup | None) -> Message:
+    async def _text(self, target: Target, chunk: str, reply_to: int | None, *,
+                    markup: InlineKeyboardMarkup | None = None) -> Message:
         async with self.pacer.slot(target.chat_id):
             try:
                 return await self.bot.send_message(
@@ -134,8 +152,8 @@ class Outbox:
                     reply_parameters=self._reply(reply_to), reply_markup=markup,
                 )
 
-    async def _voice(self, target: Target, voice: bytes, caption: str | None, reply_to: int | None,
-                     markup: InlineKeyboardMarkup | None) -> Message:
+    async def _voice(self, target: Target, voice: bytes, caption: str | None, reply_to: int | None, *,
+                     markup: InlineKeyboardMarkup | None = None) -> Message:
         async with self.pacer.slot(target.chat_id):
             try:
                 return await self.bot.send_voice(

@@ -9,6 +9,7 @@ updates (delivered to a long-polling getUpdates or posted to a webhook) and scri
     fake.push(fake.text_message(user, chat, "hi"))
     call = await fake.wait_for("sendMessage")
     fake.fail("sendMessage", retry_after(1))
+    fake.fail("sendChatAction", THREAD_NOT_FOUND, after=1)  # one call goes through, the next fails
 
 HTML messages are checked the way Telegram checks them (known tags, proper nesting, at most
 4,096 characters after parsing), so a formatting bug shows up as the same 400 Telegram gives.
@@ -56,6 +57,7 @@ BLOCKED = ApiError(403, "Forbidden: bot was blocked by the user")
 KICKED = ApiError(403, "Forbidden: bot was kicked from the group chat")
 CANT_PARSE = ApiError(400, "Bad Request: can't parse entities: Unsupported start tag \"x\" at byte offset 0")
 BAD_GATEWAY = ApiError(502, "Bad Gateway")
+THREAD_NOT_FOUND = ApiError(400, "Bad Request: message thread not found")
 
 
 @dataclass
@@ -126,7 +128,7 @@ class FakeTelegram:
         self._updates: list[dict[str, Any]] = []
         self._update_ids = itertools.count(1)
         self._message_ids: defaultdict[int, itertools.count[int]] = defaultdict(lambda: itertools.count(1000))
-        self._failures: defaultdict[str, deque[ApiError]] = defaultdict(deque)
+        self._failures: defaultdict[str, deque[ApiError | None]] = defaultdict(deque)  # None: succeed
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
 
@@ -160,9 +162,9 @@ class FakeTelegram:
         await self.stop()
 
     # Scripting ----------------------------------------------------------------------------------
-    def fail(self, method: str, *errors: ApiError) -> None:
-        """The next calls to `method` answer with these errors, in order."""
-        self._failures[method].extend(errors)
+    def fail(self, method: str, *errors: ApiError, after: int = 0) -> None:
+        """The next calls to `method` answer with these errors, in order, once `after` calls succeeded."""
+        self._failures[method].extend([None] * after + list(errors))
 
     def add_file(self, file_id: str, content: bytes, path: str = "voice/file_0.oga") -> None:
         self.files[file_id] = (path, content)
@@ -304,8 +306,9 @@ class FakeTelegram:
             self.calls.append(call)
         try:
             failures = self._failures[method]
-            if failures:
-                raise ApiErrorRaised(failures.popleft())
+            failure = failures.popleft() if failures else None
+            if failure is not None:
+                raise ApiErrorRaised(failure)
             handler = getattr(self, f"_api_{method}", None)
             if handler is None:
                 raise ApiErrorRaised(ApiError(404, "Not Found: method not found"))
