@@ -106,6 +106,8 @@ async def test_type_a_message_and_see_the_reply(tmp_path: Path, fake: FakeOpenAI
         assert await page.wait_for("document.getElementById('agent-name').textContent === 'Test'")
         assert await page.evaluate("document.title") == "Chat with Test"
         await page.wait_for("localStorage.getItem('parley.sessionId')")
+        # No API key on this server: the key form must not be on screen.
+        assert await page.evaluate("getComputedStyle(document.getElementById('key-form')).display") == "none"
         # Watch for the typing indicator while the reply is on its way.
         await page.evaluate("""
             window.sawTyping = false;
