@@ -133,3 +133,87 @@ async def test_pcm_frames_encode_to_opus_packets() -> None:
     assert len(packets) == 5 and all(0 < len(p) < FRAME_BYTES for p in packets)
 
 
+
+
+# Attachment enrichment ------------------------------------------------------------------------------
+class FileOnDiscord:
+    """The parts of discord.Attachment the mapper uses."""
+
+    def __init__(self, item_id: int, filename: str, content_type: str, size: int = 10) -> None:
+        self.id, self.filename, self.content_type, self.size = item_id, filename, content_type, size
+        self.url, self.description = f"https://cdn.example/{filename}", None
+
+    async def read(self) -> bytes:
+        return b"bytes of " + self.filename.encode()
+
+
+class EnrichRuntime:
+    def __init__(self, models: set[ModelType]) -> None:
+        import uuid
+
+        self.agent_id = uuid.uuid4()
+        self.models = models
+        self.calls: list[ModelType] = []
+        self.stored: dict[Any, Any] = {}
+        self.store = self
+
+    def has_model(self, model_type: ModelType) -> bool:
+        return model_type in self.models
+
+    async def use_model(self, model_type: ModelType, params: dict[str, Any]) -> Any:
+        self.calls.append(model_type)
+        if model_type is ModelType.IMAGE_DESCRIPTION:
+            return {"title": "A cat", "description": "A cat on a mat."}
+        if params["filename"] == "broken.ogg":
+            raise TimeoutError("the transcription model timed out")
+        return "transcribed words"
+
+    async def get_memory(self, memory_id: Any) -> Any:
+        return self.stored.get(memory_id)
+
+
+def noted_memory(mapper: Any, files: list[FileOnDiscord], text: str = "look") -> Any:
+    from bot.types import Content, Memory
+
+    runtime = mapper.runtime
+    return Memory(entity_id=runtime.agent_id, agent_id=runtime.agent_id, room_id=runtime.agent_id,
+                  content=Content(text=text, attachments=[mapper.attachment(f) for f in files]))
+
+
+async def test_nothing_to_enrich_means_no_preparer() -> None:
+    from types import SimpleNamespace
+
+    from connectors.discord_connector.events import MAX_ATTACHMENT_BYTES, Mapper
+
+    mapper = Mapper(EnrichRuntime({ModelType.TRANSCRIPTION}))  # type: ignore[arg-type]
+    assert mapper.preparer(SimpleNamespace(attachments=[])) is None  # type: ignore[arg-type]
+    unconfigured = FileOnDiscord(1, "cat.png", "image/png")  # no IMAGE_DESCRIPTION model
+    huge = FileOnDiscord(2, "long.ogg", "audio/ogg", size=MAX_ATTACHMENT_BYTES + 1)
+    document = FileOnDiscord(3, "notes.pdf", "application/pdf")
+    assert mapper.preparer(SimpleNamespace(attachments=[unconfigured, huge, document])) is None  # type: ignore[arg-type]
+    assert mapper.runtime.calls == []
+
+
+async def test_prepare_describes_and_transcribes_keeps_failures_and_a_later_edit() -> None:
+    from types import SimpleNamespace
+
+    from connectors.discord_connector.events import Mapper
+
+    runtime = EnrichRuntime({ModelType.IMAGE_DESCRIPTION, ModelType.TRANSCRIPTION})
+    mapper = Mapper(runtime)  # type: ignore[arg-type]
+    files = [FileOnDiscord(1, "cat.png", "image/png"), FileOnDiscord(2, "notes.pdf", "application/pdf"),
+             FileOnDiscord(3, "voice.ogg", "audio/ogg"), FileOnDiscord(4, "broken.ogg", "audio/ogg")]
+    memory = noted_memory(mapper, files)
+    assert runtime.calls == []  # building the memory calls no model
+    prepare = mapper.preparer(SimpleNamespace(attachments=files))  # type: ignore[arg-type]
+    assert prepare is not None
+    edited = memory.model_copy(update={"content": memory.content.model_copy(update={"text": "look, edited"})})
+    runtime.stored[memory.id] = edited  # edited while the message waited for its turn
+    prepared = await prepare(memory)
+    assert prepared.content.text == "look, edited"
+    cat, pdf, voice, broken = prepared.content.attachments
+    assert (cat.title, cat.description) == ("A cat", "A cat on a mat.")
+    assert pdf == memory.content.attachments[1]
+    assert voice.text == "transcribed words"
+    assert broken == memory.content.attachments[3]  # a failed transcription leaves the attachment as noted
+    assert memory.content.attachments[0].description is None  # the stored original was not mutated
