@@ -291,6 +291,15 @@ async def test_voice_note_in_transcribed_and_answered_by_voice(
         (text_reply,) = await telegram.wait_for("sendMessage")
         assert len(telegram.calls_to("sendVoice")) == 1, "VOICE_REPLIES=auto: voice only when the user spoke"
 
+        telegram.push({"edited_message": {**incoming, "caption": "(sent from the car)", "edit_date": incoming["date"]}})
+
+        async def edited() -> Any:
+            memory = await app.runtime.store.get_memory(stored.id)
+            return memory if memory and "edited_at" in memory.metadata else None
+
+        assert (await eventually(edited)).content.text == "what is the weather like\n(sent from the car)", \
+            "a caption edit keeps the transcript"
+
 
 async def test_a_voice_note_is_stored_before_transcription_and_kept_when_it_fails(
     tmp_path: Path, telegram: FakeTelegram, model: FakeOpenAI
