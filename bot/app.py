@@ -174,6 +174,11 @@ class App:
         """Stop taking work, finish replies in flight (≤ SHUTDOWN_TIMEOUT), then close everything."""
         if self.server is not None:
             self.server.mark_stopping()
+        for connector in self.runtime.connectors:
+            try:
+                await connector.stop_receiving()
+            except Exception:
+                log.exception("%s connector could not stop receiving", connector.source)
         if self.runtime.message_handler is not None:
             await self.runtime.message_handler.drain(self.settings.shutdown_timeout)
         await self.runtime.stop()

@@ -163,6 +163,10 @@ class Connector(Service):
     def connected(self) -> bool:
         return False
 
+    async def stop_receiving(self) -> None:  # noqa: B027 - optional hook
+        """Shutdown has begun: stop taking new platform events (the platform keeps them for the
+        next start) while replies in flight are finished; sending must keep working."""
+
     async def send_to_room(self, room: Room, content: Content) -> list[str]:
         """Send unprompted content (the SEND_MESSAGE action) to a room this connector owns."""
         raise NotImplementedError(f"{self.source} cannot send to a room directly")

@@ -56,3 +56,33 @@ def test_console_runs_for_pipes_and_files_but_not_dev_null_or_with_a_platform(tm
 def test_console_setting_overrides_detection(tmp_path: Path, mode: ConsoleMode, expected: bool):
     with open(os.devnull) as devnull:
         assert console_wanted(make_settings(tmp_path, console=mode), has_platform=True, stdin=devnull) is expected
+
+
+async def test_shutdown_tells_connectors_to_stop_receiving_before_draining(tmp_path: Path):
+    from bot.app import App
+    from bot.plugin import Connector, Plugin, Priority
+    from tests.runtime_helpers import ScriptedModel
+
+    order: list[str] = []
+
+    class Recording(Connector):
+        source = "recording"
+
+        async def stop_receiving(self) -> None:
+            order.append("stop_receiving")
+
+        async def stop(self) -> None:
+            order.append("stop")
+
+    app = App(make_settings(tmp_path, host="127.0.0.1"), make_character(), model_plugins=[
+        ScriptedModel().plugin(), Plugin("recording", priority=Priority.PLATFORM, services=[Recording])])
+    await app.start()
+    drain = app.runtime.message_handler.drain
+
+    async def recording_drain(timeout: float) -> None:
+        order.append("drain")
+        await drain(timeout)
+
+    app.runtime.message_handler.drain = recording_drain
+    await app.stop()
+    assert order == ["stop_receiving", "drain", "stop"]

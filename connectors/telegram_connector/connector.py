@@ -175,8 +175,9 @@ class TelegramConnector(Connector):
         log.error("handling a Telegram update in chat %s failed: %s", chat, error,
                   exc_info=(type(error), error, error.__traceback__) if error else None)
 
-    async def stop(self) -> None:
-        """Stop taking updates first (polling, then the webhook route), then the Application."""
+    async def stop_receiving(self) -> None:
+        """Leave new updates with Telegram (polling stops; the webhook answers 503, so Telegram
+        retries) while the replies in flight are finished."""
         try:
             if self.application.updater is not None and self.application.updater.running:
                 await self.application.updater.stop()
@@ -184,6 +185,10 @@ class TelegramConnector(Connector):
             log.warning("stopping Telegram polling: %s", error)
         if self.webhook is not None:
             self.webhook.application = None
+
+    async def stop(self) -> None:
+        """Stop taking updates first (polling, then the webhook route), then the Application."""
+        await self.stop_receiving()
         try:
             if self.application.running:
                 await self.application.stop()
