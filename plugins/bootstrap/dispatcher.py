@@ -71,8 +71,8 @@ class RateLimiter:
 class MessageDispatcher(MessageHandler):
     def __init__(self, runtime: AgentRuntime) -> None:
         self.runtime = runtime
-        self.pipeline = Pipeline(runtime)
         self.embeddings = EmbeddingQueue(runtime)
+        self.pipeline = Pipeline(runtime, self.embeddings)
         self.rate_limiter = RateLimiter(runtime.settings.rate_limit_per_minute)
         self._queues: dict[UUID, deque[tuple[Job, asyncio.Future[RunOutcome]]]] = {}
         self._workers: dict[UUID, asyncio.Task[None]] = {}
@@ -118,7 +118,8 @@ class MessageDispatcher(MessageHandler):
             future.set_result(RunOutcome(status="duplicate"))
             return MessageTicket(message, duplicate=True, outcome=future)
         await self.runtime.emit(EventType.MESSAGE_RECEIVED, {"runtime": self.runtime, "message": message})
-        self.embeddings.add(message)
+        if prepare is None:  # a prepared message is embedded once its text is complete
+            self.embeddings.add(message)
         if not self.rate_limiter.allow(message.entity_id):
             future.set_result(await self._slow_down(message, callback if self._addressed(message) else None))
             return MessageTicket(message, duplicate=False, outcome=future)

@@ -14,6 +14,7 @@ from bot.runtime import RunOutcome
 from bot.settings import ShouldRespondMode
 from bot.types import DIRECT_CHANNELS, ChannelType, Content, EventType, Memory, ModelType, RoomState
 
+from .embeddings import EmbeddingQueue
 from .parsing import ParsedResponse, parse_decision, parse_response
 from .templates import render, template_for
 
@@ -82,8 +83,9 @@ class ReplySender:
 
 
 class Pipeline:
-    def __init__(self, runtime: AgentRuntime) -> None:
+    def __init__(self, runtime: AgentRuntime, embeddings: EmbeddingQueue) -> None:
         self.runtime = runtime
+        self.embeddings = embeddings
         names = [re.escape(n) for n in (runtime.character.name, runtime.character.username) if n]
         self._name_pattern = re.compile(rf"(?<!\w)@?(?:{'|'.join(names)})(?!\w)", re.IGNORECASE)
 
@@ -183,8 +185,10 @@ class Pipeline:
             prepared = await job.prepare(job.message)
         except Exception:
             log.exception("preparing message %s failed; answering it as received", job.message.id)
+            self.embeddings.add(job.message)
             return job.message
         await self.runtime.update_memory(prepared)
+        self.embeddings.add(prepared)
         return prepared
 
     async def _respond(self, message: Memory, sender: ReplySender, run_id: uuid.UUID) -> RunOutcome:
