@@ -7,6 +7,7 @@ platform SDK and a missing optional dependency only matters to the platform that
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import logging
 import signal
@@ -146,6 +147,8 @@ class App:
                 raise
             raise StartupError(f"start-up failed: {type(error).__name__}: {error}") from error
         self.server.mark_started()
+        # Start-up objects live for the whole process: keep them out of every future GC pass.
+        gc.freeze()
         log.info("%s is ready (agent %s) on port %s", self.character.name, self.runtime.agent_id,
                  self.server.port)
 

@@ -483,3 +483,27 @@ async def test_shutdown_stores_late_messages_and_errors_for_unfinished_runs(sqli
     rows = await sqlite_store.get_memories(agent_id=runtime.agent_id, room_id=chat.room.id, count=None)
     errors = {r.content.in_reply_to for r in rows if r.content.actions == ["ERROR"]}
     assert errors == {running.message.id, queued.message.id}
+
+
+async def test_superseded_voice_note_is_still_transcribed_for_the_next_run(sqlite_store, tmp_path, model):
+    gate = asyncio.Event()
+
+    async def slow(params):
+        await gate.wait()
+        return xml_reply("ok")
+
+    model.defaults[ModelType.TEXT_LARGE] = slow
+    model.defaults[ModelType.TEXT_SMALL] = "RESPOND"
+    runtime = await _runtime(sqlite_store, tmp_path, model)
+    chat = make_chat(runtime, channel=ChannelType.GROUP)
+    await runtime.ensure_connection(chat.user, chat.room)
+
+    async def transcribe(memory):
+        return memory.model_copy(update={"content": memory.content.model_copy(update={"text": "pizza tonight?"})})
+
+    first = await runtime.receive_message(chat.message("ava?", mention=True), chat.callback)
+    voice = await runtime.receive_message(chat.message(""), chat.callback, prepare=transcribe)
+    last = await runtime.receive_message(chat.message("anyone?"), chat.callback)
+    gate.set()
+    assert [(await t.outcome).status for t in (first, voice, last)] == ["completed", "ignored", "completed"]
+    assert "pizza tonight?" in model.prompts(ModelType.TEXT_SMALL)[0]

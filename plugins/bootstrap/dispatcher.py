@@ -154,6 +154,8 @@ class MessageDispatcher(MessageHandler):
                 job, future = queue.popleft()
                 if queue and not self._addressed(job.message):
                     # A later message is waiting: its run sees this one, so one decision covers both.
+                    if job.prepare is not None:
+                        job.message = await self.pipeline.prepare(job)  # so that run sees its transcript
                     future.set_result(RunOutcome(status="ignored", run_id=job.run_id, error="superseded"))
                     continue
                 async with self._slots:

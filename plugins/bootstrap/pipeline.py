@@ -165,7 +165,7 @@ class Pipeline:
         sender = ReplySender(runtime, message, job.callback, job.run_id)
         try:
             if job.prepare is not None:
-                message = job.message = sender.message = base["message"] = await self._prepared(job)
+                message = job.message = sender.message = base["message"] = await self.prepare(job)
             decision = await self.should_respond(message, job.run_id)
             if not decision.respond:
                 outcome = RunOutcome(status=decision.status, run_id=job.run_id)
@@ -179,7 +179,7 @@ class Pipeline:
         await runtime.emit(EventType.RUN_ENDED, {**base, "status": outcome.status, "error": outcome.error})
         return outcome
 
-    async def _prepared(self, job: Job) -> Memory:
+    async def prepare(self, job: Job) -> Memory:
         """The message after its connector's enrichment; on failure the stored message stands."""
         try:
             prepared = await job.prepare(job.message)
