@@ -9,8 +9,6 @@ from __future__ import annotations
 import base64
 from typing import TYPE_CHECKING, Any
 
-import anthropic
-
 from bot.plugin import ModelHandler, ModelOutput, ModelRegistration, Plugin, Priority
 from bot.settings import Settings
 from bot.types import ModelType
@@ -27,6 +25,8 @@ from plugins.models import (
 )
 
 if TYPE_CHECKING:
+    import anthropic  # noqa: F401 - named in the SdkClient type parameter
+
     from bot.runtime import AgentRuntime
 
 NAME = "anthropic"
@@ -49,13 +49,13 @@ def image_block(params: dict[str, Any]) -> dict[str, Any]:
             "source": {"type": "base64", "media_type": mime, "data": base64.b64encode(data).decode()}}
 
 
-class AnthropicProvider(SdkClient[anthropic.AsyncAnthropic]):
+class AnthropicProvider(SdkClient["anthropic.AsyncAnthropic"]):
     """Model handlers sharing one lazily created client."""
 
     def __init__(self, settings: Settings, api_key: str) -> None:
         self.settings = settings
         self.api_key = api_key
-        super().__init__(anthropic.AsyncAnthropic, api_key=api_key, base_url=settings.anthropic_base_url,
+        super().__init__("anthropic", "AsyncAnthropic", api_key=api_key, base_url=settings.anthropic_base_url,
                          settings=settings)
 
     async def _messages(self, model: str, content: str | list[dict[str, Any]], params: dict[str, Any],
@@ -67,14 +67,15 @@ class AnthropicProvider(SdkClient[anthropic.AsyncAnthropic]):
             options["temperature"] = float(params["temperature"])
         if params.get("stop"):
             options["stop_sequences"] = list(params["stop"])
+        client = await self.client()
         try:
-            response = await self.client.messages.create(
+            response = await client.messages.create(
                 model=model,
                 max_tokens=int(params.get("max_tokens") or DEFAULT_MAX_TOKENS),
                 messages=[{"role": "user", "content": content}],
                 **options,
             )
-        except anthropic.AnthropicError as error:
+        except self.sdk.AnthropicError as error:
             raise provider_error(NAME, error, [self.api_key]) from None
         text = "".join(block.text for block in response.content if getattr(block, "type", "") == "text")
         return ModelOutput(value=text, model=response.model or model,

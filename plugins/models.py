@@ -6,9 +6,12 @@ one whose message is safe to log, since errors end up in logs and in `ModelError
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import json
 import re
-from collections.abc import Callable
+import sys
+from types import ModuleType
 from typing import Any, Generic, Protocol, TypeVar
 
 from bot.character import Character
@@ -59,24 +62,33 @@ class ModelProviderError(RuntimeError):
     """A provider call failed. The message names the provider and never contains a secret."""
 
 
-class Closable(Protocol):
-    async def aclose(self) -> None: ...
-
-
 class SdkClient(Generic[C]):
-    """One SDK client per provider, made on first use (inside the running loop, as the SDKs
-    expect) from the shared timeout/retry settings, and closed by the plugin's closer service."""
+    """One SDK client per provider, built on first use from the shared timeout/retry settings.
 
-    def __init__(self, factory: Callable[..., C], *, api_key: str, base_url: str | None, settings: Settings) -> None:
-        self._factory = factory
+    The SDK itself is imported then too, in a worker thread: `anthropic` alone takes over a
+    second to import, which would otherwise delay start-up (and, imported lazily on the loop,
+    stall every chat). The plugin's service warms it up right after start.
+    """
+
+    def __init__(self, module: str, class_name: str, *, api_key: str, base_url: str | None,
+                 settings: Settings) -> None:
+        self._module, self._class_name = module, class_name
         self._options = {"api_key": api_key, "base_url": base_url or None, "timeout": settings.model_timeout,
                          "max_retries": settings.model_max_retries}
         self._client: C | None = None
+        self._lock = asyncio.Lock()
 
     @property
-    def client(self) -> C:
+    def sdk(self) -> ModuleType:
+        """The imported SDK module (valid once `client()` has run)."""
+        return sys.modules[self._module]
+
+    async def client(self) -> C:
         if self._client is None:
-            self._client = self._factory(**self._options)
+            async with self._lock:
+                if self._client is None:
+                    sdk = await asyncio.to_thread(importlib.import_module, self._module)
+                    self._client = getattr(sdk, self._class_name)(**self._options)
         return self._client
 
     async def aclose(self) -> None:
@@ -86,12 +98,22 @@ class SdkClient(Generic[C]):
             await client.close()
 
 
+class Closable(Protocol):
+    async def client(self) -> Any: ...
+
+    async def aclose(self) -> None: ...
+
+
 def client_closer(name: str, owner: Closable) -> type[Service]:
-    """A service whose stop() closes the provider's SDK client, so its connection pool is shut
-    inside the running loop rather than by a finaliser after the loop is gone."""
+    """A service that builds the provider's SDK client in the background at start, and closes it
+    at stop, so its connection pool is shut inside the running loop rather than by a finaliser
+    after the loop is gone."""
 
     class ClientCloser(Service):
         service_type = f"{name}-client"
+
+        async def start(self) -> None:
+            self.runtime.run_in_background(owner.client(), f"{name}-sdk-import")
 
         async def stop(self) -> None:
             await owner.aclose()

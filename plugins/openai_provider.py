@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-
-import openai
 
 from bot.plugin import ModelHandler, ModelOutput, ModelRegistration, Plugin, Priority
 from bot.settings import Settings
@@ -31,6 +29,8 @@ from plugins.models import (
 )
 
 if TYPE_CHECKING:
+    import openai
+
     from bot.runtime import AgentRuntime
 
 NAME = "openai"
@@ -52,7 +52,7 @@ def image_url_for(params: dict[str, Any]) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
-class OpenAIProvider(SdkClient[openai.AsyncOpenAI]):
+class OpenAIProvider(SdkClient["openai.AsyncOpenAI"]):
     """Model handlers sharing one lazily created client."""
 
     def __init__(self, settings: Settings, api_key: str | None) -> None:
@@ -60,13 +60,14 @@ class OpenAIProvider(SdkClient[openai.AsyncOpenAI]):
         self.api_key = api_key or (PLACEHOLDER_KEY if settings.openai_base_url else None)
         if self.api_key is None:
             raise ValueError("OpenAI needs OPENAI_API_KEY or OPENAI_BASE_URL")
-        super().__init__(openai.AsyncOpenAI, api_key=self.api_key, base_url=settings.openai_base_url,
+        super().__init__("openai", "AsyncOpenAI", api_key=self.api_key, base_url=settings.openai_base_url,
                          settings=settings)
 
-    async def _call(self, request: Awaitable[Any]) -> Any:
+    async def _call(self, request: Callable[[openai.AsyncOpenAI], Awaitable[Any]]) -> Any:
+        client = await self.client()
         try:
-            return await request
-        except openai.OpenAIError as error:
+            return await request(client)
+        except self.sdk.OpenAIError as error:
             raise provider_error(NAME, error, [self.api_key]) from None
 
     async def _chat(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any],
@@ -82,7 +83,7 @@ class OpenAIProvider(SdkClient[openai.AsyncOpenAI]):
             options["stop"] = list(params["stop"])[:4]
         if json_mode:
             options["response_format"] = {"type": "json_object"}
-        response = await self._call(self.client.chat.completions.create(model=model, messages=messages, **options))
+        response = await self._call(lambda client: client.chat.completions.create(model=model, messages=messages, **options))
         if not response.choices:
             raise ValueError(f"{NAME}: the reply has no choices")
         usage = response.usage
@@ -123,7 +124,7 @@ class OpenAIProvider(SdkClient[openai.AsyncOpenAI]):
             options["dimensions"] = self.settings.openai_embedding_dimensions
         model = self.settings.openai_embedding_model
         response = await self._call(
-            self.client.embeddings.create(model=model, input=texts, encoding_format="float", **options)
+            lambda client: client.embeddings.create(model=model, input=texts, encoding_format="float", **options)
         )
         vectors = [list(item.embedding) for item in sorted(response.data, key=lambda d: d.index)]
         if len(vectors) != len(texts):
@@ -138,13 +139,13 @@ class OpenAIProvider(SdkClient[openai.AsyncOpenAI]):
         filename = params.get("filename") or f"audio.{AUDIO_EXTENSIONS.get(mime.split(';')[0], 'ogg')}"
         model = self.settings.openai_transcription_model
         response = await self._call(
-            self.client.audio.transcriptions.create(model=model, file=(filename, params["audio"], mime))
+            lambda client: client.audio.transcriptions.create(model=model, file=(filename, params["audio"], mime))
         )
         return ModelOutput(value=str(getattr(response, "text", response)).strip(), model=model)
 
     async def speech(self, runtime: AgentRuntime, params: dict[str, Any]) -> ModelOutput:
         model = self.settings.openai_tts_model
-        response = await self._call(self.client.audio.speech.create(
+        response = await self._call(lambda client: client.audio.speech.create(
             model=model, voice=params.get("voice") or self.settings.openai_tts_voice, input=str(params["text"]),
             response_format="mp3",
         ))
@@ -162,7 +163,8 @@ class OpenAIProvider(SdkClient[openai.AsyncOpenAI]):
         # dall-e-3 makes one image per request.
         batches = [1] * count if model == "dall-e-3" else [count]
         responses = await asyncio.gather(*(
-            self._call(self.client.images.generate(model=model, prompt=str(params["prompt"]), n=n, **options))
+            self._call(lambda client, n=n: client.images.generate(model=model, prompt=str(params["prompt"]), n=n,
+                                                                  **options))
             for n in batches
         ))
         attachments = [
