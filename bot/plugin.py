@@ -8,7 +8,6 @@ handlers, event handlers and HTTP routes. Plugins use only the runtime's public 
 from __future__ import annotations
 
 import logging
-import uuid
 from abc import ABC
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -242,7 +241,3 @@ def check_unique_components(plugins: Iterable[Plugin]) -> None:
                         f"{kind} {item.name!r} is defined by both plugin {seen[key]!r} and {plugin.name!r}"
                     )
                 seen[key] = plugin.name
-
-
-def new_run_id() -> uuid.UUID:
-    return uuid.uuid4()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -193,11 +192,3 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as error:
         raise SettingsError(describe_validation_error(error)) from None
-
-
-def load_settings_or_exit(**overrides: Any) -> Settings:
-    try:
-        return load_settings(**overrides)
-    except SettingsError as error:
-        print(f"parley: configuration error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
