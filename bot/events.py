@@ -25,9 +25,6 @@ class EventBus:
         if handler in handlers:
             handlers.remove(handler)
 
-    def has_handlers(self, event: EventType | str) -> bool:
-        return bool(self._handlers.get(str(event)))
-
     async def emit(self, event: EventType | str, payload: dict[str, Any]) -> None:
         handlers = self._handlers.get(str(event))
         if not handlers:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from bot.types import Attachment, Content, EventType, Memory, ModelType, Room
+from bot.types import Content, EventType, Memory, ModelType, Room
 
 if TYPE_CHECKING:
     from bot.runtime import AgentRuntime
@@ -169,9 +169,6 @@ class Connector(Service):
     async def send_to_room(self, room: Room, content: Content) -> list[str]:
         """Send unprompted content (the SEND_MESSAGE action) to a room this connector owns."""
         raise NotImplementedError(f"{self.source} cannot send to a room directly")
-
-    def describe_attachment(self, attachment: Attachment) -> str:
-        return attachment.title or attachment.kind
 
 
 @dataclass

@@ -509,9 +509,6 @@ class AgentRuntime:
             await self.emit(EventType.EVALUATOR_COMPLETED, {"runtime": self, "evaluator": evaluator.name})
         return [e.name for e in chosen]
 
-    def register_route(self, route: Route) -> None:
-        self.routes.append(route)
-
     def run_in_background(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         """Start a task that logs its failure instead of losing it."""
         task = asyncio.ensure_future(coro)
