@@ -297,7 +297,7 @@ async def test_update_entity_remembers_the_user(sqlite_store, tmp_path, model):
     assert "Robin" in entity.names and entity.metadata["preferred_name"] == "Robin"
     assert entity.metadata["profile"] == {"city": "Lisbon"}
     assert (await runtime.entity_names({chat.user.id}))[chat.user.id] == "Robin"
-    assert "Nice to meet you, Robin!" in [c.text for c in chat.sent]
+    assert [c.text for c in chat.sent] == ["Nice to meet you, Robin!"]
 
 
 class RecordingConnector(Connector):
@@ -507,3 +507,22 @@ async def test_superseded_voice_note_is_still_transcribed_for_the_next_run(sqlit
     gate.set()
     assert [(await t.outcome).status for t in (first, voice, last)] == ["completed", "ignored", "completed"]
     assert "pizza tonight?" in model.prompts(ModelType.TEXT_SMALL)[0]
+
+
+@pytest.mark.parametrize("actions", ["REPLY,MUTE_ROOM", "MUTE_ROOM,REPLY", "NONE,FOLLOW_ROOM,UPDATE_ENTITY"])
+async def test_reply_with_other_actions_is_sent_once(sqlite_store, tmp_path, model, actions):
+    model.script(ModelType.TEXT_LARGE, xml_reply("Sure thing.", actions))
+    model.defaults[ModelType.TEXT_SMALL] = json.dumps({"name": "", "profile": {}})
+    runtime = await _runtime(sqlite_store, tmp_path, model)
+    chat = make_chat(runtime, channel=ChannelType.GROUP)
+    await chat.send("ava, a request", mention=True)
+    assert [c.text for c in chat.sent] == ["Sure thing."]
+
+
+async def test_reply_with_buttons_is_one_message(sqlite_store, tmp_path, model):
+    model.script(ModelType.TEXT_LARGE, xml_reply("Pick one:", "REPLY,CHOOSE_OPTION", options="A|B"))
+    runtime = await _runtime(sqlite_store, tmp_path, model)
+    chat = make_chat(runtime)
+    await chat.send("choices?")
+    [sent] = chat.sent
+    assert sent.text == "Pick one:" and len(sent.buttons) == 2

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PLAIN_REPLY = {"REPLY", "NONE"}
+# Actions that send the response text themselves, with their buttons or images attached.
+TEXT_CARRIERS = {"CHOOSE_OPTION", "GENERATE_IMAGE"}
 
 
 @dataclass
@@ -199,21 +201,37 @@ class Pipeline:
         if "IGNORE" in actions and len(actions) == 1:
             runtime.forget_state(message.id)
             return RunOutcome(status="ignored", run_id=run_id)
+        if TEXT_CARRIERS & set(actions):
+            actions = [a for a in actions if a not in PLAIN_REPLY]  # they send the text themselves
+        replies = [a for a in actions if a in PLAIN_REPLY]
+        others = [a for a in actions if a not in PLAIN_REPLY]
+        if parsed.providers:
+            state = await runtime.compose_state(message, include=parsed.providers)
         response = Memory(
             entity_id=runtime.agent_id, agent_id=runtime.agent_id, room_id=message.room_id,
             content=Content(text=parsed.text, thought=parsed.thought, actions=actions, providers=parsed.providers,
                             metadata={"options": parsed.options} if parsed.options else {}),
         )
-        if parsed.providers:
-            state = await runtime.compose_state(message, include=parsed.providers)
-        if set(actions) <= PLAIN_REPLY and not parsed.providers:
-            if parsed.text:
-                await sender(Content(text=parsed.text, thought=parsed.thought or None, actions=actions))
-        else:
-            await runtime.process_actions(message, [response], state, sender, run_id=run_id)
+        if replies and not parsed.providers:
+            if parsed.text:  # the text the model already wrote: no second model call
+                await sender(Content(text=parsed.text, thought=parsed.thought or None, actions=replies))
+        elif replies:
+            await runtime.process_actions(message, [self._with(response, replies[:1])], state, sender,
+                                          run_id=run_id)
+        if others:
+            # The reply text went out once already; the other actions must not send it again.
+            rest = self._with(response, others, text="" if replies else None)
+            await runtime.process_actions(message, [rest], state, sender, run_id=run_id)
         runtime.run_in_background(self._evaluate(message, state, bool(sender.sent), response),
                                   f"evaluate-{message.id}")
         return RunOutcome(status="completed", run_id=run_id, responses=sender.sent)
+
+    @staticmethod
+    def _with(response: Memory, actions: list[str], text: str | None = None) -> Memory:
+        update: dict = {"actions": actions}
+        if text is not None:
+            update["text"] = text
+        return response.model_copy(update={"content": response.content.model_copy(update=update)})
 
     async def _evaluate(self, message: Memory, state: State, responded: bool, response: Memory) -> None:
         try:
