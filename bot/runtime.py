@@ -8,7 +8,7 @@ import os
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, KeysView, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -256,8 +256,9 @@ class AgentRuntime:
     def remember_entity(self, entity: Entity) -> None:
         self._entities[entity.id] = entity
 
-    def known_room_ids(self) -> set[uuid.UUID]:
-        return set(self._known_rooms.keys())
+    def known_room_ids(self) -> KeysView[uuid.UUID]:
+        """Rooms seen since start-up (a live view: no copy per call)."""
+        return self._known_rooms.keys()
 
     async def get_room(self, room_id: uuid.UUID) -> Room | None:
         room = self._room_cache.get(room_id)
