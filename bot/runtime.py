@@ -48,6 +48,14 @@ CACHE_SIZE = 10_000
 USAGE_FLUSH_SECONDS = 1.0
 
 
+# What a user over RATE_LIMIT_PER_MINUTE is told, on every platform and the API.
+SLOW_DOWN = "You're sending messages faster than I can keep up with. Please slow down a little."
+
+
+class ShuttingDown(RuntimeError):
+    """Raised by `receive_message` once shutdown has begun: the message was stored, not answered."""
+
+
 class ModelError(Exception):
     """Every handler for a model type failed (or none is registered)."""
 
@@ -527,4 +535,5 @@ def _log_task_failure(task: asyncio.Task[Any]) -> None:
                   exc_info=(type(error), error, error.__traceback__))
 
 
-__all__ = ["AgentRuntime", "MessageHandler", "MessageTicket", "ModelError", "PluginError", "RunOutcome"]
+__all__ = ["AgentRuntime", "MessageHandler", "MessageTicket", "ModelError", "PluginError", "RunOutcome",
+           "ShuttingDown"]

@@ -295,6 +295,24 @@ async def test_slash_commands_are_synced_to_the_guild_and_ask_answers(
         await runner.stop()
 
 
+async def test_ask_that_gets_no_reply_does_not_leave_thinking_up(
+    tmp_path: Path, discord_fake: FakeDiscord, model: FakeOpenAI
+) -> None:
+    runner = Bot(tmp_path, discord_fake, model, discord_guild_id=discord_fake.guild_id)
+    await runner.start()
+    try:
+        ask = next(c for c in discord_fake.commands[str(discord_fake.guild_id)] if c["name"] == "ask")
+        model.script(xml("", actions="IGNORE"))
+        await discord_fake.dispatch("INTERACTION_CREATE", discord_fake.interaction(2, ALICE, GENERAL, {
+            "id": ask["id"], "name": "ask", "type": 1,
+            "options": [{"name": "question", "type": 3, "value": "never mind"}]}))
+        [settled] = await discord_fake.wait_for_messages(1)
+        assert any(r.method == "PATCH" and r.path.endswith("/messages/@original") for r in discord_fake.requests)
+        assert settled["sent_body"]["content"] == "I've nothing to add to that one."
+    finally:
+        await runner.stop()
+
+
 async def test_shutdown_answers_interactions_with_a_restart_notice(
     tmp_path: Path, discord_fake: FakeDiscord, model: FakeOpenAI, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture

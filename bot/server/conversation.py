@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bot.ids import create_unique_uuid
+from bot.runtime import SLOW_DOWN, ShuttingDown
 from bot.types import ChannelType, Content, Entity, Memory, MemoryType, Room
-from plugins.bootstrap.dispatcher import SLOW_DOWN, ShuttingDown
 
 from .app import ApiError
 

@@ -21,9 +21,8 @@ import yarl
 from aiolimiter import AsyncLimiter
 
 from bot.plugin import Connector, MessagePreparer
-from bot.runtime import AgentRuntime
+from bot.runtime import AgentRuntime, MessageTicket, ShuttingDown
 from bot.types import DIRECT_CHANNELS, Content, Memory, MentionContext, Room
-from plugins.bootstrap import ShuttingDown
 
 from .chunking import split_message
 from .commands import build_tree, sync_tree
@@ -39,6 +38,7 @@ MAX_PACED_CHANNELS = 4096
 TYPING_LIMIT = 120.0  # never show "typing…" longer than this, whatever happens to the run
 ANSWERED_TYPES = {discord.MessageType.default, discord.MessageType.reply}
 RESTARTING = "I'm restarting; try again in a moment."
+NOTHING_TO_ADD = "I've nothing to add to that one."
 
 SendOne = Callable[..., Awaitable[discord.Message]]
 
@@ -190,8 +190,8 @@ class DiscordConnector(Connector):
 
     async def _submit(self, memory: Memory, send_one: SendOne, channel: Any,
                       reference: discord.Message | None, typing: bool = True, *,
-                      prepare: MessagePreparer | None = None) -> bool:
-        """Hand the message to the pipeline; False when it was not accepted (the process is shutting down)."""
+                      prepare: MessagePreparer | None = None) -> MessageTicket | None:
+        """Hand the message to the pipeline; None when it was not accepted (the process is shutting down)."""
         async def reply(content: Content) -> list[str]:
             return await self.deliver(channel, content, send_one, reference)
 
@@ -199,12 +199,12 @@ class DiscordConnector(Connector):
             ticket = await self.runtime.receive_message(memory, reply, prepare=prepare)
         except ShuttingDown as error:
             log.info("Discord message %s not accepted: %s", memory.id, error)
-            return False
+            return None
         mention = memory.content.mention_context or MentionContext()
         addressed = memory.content.channel_type in DIRECT_CHANNELS or mention.is_mention or mention.is_reply
         if typing and addressed and not ticket.duplicate:
             self.runtime.run_in_background(self._typing(channel, ticket.outcome), f"discord-typing-{channel.id}")
-        return True
+        return ticket
 
     async def _typing(self, channel: Any, outcome: asyncio.Future[Any]) -> None:
         try:
@@ -327,9 +327,30 @@ class DiscordConnector(Connector):
             return
         await interaction.response.defer(thinking=True)
         memory = await self._interaction_memory(interaction, question)
-        if not await self._submit(memory, self._interaction_sender(interaction), interaction.channel, None,
-                                  typing=False):
+        sent: list[bool] = []
+        send = self._interaction_sender(interaction)
+
+        async def send_one(**options: Any) -> discord.Message:
+            sent.append(True)
+            return await send(**options)
+
+        ticket = await self._submit(memory, send_one, interaction.channel, None, typing=False)
+        if ticket is None:
             await self._restarting(interaction, replace_original=True)
+        else:
+            self.runtime.run_in_background(self._settle_ask(interaction, ticket, sent), f"discord-ask-{memory.id}")
+
+    async def _settle_ask(self, interaction: discord.Interaction, ticket: MessageTicket, sent: list[bool]) -> None:
+        """A run that sends nothing (ignored, muted, failed with ERROR_REPLY off) must not leave
+        the "thinking…" placeholder up until Discord gives up on it."""
+        outcome = await ticket.outcome
+        if sent:
+            return
+        try:
+            await interaction.edit_original_response(content=NOTHING_TO_ADD if outcome.status != "error"
+                                                     else "Sorry, I couldn't answer that.")
+        except discord.HTTPException as error:
+            log.debug("could not settle /ask %s: %s", interaction.id, error)
 
     def voice_target(self, info: dict[str, Any]) -> discord.VoiceChannel | discord.StageChannel | None:
         """The voice channel a message points at: its own channel, else where its author is."""

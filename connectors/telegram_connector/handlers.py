@@ -20,8 +20,8 @@ from telegram.ext import BaseUpdateProcessor, ContextTypes
 
 from bot.ids import create_unique_uuid
 from bot.plugin import HandlerCallback, MessagePreparer
+from bot.runtime import ShuttingDown
 from bot.types import ChannelType, Content, Entity, Memory, MentionContext, Room, World
-from plugins.bootstrap.dispatcher import ShuttingDown
 
 from .outbox import Target, Typing, message_key
 from .voice import AUDIO_KINDS, SOURCE, MediaReader

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from uuid import UUID
 
 from bot.plugin import HandlerCallback, MessagePreparer
-from bot.runtime import MessageHandler, MessageTicket, RunOutcome
+from bot.runtime import SLOW_DOWN, MessageHandler, MessageTicket, RunOutcome, ShuttingDown
 from bot.types import DIRECT_CHANNELS, Content, EventType, Memory
 
 from .embeddings import EmbeddingQueue
@@ -26,12 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SLOW_DOWN = "You're sending messages faster than I can keep up with. Please slow down a little."
 MAX_TRACKED_USERS = 10_000
-
-
-class ShuttingDown(RuntimeError):
-    """Raised to connectors once a shutdown has begun: the message was not accepted."""
 
 
 class RateLimiter:
