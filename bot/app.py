@@ -10,6 +10,7 @@ import asyncio
 import gc
 import importlib
 import logging
+import re
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,16 +41,37 @@ class PluginSelection:
     notes: list[str] = field(default_factory=list)
 
 
-def character_plugin_notes(character: Character) -> list[str]:
-    """Map elizaOS plugin names in the character file to built-ins; unknown names warn and continue."""
+_PYTHON_PLUGIN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def load_python_plugin(spec: str, settings: Settings) -> Plugin:
+    """`package.module:name` names a Plugin, or a function taking the settings and returning one."""
+    module_name, attribute = spec.split(":")
+    try:
+        target = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise StartupError(f"character plugin {spec!r}: cannot load it ({error}). "
+                           "Fix: install the package or correct the module:name in the character's plugins") from None
+    plugin = target if isinstance(target, Plugin) else target(settings)
+    if not isinstance(plugin, Plugin):
+        raise StartupError(f"character plugin {spec!r}: {attribute} is not a Plugin or a function returning one")
+    return plugin
+
+
+def character_plugins(character: Character, settings: Settings) -> tuple[list[Plugin], list[str]]:
+    """Plugins named in the character file: elizaOS package names map to built-ins (already
+    loaded), `module:name` entries load a Python plugin, anything else warns and is skipped."""
     from plugins.models import PLUGIN_ALIASES
 
-    notes = []
+    plugins, notes = [], []
     for name in character.plugins:
-        builtin = PLUGIN_ALIASES.get(name, name if name in BUILTIN else None)
-        if builtin is None:
+        if PLUGIN_ALIASES.get(name, name if name in BUILTIN else None) is not None:
+            continue
+        if _PYTHON_PLUGIN.match(name):
+            plugins.append(load_python_plugin(name, settings))
+        else:
             notes.append(f"character plugin {name!r} has no parley equivalent; ignored")
-    return notes
+    return plugins, notes
 
 
 def select_plugins(
@@ -69,7 +91,8 @@ def select_plugins(
     notes: list[str] = []
     if models is None:
         models, notes = model_plugins(settings, character)
-    selection = PluginSelection([bootstrap_plugin(), *models], [*notes, *character_plugin_notes(character)])
+    extra, extra_notes = character_plugins(character, settings)
+    selection = PluginSelection([bootstrap_plugin(), *models, *extra], [*notes, *extra_notes])
     for name, (setting, module_name) in CONNECTORS.items():
         if getattr(settings, setting) is None:
             continue

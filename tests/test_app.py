@@ -86,3 +86,22 @@ async def test_shutdown_tells_connectors_to_stop_receiving_before_draining(tmp_p
     app.runtime.message_handler.drain = recording_drain
     await app.stop()
     assert order == ["stop_receiving", "drain", "stop"]
+
+
+def test_character_can_load_python_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from bot.app import StartupError
+
+    (tmp_path / "weather_mod.py").write_text(
+        "from bot.plugin import Plugin, Provider, ProviderResult\n"
+        "async def now(runtime, message, state):\n"
+        "    return ProviderResult(text='Weather: sunny')\n"
+        "weather = Plugin(name='weather', providers=[Provider('WEATHER', now)])\n"
+        "def build(settings):\n"
+        "    return Plugin(name='built-' + str(settings.port))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    character = make_character(plugins=["@elizaos/plugin-bootstrap", "weather_mod:weather", "weather_mod:build"])
+    names = [p.name for p in select_plugins(make_settings(tmp_path), character, models=[]).plugins]
+    assert names == ["bootstrap", "weather", "built-0"]
+    with pytest.raises(StartupError, match=r"character plugin 'weather_mod:nope': cannot load it"):
+        select_plugins(make_settings(tmp_path), make_character(plugins=["weather_mod:nope"]), models=[])
