@@ -75,3 +75,15 @@ def make_agent(store: SqlStore) -> Callable[..., Awaitable[uuid.UUID]]:
 async def agent_id(make_agent: Callable[..., Awaitable[uuid.UUID]]) -> uuid.UUID:
     """The id of one stored agent in `store`."""
     return await make_agent()
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqlStore]:
+    """An initialised SQLite store in tmp_path, for tests that exercise the runtime, not the backends."""
+    from bot.store.factory import create_store
+    from tests.runtime_helpers import make_settings
+
+    store = create_store(make_settings(tmp_path))
+    await store.init()
+    yield store
+    await store.close()

@@ -10,7 +10,6 @@ import pytest
 
 from bot.plugin import Connector, Plugin, Priority
 from bot.settings import ShouldRespondMode
-from bot.store.factory import create_store
 from bot.types import Attachment, ChannelType, Content, EventType, MemoryType, ModelType, Room, RoomState
 from tests.runtime_helpers import (
     ScriptedModel,
@@ -23,14 +22,6 @@ from tests.runtime_helpers import (
 
 
 @pytest.fixture
-async def sqlite_store(tmp_path: Path):
-    store = create_store(make_settings(tmp_path))
-    await store.init()
-    yield store
-    await store.close()
-
-
-@pytest.fixture
 def model() -> ScriptedModel:
     m = ScriptedModel()
     m.defaults[ModelType.TEXT_LARGE] = xml_reply("Hello there!")
@@ -39,9 +30,19 @@ def model() -> ScriptedModel:
 
 
 async def _runtime(store, tmp_path, model, *extra, **settings):
-    runtime = await start_runtime(store, make_settings(tmp_path, **settings), model, *extra,
-                                  model_types=settings.pop("_types", ()))
-    return runtime
+    return await start_runtime(store, make_settings(tmp_path, **settings), model, *extra)
+
+
+def gated(model: ScriptedModel, text: str = "ok") -> asyncio.Event:
+    """TEXT_LARGE waits until the returned event is set, then answers `text`."""
+    gate = asyncio.Event()
+
+    async def slow(params):
+        await gate.wait()
+        return xml_reply(text)
+
+    model.defaults[ModelType.TEXT_LARGE] = slow
+    return gate
 
 
 async def test_dm_gets_one_reply_stored_with_in_reply_to(sqlite_store, tmp_path, model):
@@ -176,13 +177,7 @@ async def test_rooms_run_concurrently(sqlite_store, tmp_path, model):
 
 
 async def test_superseded_group_chatter_is_decided_once(sqlite_store, tmp_path, model):
-    gate = asyncio.Event()
-
-    async def slow(params):
-        await gate.wait()
-        return xml_reply("ok")
-
-    model.defaults[ModelType.TEXT_LARGE] = slow
+    gate = gated(model)
     model.defaults[ModelType.TEXT_SMALL] = "RESPOND"
     runtime = await _runtime(sqlite_store, tmp_path, model)
     chat = make_chat(runtime, channel=ChannelType.GROUP)
@@ -486,13 +481,7 @@ async def test_shutdown_stores_late_messages_and_errors_for_unfinished_runs(sqli
 
 
 async def test_superseded_voice_note_is_still_transcribed_for_the_next_run(sqlite_store, tmp_path, model):
-    gate = asyncio.Event()
-
-    async def slow(params):
-        await gate.wait()
-        return xml_reply("ok")
-
-    model.defaults[ModelType.TEXT_LARGE] = slow
+    gate = gated(model)
     model.defaults[ModelType.TEXT_SMALL] = "RESPOND"
     runtime = await _runtime(sqlite_store, tmp_path, model)
     chat = make_chat(runtime, channel=ChannelType.GROUP)

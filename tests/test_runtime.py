@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 
 import pytest
 
@@ -23,16 +22,8 @@ from bot.plugin import (
     resolve_plugin_order,
 )
 from bot.runtime import STATE_CACHE_SIZE, AgentRuntime, ModelError
-from bot.store.factory import create_store
 from bot.types import Content, EventType, Memory, ModelType
 from tests.runtime_helpers import make_character, make_settings
-
-
-@pytest.fixture
-async def sqlite_store(tmp_path: Path):
-    store = create_store(make_settings(tmp_path))
-    yield store
-    await store.close()
 
 
 async def _runtime(store, tmp_path, *plugins, character=None, **settings) -> AgentRuntime:

@@ -189,6 +189,7 @@ class SqlStore(Store):
             if self._sqlite and database and database != ":memory:" else None
         )
         self._checkpoint_task: asyncio.Task[None] | None = None
+        self._ready = False
         upsert_embedding = self._insert(embeddings)
         self._upsert_embedding = upsert_embedding.on_conflict_do_update(
             index_elements=["memory_id"],
@@ -219,7 +220,10 @@ class SqlStore(Store):
 
     # Lifecycle -----------------------------------------------------------------------------
     async def init(self) -> None:
-        await self.migrate()
+        """Idempotent; after the first success in this process it costs nothing."""
+        if not self._ready:
+            await self.migrate()
+            self._ready = True
 
     async def migrate(self, target: int = LATEST_VERSION) -> int:
         """Apply pending migrations up to `target` in one locked transaction; returns the version.
