@@ -101,6 +101,8 @@ class Settings(BaseSettings):
     telegram_webhook_secret: SecretStr | None = None
     telegram_allowed_chats: IntList = Field(default_factory=list)
     voice_replies: VoiceReplies = VoiceReplies.AUTO
+    voice_max_mb: float = Field(20, gt=0)  # api.telegram.org serves files of at most 20 MB
+    voice_max_seconds: int = Field(300, ge=1)
 
     # Discord
     discord_api_token: SecretStr | None = None
