@@ -27,6 +27,12 @@ class ConsoleMode(StrEnum):
     OFF = "off"
 
 
+class WebChatMode(StrEnum):
+    OFF = "off"
+    ADMIN = "admin"
+    PUBLIC = "public"
+
+
 class VoiceReplies(StrEnum):
     AUTO = "auto"
     ALWAYS = "always"
@@ -124,6 +130,13 @@ class Settings(BaseSettings):
     session_warning_threshold_minutes: float = Field(5, ge=0)
     session_max_concurrent: int = Field(1000, ge=1)
     session_cleanup_interval_seconds: float = Field(60, gt=0)
+    session_max_metadata_bytes: int = Field(4096, ge=0, le=65536)
+    web_chat: WebChatMode = WebChatMode.ADMIN
+    web_chat_ip_per_minute: int = Field(30, ge=1)  # visitor requests per client IP
+    web_chat_messages_per_minute: int = Field(6, ge=1)  # visitor messages per session
+    web_chat_sessions_per_ip: int = Field(3, ge=1)  # live visitor sessions per client IP
+    web_chat_max_sessions: int = Field(200, ge=1)  # live visitor sessions in all
+    trusted_proxies: int = Field(0, ge=0, le=10)  # X-Forwarded-For hops to trust for visitor IPs
     shutdown_timeout: float = Field(25, gt=0)
 
     @field_validator("model_providers", "telegram_allowed_chats", "channel_ids", mode="before")
