@@ -82,7 +82,7 @@ def configure_logging(settings: Settings) -> RedactingFilter:
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(settings.log_level.upper() if settings.log_level.upper() in logging._nameToLevel else "INFO")
+    root.setLevel(settings.log_level)  # validated by Settings: DEBUG, INFO, WARNING, ERROR or CRITICAL
     for noisy in ("httpx", "httpcore", "discord.gateway", "discord.client", "telegram.ext", "aiosqlite"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return redactor

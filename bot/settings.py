@@ -51,6 +51,7 @@ def _split_list(value: Any) -> Any:
     return value
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 StrList = Annotated[list[str], NoDecode]
 IntList = Annotated[list[int], NoDecode]
 
@@ -169,6 +170,14 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError("use DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
 
     @field_validator("database_url")
     @classmethod

@@ -27,6 +27,7 @@ def _run_bot(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess
     ("MODEL_PROVIDERS", "openai,foo", "unknown provider 'foo'"),
     ("CHANNEL_IDS", "123,abc", "valid integer"),
     ("CONVERSATION_LENGTH", "0", "greater than or equal to 1"),
+    ("LOG_LEVEL", "verbose", "use DEBUG, INFO, WARNING, ERROR or CRITICAL"),
 ])
 def test_bad_value_exits_2_with_one_line(tmp_path: Path, name: str, value: str, expected: str):
     run = _run_bot({name: value}, tmp_path)
@@ -62,6 +63,11 @@ def test_env_file_and_list_formats(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert settings.channel_ids == [1, 2, 3]
     assert settings.openai_embedding_dimensions is None
     assert settings.respond_to_bots is False
+
+
+@pytest.mark.parametrize("value", ["debug", " Warning ", "CRITICAL"])
+def test_log_level_is_case_insensitive(value: str):
+    assert load_settings(_env_file=None, log_level=value).log_level == value.strip().upper()
 
 
 def test_env_example_lists_every_setting():
