@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -15,15 +16,38 @@ from bot.ids import create_unique_uuid, string_to_uuid
 
 ROOT = Path(__file__).parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "characters"
-FIXTURE_FILES = sorted(FIXTURES.glob("*.json"))
+# One placeholder case when ../shared is missing, so the corpus test still runs and skips (or fails in CI).
+FIXTURE_NAMES = sorted(p.name for p in FIXTURES.glob("*.json")) or ["(corpus missing)"]
 
 
-def test_fixture_corpus_is_present():
-    assert len(FIXTURE_FILES) >= 20, f"expected the shared character corpus at {FIXTURES}"
+def require_corpus(directory: Path) -> Path:
+    """The external character corpus: skip with the reason when it is missing, fail when
+    PARLEY_REQUIRE_SHARED=1 (CI) says it must be there."""
+    if len(list(directory.glob("*.json"))) >= 20:
+        return directory
+    problem = f"the shared character corpus is missing: expected 20+ *.json files in {directory}"
+    if os.environ.get("PARLEY_REQUIRE_SHARED") == "1":
+        pytest.fail(f"{problem} (PARLEY_REQUIRE_SHARED=1 makes it required)", pytrace=False)
+    pytest.skip(f"{problem}; put the ../shared checkout beside the project to run these tests")
 
 
-@pytest.mark.parametrize("path", FIXTURE_FILES, ids=lambda p: p.name)
-def test_every_public_character_loads(path: Path):
+@pytest.fixture
+def corpus() -> Path:
+    return require_corpus(FIXTURES)
+
+
+def test_missing_corpus_skips_or_fails_as_the_environment_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("PARLEY_REQUIRE_SHARED", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=str(tmp_path)):
+        require_corpus(tmp_path)
+    monkeypatch.setenv("PARLEY_REQUIRE_SHARED", "1")
+    with pytest.raises(pytest.fail.Exception, match="PARLEY_REQUIRE_SHARED=1"):
+        require_corpus(tmp_path)
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_every_public_character_loads(corpus: Path, name: str):
+    path = corpus / name
     loaded = load_character(path)
     raw = json.loads(path.read_text())
     assert loaded.character.name == raw["name"].strip()
@@ -31,15 +55,15 @@ def test_every_public_character_loads(path: Path):
     assert len(loaded.warnings) == len(set(loaded.warnings))
 
 
-def test_strict_v1_file_loads_without_warnings():
-    loaded = load_character(FIXTURES / "shaw-v1.json")
+def test_strict_v1_file_loads_without_warnings(corpus: Path):
+    loaded = load_character(corpus / "shaw-v1.json")
     assert loaded.warnings == []
     assert loaded.character.message_examples[0][0].name == "{{name1}}"
     assert loaded.character.plugins[0] == "@elizaos/plugin-openai"
 
 
-def test_legacy_file_is_mapped_and_warned_once_per_field():
-    loaded = load_character(FIXTURES / "shaw-v0.json")
+def test_legacy_file_is_mapped_and_warned_once_per_field(corpus: Path):
+    loaded = load_character(corpus / "shaw-v0.json")
     c = loaded.character
     assert c.lore and c.model_provider
     assert "clients" in c.extras
@@ -97,13 +121,13 @@ def test_public_dict_hides_secrets_and_settings():
 def test_check_character_command(tmp_path: Path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"name": "A"}')
-    good = FIXTURES / "shaw-v1.json"
+    good = ROOT / "characters" / "default.json"
     run = subprocess.run([sys.executable, "-m", "bot", "check-character", str(good), str(bad)],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert run.returncode == 1
     lines = run.stdout.strip().splitlines()
     assert len(lines) == 2
-    assert lines[0].startswith("ok") and "Shaw" in lines[0]
+    assert lines[0].startswith("ok") and "Parley" in lines[0]
     assert lines[1].startswith("FAIL") and "bio: Field required" in lines[1]
     ok = subprocess.run([sys.executable, "-m", "bot", "check-character", str(good)],
                         cwd=ROOT, capture_output=True, text=True, timeout=60)
