@@ -9,8 +9,9 @@ from aiohttp import web
 
 from bot.types import Content, Memory
 
-from .app import ApiError, json_response, parse_body, parse_query
+from .app import check_metadata, json_response, parse_body, parse_query
 from .conversation import converse, memory_page, room_id_for, user_id_for
+from .errors import ApiError
 from .models import (
     AgentList,
     AgentOut,
@@ -91,12 +92,13 @@ class RestApi:
     async def create_memory(self, request: web.Request) -> web.Response:
         body = await parse_body(request, MemoryIn)
         runtime = self.runtime
+        check_metadata(body.metadata, runtime.settings.session_max_metadata_bytes)
         memory = Memory(
             entity_id=user_id_for(runtime, body.user_id) if body.user_id else runtime.agent_id,
             agent_id=runtime.agent_id,
             room_id=room_id_for(runtime, api_room_key(body.room_id)) if body.room_id else runtime.agent_id,
             content=Content(text=body.text, source="api"), type=body.type, embedding=body.embedding,
-            metadata=body.metadata,
+            metadata={"client": body.metadata} if body.metadata else {},  # never platform context
         )
         await runtime.create_memory(memory)
         return json_response(MemoryOut.of(memory), status=201)

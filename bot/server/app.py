@@ -7,23 +7,22 @@ into a 500 that names nothing internal, so no stack trace, SQL or secret ever re
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from .access import API_PREFIX, POLICY, Access, AccessPolicy, auth_middleware, browser_guard_middleware
+from .errors import ApiError
+
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-API_PREFIX = "/api"
 
 
 class Lifecycle(StrEnum):
@@ -39,35 +38,11 @@ class ServerState:
         self.lifecycle = Lifecycle.STARTING
 
 
-class ApiError(Exception):
-    """An error for the client: HTTP status, a stable code, a human message and optional details."""
-
-    def __init__(self, status: int, code: str, message: str, *, details: list[dict[str, str]] | None = None,
-                 headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.details = details
-        self.headers = dict(headers or {})
-
-    def response(self) -> web.Response:
-        body: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.details:
-            body["details"] = self.details
-        return web.json_response({"error": body}, status=self.status, headers=self.headers)
-
-
 STATE = web.AppKey("state", ServerState)
-API_KEY = web.AppKey("api_key", str)
 MAX_BODY = web.AppKey("max_body_bytes", int)
-PROTECTED = web.AppKey("protected", set)  # (method, path) of non-public plugin routes outside /api
-PUBLIC = web.AppKey("public", set)  # (method, path) under /api that need no auth
+MAX_JSON_DEPTH = 32
 
 _HTTP_CODES = {400: "BAD_REQUEST", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "BODY_TOO_LARGE"}
-
-
-def _route_key(request: web.Request) -> tuple[str, str]:
-    info = request.match_info.route.resource
-    return request.method, info.canonical if info is not None else request.path
 
 
 @web.middleware
@@ -99,39 +74,10 @@ async def body_limit_middleware(request: web.Request, handler: Handler) -> web.S
     return await handler(request)
 
 
-def _is_loopback(remote: str | None) -> bool:
-    try:
-        return remote is not None and ipaddress.ip_address(remote.split("%")[0]).is_loopback
-    except ValueError:
-        return False
-
-
-def check_auth(request: web.Request) -> None:
-    """With API_KEY set: a matching bearer token (constant-time). Without: loopback clients only."""
-    key = request.app[API_KEY]
-    if key:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
-            raise ApiError(401, "UNAUTHORIZED", "missing or wrong API key: send 'Authorization: Bearer <API_KEY>'",
-                           headers={"WWW-Authenticate": 'Bearer realm="parley"'})
-    elif not _is_loopback(request.remote):
-        raise ApiError(401, "UNAUTHORIZED", "the API only answers local clients until API_KEY is set: "
-                       "set API_KEY on the server and send 'Authorization: Bearer <API_KEY>'",
-                       headers={"WWW-Authenticate": 'Bearer realm="parley"'})
-
-
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    key = _route_key(request)
-    if (request.path.startswith(API_PREFIX + "/") and key not in request.app[PUBLIC]) or key in request.app[PROTECTED]:
-        check_auth(request)
-    return await handler(request)
-
-
 @web.middleware
 async def lifecycle_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """API work needs a running runtime: 503 while starting up and once a shutdown has begun."""
-    if request.path.startswith(API_PREFIX + "/") and _route_key(request) not in request.app[PUBLIC]:
+    if request.app[POLICY].access_of(request) is not Access.PUBLIC and request.path.startswith(API_PREFIX + "/"):
         lifecycle = request.app[STATE].lifecycle
         if lifecycle is Lifecycle.STARTING:
             raise ApiError(503, "STARTING", "the agent is starting; try again in a moment",
@@ -150,18 +96,16 @@ async def security_headers_middleware(request: web.Request, handler: Handler) ->
     return response
 
 
-def build_application(*, state: ServerState, api_key: str | None, max_body_bytes: int) -> web.Application:
-    """An empty application with the middlewares in order: errors outermost, then limits and auth."""
+def build_application(*, state: ServerState, policy: AccessPolicy, max_body_bytes: int) -> web.Application:
+    """An empty application with the middlewares in order: errors outermost, then limits, CSRF and auth."""
     app = web.Application(
         client_max_size=max_body_bytes,
-        middlewares=[security_headers_middleware, error_middleware, body_limit_middleware, auth_middleware,
-                     lifecycle_middleware],
+        middlewares=[security_headers_middleware, error_middleware, body_limit_middleware,
+                     browser_guard_middleware, auth_middleware, lifecycle_middleware],
     )
     app[STATE] = state
-    app[API_KEY] = api_key or ""
+    app[POLICY] = policy
     app[MAX_BODY] = max_body_bytes
-    app[PROTECTED] = set()
-    app[PUBLIC] = set()
     return app
 
 
@@ -176,13 +120,46 @@ def validation_error(error: ValidationError, where: str) -> ApiError:
     return ApiError(400, "INVALID_" + where.upper(), f"invalid {where}: {summary}", details=details)
 
 
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _too_deep() -> ApiError:
+    return ApiError(400, "INVALID_JSON", f"the body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels")
+
+
+def _depth(data: Any) -> int:
+    """How deeply lists and dicts nest (iteratively, so no input can exhaust the stack)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            deepest = max(deepest, depth)
+            if depth <= MAX_JSON_DEPTH:
+                stack.extend((child, depth + 1) for child in (value.values() if isinstance(value, dict) else value))
+    return deepest
+
+
+def check_metadata(metadata: dict[str, Any], limit: int, field: str = "metadata") -> None:
+    """Client metadata is kept (in memory and in the store), so its size is capped."""
+    size = len(json.dumps(metadata, separators=(",", ":")).encode())
+    if size > limit:
+        message = f"{size} bytes as JSON; at most {limit} (SESSION_MAX_METADATA_BYTES)"
+        raise ApiError(400, "INVALID_BODY", f"invalid body: {field}: {message}",
+                       details=[{"field": field, "message": message}])
+
+
 async def parse_body(request: web.Request, model: type[M]) -> M:
     """The request's JSON body validated by `model`; 400 for bad JSON or bad fields, 413 when too big."""
     raw = await request.read()
     try:
-        data = json.loads(raw) if raw.strip() else None
+        data = json.loads(raw, parse_constant=_no_constant) if raw.strip() else None
+    except RecursionError:
+        raise _too_deep() from None
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "INVALID_JSON", "the body is not valid JSON") from None
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise _too_deep()
     if not isinstance(data, dict):
         raise ApiError(400, "INVALID_BODY", "the body must be a JSON object")
     try:

@@ -19,12 +19,13 @@ from bot.ids import create_unique_uuid
 from bot.runtime import SLOW_DOWN, ShuttingDown
 from bot.types import ChannelType, Content, Entity, Memory, MemoryType, Room
 
-from .app import ApiError
+from .errors import ApiError
 
 if TYPE_CHECKING:
     from bot.runtime import AgentRuntime
 
 SOURCE = "api"
+MAX_CURSOR_TIME = 2**53  # milliseconds; anything larger is no timestamp this API returned
 
 
 def user_id_for(runtime: AgentRuntime, user: str) -> uuid.UUID:
@@ -58,9 +59,13 @@ class _Collector:
 
 
 async def converse(runtime: AgentRuntime, *, user: str, user_name: str | None, room_key: str, room_name: str,
-                   text: str, metadata: dict[str, Any] | None = None, message_key: str | None = None,
-                   timeout: float) -> Exchange:
-    """Send `text` from `user` into the room and wait (up to `timeout`) for the run to end."""
+                   text: str, context: dict[str, Any] | None = None, client_metadata: dict[str, Any] | None = None,
+                   message_key: str | None = None, timeout: float) -> Exchange:
+    """Send `text` from `user` into the room and wait (up to `timeout`) for the run to end.
+
+    `context` is the server's own (trusted) metadata; what the client sent is kept apart under
+    metadata["client"], so it can never pose as platform context (e.g. metadata["discord"]).
+    """
     agent_id = runtime.agent_id
     entity = Entity(id=user_id_for(runtime, user), agent_id=agent_id, names=[user_name or user])
     room = Room(id=room_id_for(runtime, room_key), agent_id=agent_id, name=room_name, source=SOURCE,
@@ -70,7 +75,8 @@ async def converse(runtime: AgentRuntime, *, user: str, user_name: str | None, r
         id=create_unique_uuid(agent_id, message_key) if message_key else uuid.uuid4(),
         entity_id=entity.id, agent_id=agent_id, room_id=room.id,
         content=Content(text=text, source=SOURCE, channel_type=ChannelType.API),
-        metadata={**(metadata or {}), "author_is_bot": False},
+        metadata={**(context or {}), **({"client": client_metadata} if client_metadata else {}),
+                  "author_is_bot": False},
     )
     collector = _Collector(runtime)
     try:
@@ -103,9 +109,12 @@ def decode_cursor(cursor: str) -> tuple[int, uuid.UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created_at, _, memory_id = raw.partition(":")
-        return int(created_at), uuid.UUID(memory_id)
+        bound = int(created_at), uuid.UUID(memory_id)
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise ApiError(400, "INVALID_CURSOR", "cursor is not one this API returned") from None
+        bound = None
+    if bound is None or not 0 <= bound[0] <= MAX_CURSOR_TIME:
+        raise ApiError(400, "INVALID_CURSOR", "cursor is not one this API returned")
+    return bound
 
 
 def _order(memory: Memory) -> tuple[int, str]:

@@ -154,3 +154,9 @@ class MemoryHit(BaseModel):
 
 class MemorySearchResult(BaseModel):
     results: list[MemoryHit]
+
+
+class WebChatInfo(BaseModel):
+    name: str = Field(description="The character's name.")
+    access: Literal["admin", "public"] = Field(description="admin: the page needs API_KEY; public: visitors "
+                                               "chat with no key.")

@@ -15,21 +15,28 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from .access import STATE_CHANGING, VISITOR_COOKIE, Access
 from .models import ErrorResponse
 
 REF = "#/components/schemas/{model}"
 _PATH_PARAM = re.compile(r"\{(\w+)\}")
 _ERROR_TEXT = {
     400: "Bad input; the body names each bad field",
-    401: "Missing or wrong API key",
+    401: "Missing or wrong API key (or, for a visitor, no session cookie)",
+    403: "A browser request from another origin",
     404: "Not found",
     409: "Conflict",
     413: "Body larger than MAX_BODY_BYTES",
+    415: "The body is not application/json",
     422: "The request cannot be applied in the current state",
     429: "Too many requests; the body says what to do",
     503: "Starting up or shutting down; retry later",
     504: "The agent is still working; the reply will appear in the history",
 }
+
+_ADMIN = ("The server's API_KEY. Without API_KEY only direct loopback clients are served (not through a proxy).")
+_SECURITY = {Access.ADMIN: [{"bearer": []}, {"apiKey": []}],
+             Access.VISITOR: [{"bearer": []}, {"apiKey": []}, {"visitor": []}]}
 
 
 @dataclass
@@ -43,7 +50,7 @@ class Operation:
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
     errors: Sequence[int] = ()
-    public: bool = False
+    access: Access = Access.ADMIN
     description: str = ""
     path_params: dict[str, str] = field(default_factory=dict)
     # OpenAPI links from the success response: name -> (operationId, {parameter: runtime expression}).
@@ -105,15 +112,16 @@ def build_openapi(operations: Sequence[Operation], *, title: str, version: str) 
                                   for name, (target, params) in op.links.items()}
             responses[str(status)] = entry
         errors = set(op.errors) | ({400, 413} if op.body is not None else set()) | (
-            {400} if op.query is not None else set()) | ({401, 503} if not op.public else set())
+            {400} if op.query is not None else set()) | ({401, 503} if op.access is not Access.PUBLIC else set()) | (
+            {429} if op.access is Access.VISITOR else set()) | ({403, 415} if op.method in STATE_CHANGING else set())
         for status in sorted(errors):
             responses[str(status)] = {"description": _ERROR_TEXT.get(status, "Error"), "content": {
                 "application/json": {"schema": _ref(ErrorResponse)}}}
         responses["default"] = {"description": "Unexpected error", "content": {
             "application/json": {"schema": _ref(ErrorResponse)}}}
         item["responses"] = responses
-        if not op.public:
-            item["security"] = [{"bearer": []}]
+        if op.access is not Access.PUBLIC:
+            item["security"] = _SECURITY[op.access]
         paths.setdefault(op.path, {})[op.method.lower()] = item
     return {
         "openapi": "3.1.0",
@@ -122,8 +130,12 @@ def build_openapi(operations: Sequence[Operation], *, title: str, version: str) 
         "paths": paths,
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"bearer": {
-                "type": "http", "scheme": "bearer",
-                "description": "The server's API_KEY. Without API_KEY only loopback clients are served."}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": _ADMIN},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-KEY", "description": _ADMIN},
+                "visitor": {"type": "apiKey", "in": "cookie", "name": VISITOR_COOKIE,
+                            "description": "Set by POST /api/sessions for a web chat visitor (WEB_CHAT=public); "
+                                           "it reaches only that visitor's own sessions."},
+            },
         },
     }

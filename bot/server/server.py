@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from bot.settings import Settings
+from bot.settings import Settings, WebChatMode
 
+from .access import API_PREFIX, Access, AccessPolicy, is_loopback_host
 from .api import RestApi
-from .app import API_PREFIX, PROTECTED, PUBLIC, Lifecycle, ServerState, build_application
+from .app import Lifecycle, ServerState, build_application, json_response
 from .health import Health
 from .metrics import Metrics
+from .models import WebChatInfo
 from .openapi import Operation, build_openapi
 from .session_api import SessionApi
 from .sessions import SessionManager
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 OPENAPI_PATH = API_PREFIX + "/openapi.json"
+WEB_CHAT_PATH = API_PREFIX + "/web-chat"
 
 
 def _version() -> str:
@@ -42,11 +45,17 @@ class WebServer:
     def __init__(self, runtime: AgentRuntime, settings: Settings, *, clock: Callable[[], float] | None = None) -> None:
         self.runtime, self.settings = runtime, settings
         self.state = ServerState()
+        self.policy = AccessPolicy(settings)
         self.sessions = SessionManager(runtime, clock=clock)
         self.metrics = Metrics(runtime, active_sessions=self.sessions.active_count)
         self.health = Health(runtime, self.state)
         rest = RestApi(runtime)
-        self.operations: list[Operation] = [*rest.operations(), *SessionApi(runtime, self.sessions, rest).operations()]
+        self.operations: list[Operation] = [*rest.operations(),
+                                            *SessionApi(runtime, self.sessions, rest, self.policy).operations()]
+        if settings.web_chat is not WebChatMode.OFF:
+            self.operations.append(Operation("GET", WEB_CHAT_PATH, self.web_chat_info, "What the web chat page "
+                                             "needs: the character's name and who may chat", "web chat",
+                                             {200: WebChatInfo}, access=Access.PUBLIC))
         self.openapi = build_openapi(self.operations, title=f"parley: {runtime.character.name}", version=_version())
         self.app = self._build_app()
         self.port: int | None = None
@@ -54,26 +63,31 @@ class WebServer:
         self._cleanup: asyncio.Task[None] | None = None
 
     def _build_app(self) -> web.Application:
-        api_key = self.settings.api_key.get_secret_value() if self.settings.api_key else None
-        app = build_application(state=self.state, api_key=api_key, max_body_bytes=self.settings.max_body_bytes)
+        policy = self.policy
+        app = build_application(state=self.state, policy=policy, max_body_bytes=self.settings.max_body_bytes)
         app.router.add_get("/health", self.health.health)
         app.router.add_get("/ready", self.health.ready)
         app.router.add_get("/metrics", self.metrics.handle)
         app.router.add_get(OPENAPI_PATH, self._openapi)
-        app[PUBLIC].add(("GET", OPENAPI_PATH))
+        policy.allow("GET", OPENAPI_PATH, Access.PUBLIC)
         for op in self.operations:
             app.router.add_route(op.method, op.path, op.handler)
+            policy.allow(op.method, op.path, op.access)
         for plugin in self.runtime.plugins:
             for route in plugin.routes:
                 app.router.add_route(route.method, route.path, route.handler)
-                key = (route.method.upper(), route.path)
-                app[PUBLIC if route.public else PROTECTED].add(key)
-        app.router.add_get("/", self._index)
-        app.router.add_static("/static/", STATIC, append_version=True)
+                policy.allow(route.method, route.path, Access.PUBLIC if route.public else Access.ADMIN)
+        if self.settings.web_chat is not WebChatMode.OFF:
+            app.router.add_get("/", self._index)
+            app.router.add_static("/static/", STATIC, append_version=True)
         return app
 
     async def _openapi(self, request: web.Request) -> web.Response:
         return web.json_response(self.openapi)
+
+    async def web_chat_info(self, request: web.Request) -> web.Response:
+        access = "public" if self.settings.web_chat is WebChatMode.PUBLIC else "admin"
+        return json_response(WebChatInfo(name=self.runtime.character.name, access=access))
 
     async def _index(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html", headers={
@@ -88,6 +102,19 @@ class WebServer:
         await site.start()
         self.port = self._runner.addresses[0][1]
         log.info("HTTP server listening on %s:%s", self.settings.host, self.port)
+        self._warn_if_closed()
+
+    def _warn_if_closed(self) -> None:
+        """Reachable from other hosts with no API_KEY: say once what stays closed to them."""
+        settings = self.settings
+        if settings.api_key or is_loopback_host(settings.host):
+            return
+        page = {WebChatMode.OFF: "the web chat is off",
+                WebChatMode.ADMIN: "the web chat page (WEB_CHAT=admin) works only from this machine",
+                WebChatMode.PUBLIC: "web chat visitors (WEB_CHAT=public) can still chat"}[settings.web_chat]
+        log.warning("HOST=%s and no API_KEY: the admin API (/api: messages, memories, all sessions) answers only "
+                    "direct loopback clients, never requests through a proxy or tunnel; %s. Set API_KEY to use "
+                    "the API remotely.", settings.host, page)
 
     def mark_started(self) -> None:
         self.state.lifecycle = Lifecycle.RUNNING

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .access import CALLER, Access, AccessPolicy
 from .api import RestApi, reply_timeout
-from .app import json_response, parse_body, parse_query
+from .app import check_metadata, json_response, parse_body, parse_query
 from .conversation import converse, memory_page, room_id_for
 from .models import Key, Limit, ReplyOut, Text
 from .openapi import Operation
@@ -117,8 +118,13 @@ def _time(seconds: float) -> datetime:
 
 
 class SessionApi:
-    def __init__(self, runtime: AgentRuntime, manager: SessionManager, rest: RestApi) -> None:
-        self.runtime, self.manager, self.rest = runtime, manager, rest
+    """Admins may use every session; a web chat visitor only the sessions it created."""
+
+    def __init__(self, runtime: AgentRuntime, manager: SessionManager, rest: RestApi, policy: AccessPolicy) -> None:
+        self.runtime, self.manager, self.rest, self.policy = runtime, manager, rest, policy
+
+    def _metadata_cap(self) -> int:
+        return self.runtime.settings.session_max_metadata_bytes
 
     def _out(self, session: Session) -> SessionOut:
         now = self.manager.clock()
@@ -131,23 +137,29 @@ class SessionApi:
         )
 
     async def create_session(self, request: web.Request) -> web.Response:
+        caller = request[CALLER]
         body = await parse_body(request, SessionCreate)
         self.rest.resolve_agent(body.agent_id)
-        session = await self.manager.create(body.user_id, body.timeout_config, body.metadata)
+        check_metadata(body.metadata, self._metadata_cap())
+        session = await self.manager.create(caller.user_id or body.user_id, body.timeout_config, body.metadata,
+                                            owner=caller.owner, client=None if caller.admin else caller.client)
         return json_response(self._out(session), status=201)
 
     async def get_session(self, request: web.Request) -> web.Response:
-        return json_response(self._out(await self.manager.get(request.match_info["session_id"])))
+        return json_response(self._out(await self.manager.get(request.match_info["session_id"],
+                                                              request[CALLER].owner)))
 
     async def send_session_message(self, request: web.Request) -> web.Response:
-        session_id = request.match_info["session_id"]
-        await self.manager.get(session_id)  # 404 before reading the body
+        session_id, caller = request.match_info["session_id"], request[CALLER]
+        await self.manager.get(session_id, caller.owner)  # 404 before reading the body
         body = await parse_body(request, SessionMessageIn)
-        session, renewed = await self.manager.touch(session_id)
+        check_metadata(body.metadata, self._metadata_cap())
+        await self.policy.check_message(caller, session_id)
+        session, renewed = await self.manager.touch(session_id, caller.owner)
         exchange = await converse(
             self.runtime, user=session.user_id, user_name=None, room_key=session.room_key,
             room_name=f"session {session.id}", text=body.content or body.text or "",
-            metadata={**body.metadata, "session_id": session.id}, timeout=reply_timeout(self.runtime),
+            context={"session_id": session.id}, client_metadata=body.metadata, timeout=reply_timeout(self.runtime),
         )
         now = self.manager.clock()
         remaining_ms = int(session.remaining(now) * 1000)
@@ -167,7 +179,7 @@ class SessionApi:
         ))
 
     async def list_session_messages(self, request: web.Request) -> web.Response:
-        session = await self.manager.get(request.match_info["session_id"])
+        session = await self.manager.get(request.match_info["session_id"], request[CALLER].owner)
         query = parse_query(request, SessionMessagesQuery)
         page, cursor = await memory_page(self.runtime, room_id=room_id_for(self.runtime, session.room_key),
                                          limit=query.limit, cursor=query.cursor)
@@ -181,15 +193,16 @@ class SessionApi:
         ))
 
     async def renew_session(self, request: web.Request) -> web.Response:
-        return json_response(self._out(await self.manager.renew(request.match_info["session_id"])))
+        return json_response(self._out(await self.manager.renew(request.match_info["session_id"],
+                                                                request[CALLER].owner)))
 
     async def heartbeat(self, request: web.Request) -> web.Response:
-        session, _ = await self.manager.touch(request.match_info["session_id"])
+        session, _ = await self.manager.touch(request.match_info["session_id"], request[CALLER].owner)
         return json_response(self._out(session))
 
     async def end_session(self, request: web.Request) -> web.Response:
         session_id = request.match_info["session_id"]
-        await self.manager.delete(session_id)
+        await self.manager.delete(session_id, request[CALLER].owner)
         return json_response(SessionEnded(success=True, message=f"session {session_id} ended"))
 
     def _links(self) -> dict[str, tuple[str, dict[str, str]]]:
@@ -200,11 +213,13 @@ class SessionApi:
 
     def operations(self) -> list[Operation]:
         sid = {"session_id": "the id POST /api/sessions returned"}
-        return [
+        operations = [
             Operation("POST", "/api/sessions", self.create_session, "Start a chat session", "sessions",
                       {201: SessionOut}, body=SessionCreate, errors=[404, 429], links=self._links(),
                       description="timeoutConfig overrides the agent's settings, which override the "
-                                  "SESSION_* defaults."),
+                                  "SESSION_* defaults. A web chat visitor (WEB_CHAT=public, no key) gets a "
+                                  "session cookie, a userId of the server's choosing and at most the default "
+                                  "timeouts."),
             Operation("GET", "/api/sessions/{session_id}", self.get_session, "A session's status", "sessions",
                       {200: SessionOut}, errors=[404], path_params=sid),
             Operation("POST", "/api/sessions/{session_id}/messages", self.send_session_message,
@@ -221,3 +236,6 @@ class SessionApi:
             Operation("DELETE", "/api/sessions/{session_id}", self.end_session, "End a session", "sessions",
                       {200: SessionEnded}, errors=[404], path_params=sid),
         ]
+        for operation in operations:
+            operation.access = Access.VISITOR
+        return operations

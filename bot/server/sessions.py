@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from .app import ApiError
+from .errors import ApiError
 
 if TYPE_CHECKING:
     from bot.runtime import AgentRuntime
@@ -61,6 +61,8 @@ class Session(_Camel):
     renewal_count: int = Field(0, alias="renewalCount")
     config: EffectiveConfig
     metadata: dict[str, Any] = Field(default_factory=dict)
+    owner: str | None = None  # None: an admin's; "visitor:<hash>": one web chat visitor's
+    client: str | None = None  # a visitor's pseudonymised address, to cap sessions per client
 
     @property
     def room_key(self) -> str:
@@ -149,8 +151,12 @@ class SessionManager:
         return sum(1 for s in self._sessions.values() if s.expires_at > now)
 
     async def create(self, user_id: str, requested: TimeoutConfig | None = None,
-                     metadata: dict[str, Any] | None = None) -> Session:
+                     metadata: dict[str, Any] | None = None, *, owner: str | None = None,
+                     client: str | None = None) -> Session:
+        """A new session; a visitor's (`owner` set) within the visitor caps and the default timeouts."""
         config = self.effective_config(requested)
+        if owner is not None:
+            self._check_visitor_config(config)
         async with self._lock:
             await self._ensure_loaded()
             await self._cleanup_locked()
@@ -159,30 +165,54 @@ class SessionManager:
                 raise ApiError(429, "TOO_MANY_SESSIONS", f"{limit} sessions are open, the most this server "
                                "allows (SESSION_MAX_CONCURRENT); end one or try again later",
                                headers={"Retry-After": "60"})
+            if owner is not None:
+                self._check_visitor_room(client)
             now = self.clock()
             session = Session(id=str(uuid.uuid4()), agent_id=self.runtime.agent_id, user_id=user_id,
                               created_at=now, last_activity=now, expires_at=now, config=config,
-                              metadata=metadata or {})
+                              metadata=metadata or {}, owner=owner, client=client)
             session.expires_at = min(now + config.timeout_minutes * MINUTE, session.hard_limit)
             self._sessions[session.id] = session
             await self._save(session)
         return session
 
-    async def get(self, session_id: str) -> Session:
-        """The live session, or 404: unknown, or expired (which also removes it)."""
+    def _check_visitor_config(self, config: EffectiveConfig) -> None:
+        """Visitors may shorten the default timeouts, never lengthen them."""
+        defaults = self.effective_config(None)
+        for name, alias in (("timeout_minutes", "timeoutMinutes"), ("max_duration_minutes", "maxDurationMinutes")):
+            if getattr(config, name) > getattr(defaults, name):
+                message = f"at most {getattr(defaults, name):g} minutes for web chat visitors"
+                raise ApiError(400, "INVALID_BODY", f"invalid body: timeoutConfig.{alias}: {message}",
+                               details=[{"field": f"timeoutConfig.{alias}", "message": message}])
+
+    def _check_visitor_room(self, client: str | None) -> None:
+        settings = self.runtime.settings
+        visitors = [s for s in self._sessions.values() if s.owner is not None]
+        per_client = settings.web_chat_sessions_per_ip
+        if sum(1 for s in visitors if s.client == client) >= per_client:
+            raise ApiError(429, "TOO_MANY_SESSIONS", f"your address already has {per_client} open chat "
+                           "session(s) (WEB_CHAT_SESSIONS_PER_IP); end one or wait for one to expire",
+                           headers={"Retry-After": "60"})
+        if len(visitors) >= settings.web_chat_max_sessions:
+            raise ApiError(429, "TOO_MANY_SESSIONS", "the web chat is full (WEB_CHAT_MAX_SESSIONS); try again "
+                           "later", headers={"Retry-After": "60"})
+
+    async def get(self, session_id: str, viewer: str | None = None) -> Session:
+        """The live session, or 404: unknown, not the `viewer`'s (unless None: an admin), or expired
+        (which also removes it)."""
         async with self._lock:
             await self._ensure_loaded()
             session = self._sessions.get(session_id)
-            if session is None:
+            if session is None or (viewer is not None and session.owner != viewer):
                 raise SessionNotFound(session_id)
             if session.expires_at <= self.clock():
                 await self._forget(session_id)
                 raise SessionExpired(session_id)
             return session
 
-    async def touch(self, session_id: str) -> tuple[Session, bool]:
+    async def touch(self, session_id: str, viewer: str | None = None) -> tuple[Session, bool]:
         """Record activity; with auto-renew on, extend the expiry (never past max duration)."""
-        session = await self.get(session_id)
+        session = await self.get(session_id, viewer)
         now = self.clock()
         session.last_activity = now
         renewed = False
@@ -191,8 +221,8 @@ class SessionManager:
         await self._save(session)
         return session, renewed
 
-    async def renew(self, session_id: str) -> Session:
-        session = await self.get(session_id)
+    async def renew(self, session_id: str, viewer: str | None = None) -> Session:
+        session = await self.get(session_id, viewer)
         now = self.clock()
         if not self._extend(session, now) and session.expires_at >= session.hard_limit:
             raise ApiError(422, "MAX_DURATION_REACHED", "the session has reached its maximum duration "
@@ -210,8 +240,8 @@ class SessionManager:
         session.renewal_count += 1
         return True
 
-    async def delete(self, session_id: str) -> None:
-        await self.get(session_id)
+    async def delete(self, session_id: str, viewer: str | None = None) -> None:
+        await self.get(session_id, viewer)
         async with self._lock:
             await self._forget(session_id)
 
