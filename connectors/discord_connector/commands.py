@@ -40,6 +40,18 @@ def build_tree(client: discord.Client, connector: DiscordConnector) -> app_comma
     async def leave(interaction: discord.Interaction) -> None:
         await connector.on_leave_command(interaction)
 
+    @tree.error
+    async def on_error(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        # One line (traceback at DEBUG) and an answer, instead of a traceback and "This interaction failed".
+        name = interaction.command.name if interaction.command else (interaction.data or {}).get("name")
+        log.error("Discord /%s failed: %s: %s", name, type(error).__name__, error)
+        log.debug("Discord /%s traceback", name, exc_info=error)
+        if not interaction.response.is_done():
+            try:
+                await interaction.response.send_message("Sorry, that didn't work.", ephemeral=True)
+            except discord.HTTPException as failure:
+                log.info("could not answer /%s: %s", name, failure)
+
     return tree
 
 

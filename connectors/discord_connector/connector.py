@@ -12,11 +12,10 @@ import asyncio
 import io
 import json
 import logging
+import sys
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
-
-import sys
 
 import aiohttp
 import discord
