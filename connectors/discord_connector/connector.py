@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
+import sys
 import weakref
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,8 +22,10 @@ import discord
 import yarl
 from aiolimiter import AsyncLimiter
 
+from bot.lru import LRU
 from bot.plugin import Connector, MessagePreparer
 from bot.runtime import AgentRuntime, MessageTicket, ShuttingDown
+from bot.sanitize import clean_text
 from bot.types import DIRECT_CHANNELS, Content, Memory, MentionContext, Room
 
 from .chunking import split_message
@@ -35,11 +38,12 @@ log = logging.getLogger(__name__)
 
 SAFE_MENTIONS = discord.AllowedMentions(everyone=False, roles=False, users=True, replied_user=True)
 CHANNEL_PACE = (5, 5.0)  # messages per seconds per channel: Discord's documented per-channel limit
-MAX_PACED_CHANNELS = 4096
+MAX_PACED_CHANNELS = 4096  # per-channel state (pace, "403 logged") is kept for this many channels
 TYPING_LIMIT = 120.0  # never show "typing…" longer than this, whatever happens to the run
 ANSWERED_TYPES = {discord.MessageType.default, discord.MessageType.reply}
 RESTARTING = "I'm restarting; try again in a moment."
 NOTHING_TO_ADD = "I've nothing to add to that one."
+INACTIVE = "This button is no longer active."
 
 SendOne = Callable[..., Awaitable[discord.Message]]
 
@@ -48,6 +52,19 @@ def configure_endpoints(api_base: str, gateway_url: str) -> None:
     """Point discord.py at the REST base and gateway (a proxy, or the fake in tests); process-wide."""
     discord.http.Route.BASE = api_base.rstrip("/")
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
+    discord.utils._from_json = _from_json  # type: ignore[assignment]
+
+
+_strict_from_json = discord.utils._from_json
+
+
+def _from_json(data: str | bytes) -> Any:
+    """discord.py's JSON decoding, except that a lone surrogate escape (which orjson rejects, and which
+    would end the gateway connection) decodes as the standard library does; intake then cleans it."""
+    try:
+        return _strict_from_json(data)
+    except ValueError:
+        return json.loads(data)
 
 
 class ParleyClient(discord.Client):
@@ -81,6 +98,21 @@ class ParleyClient(discord.Client):
     async def on_button_press(self, interaction: discord.Interaction, token: str) -> None:
         await self.connector.on_button_press(interaction, token)
 
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        # Commands and our own buttons are answered by the tree and PayloadButton; anything else
+        # (a button from an older version, a modal) would otherwise show "This interaction failed".
+        custom_id = (interaction.data or {}).get("custom_id")
+        if interaction.type is discord.InteractionType.modal_submit or (
+                interaction.type is discord.InteractionType.component
+                and not PayloadButton.__discord_ui_compiled_template__.fullmatch(str(custom_id))):
+            await self.connector.on_stray_interaction(interaction, str(custom_id))
+
+    async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
+        """A failed event handler costs one log line (the traceback at DEBUG), never the connection."""
+        error = sys.exc_info()[1]
+        log.error("Discord %s handler failed: %s: %s", event_method, type(error).__name__, error)
+        log.debug("Discord %s handler traceback", event_method, exc_info=True)
+
 
 class DiscordConnector(Connector):
     service_type = "discord"
@@ -95,8 +127,8 @@ class DiscordConnector(Connector):
         self.client: ParleyClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._order: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._pace: OrderedDict[int, AsyncLimiter] = OrderedDict()
-        self._forbidden: set[int] = set()
+        self._pace: LRU[int, AsyncLimiter] = LRU(MAX_PACED_CHANNELS)
+        self._forbidden: LRU[int, bool] = LRU(MAX_PACED_CHANNELS)  # channels whose 403 was logged
 
     # Lifecycle ---------------------------------------------------------------------------------------
     @property
@@ -192,7 +224,7 @@ class DiscordConnector(Connector):
         stored = await self.runtime.store.get_memory(self.mapper.uuid(message_key(after.channel.id, after.id)))
         if stored is None:
             return
-        content = stored.content.model_copy(update={"text": after.clean_content})
+        content = stored.content.model_copy(update={"text": clean_text(after.clean_content)})
         await self.runtime.update_memory(stored.model_copy(update={
             "content": content, "metadata": {**stored.metadata, "edited": True}}))
 
@@ -226,10 +258,8 @@ class DiscordConnector(Connector):
         return channel.send
 
     def _limiter(self, channel_id: int) -> AsyncLimiter:
-        limiter = self._pace.pop(channel_id, None) or AsyncLimiter(*CHANNEL_PACE)
-        self._pace[channel_id] = limiter
-        if len(self._pace) > MAX_PACED_CHANNELS:
-            self._pace.popitem(last=False)
+        limiter = self._pace.get(channel_id) or AsyncLimiter(*CHANNEL_PACE)
+        self._pace[channel_id] = limiter  # written on every use, so the busiest channels stay
         return limiter
 
     async def deliver(self, channel: Any, content: Content, send_one: SendOne,
@@ -254,7 +284,7 @@ class DiscordConnector(Connector):
                     sent = await send_one(**options)
             except discord.Forbidden as error:
                 if channel.id not in self._forbidden:
-                    self._forbidden.add(channel.id)
+                    self._forbidden[channel.id] = True
                     log.warning("Discord: no permission to post in channel %s (%s); give the bot Send Messages "
                                 "there or leave it out of CHANNEL_IDS", channel.id, error.text)
                 return keys
@@ -267,7 +297,7 @@ class DiscordConnector(Connector):
                             error.text or error.response.reason)
                 return keys
             keys.append(message_key(channel.id, sent.id))
-        self._forbidden.discard(channel.id)
+        self._forbidden.pop(channel.id, None)
         self._maybe_speak(channel, content.text)
         return keys
 
@@ -317,6 +347,15 @@ class DiscordConnector(Connector):
         if not await self._submit(memory, self._channel_sender(channel), channel, pressed_on):  # type: ignore[arg-type]
             await self._restarting(interaction)
 
+    async def on_stray_interaction(self, interaction: discord.Interaction, custom_id: str) -> None:
+        """Acknowledge a press the bot has no handler for, so the user is told rather than left hanging."""
+        log.info("Discord: %s interaction with unknown custom_id %r from %s answered as inactive",
+                 interaction.type.name, custom_id[:100], interaction.user.id)
+        try:
+            await interaction.response.send_message(INACTIVE, ephemeral=True)
+        except discord.HTTPException as error:
+            log.info("could not answer interaction %s: %s", interaction.id, error)
+
     async def _interaction_memory(self, interaction: discord.Interaction, text: str, *,
                                   is_reply: bool = False) -> Memory:
         channel = interaction.channel
@@ -334,7 +373,7 @@ class DiscordConnector(Connector):
             await interaction.response.send_message("I don't answer in this channel.", ephemeral=True)
             return
         await interaction.response.defer(thinking=True)
-        memory = await self._interaction_memory(interaction, question)
+        memory = await self._interaction_memory(interaction, clean_text(question))
         sent: list[bool] = []
         send = self._interaction_sender(interaction)
 
