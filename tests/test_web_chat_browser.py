@@ -1,7 +1,8 @@
 """The web chat page in a real headless Chromium, driven over the DevTools protocol (no playwright).
 
 A person opens `/`, sees the character's name, types a message, sees the typing indicator and then
-the reply; a reload keeps the conversation (the session and its messages are stored).
+the reply; a reload keeps the conversation (the session and its messages are stored). With
+WEB_CHAT=public a visitor does all that with no key, and the page never holds the admin key.
 """
 
 from __future__ import annotations
@@ -150,3 +151,38 @@ async def test_page_asks_for_the_api_key_when_the_server_has_one(tmp_path: Path,
             document.getElementById('send').click();
         """)
         assert await page.wait_for("document.querySelector('#messages li.agent')?.textContent") == "Hello from Test."
+
+
+async def test_public_web_chat_works_without_the_key_and_reaches_nothing_else(tmp_path: Path,
+                                                                             fake: FakeOpenAI) -> None:
+    admin_key = "admin-key-never-on-the-page"
+    async with running_app(tmp_path, fake, api_key=admin_key, web_chat="public") as bot, \
+            chromium(tmp_path / "chromium", bot.url + "/") as page:
+        await page.wait_for("document.getElementById('agent-name').textContent === 'Test'")
+        await page.wait_for("localStorage.getItem('parley.sessionId')")
+        assert await page.evaluate("document.getElementById('key-form').hidden") is True
+        await page.evaluate("""
+            document.getElementById('input').value = 'hello from a visitor';
+            document.getElementById('send').click();
+        """)
+        assert await page.wait_for("document.querySelector('#messages li.agent')?.textContent") == "Hello from Test."
+        await page.send("Page.reload")
+        await page.wait_for("document.querySelectorAll('#messages li').length === 2")
+
+        # The key is nowhere in the page, its storage or its readable cookies (the visitor cookie is HttpOnly).
+        seen = await page.evaluate("""(async () => [
+            document.documentElement.outerHTML, JSON.stringify({...localStorage}), document.cookie,
+            ...await Promise.all(['/', '/static/chat.js', '/api/web-chat'].map(u => fetch(u).then(r => r.text()))),
+        ].join('\\n'))()""")
+        assert admin_key not in seen and "parley_visitor" not in seen
+        # What the visitor's browser can reach: its own session, nothing of the admin API.
+        statuses = await page.evaluate("""(async () => {
+            const get = (u) => fetch(u).then(r => r.status);
+            const post = (u, body) => fetch(u, {method: 'POST', headers: {'Content-Type': 'application/json'},
+                                                body: JSON.stringify(body)}).then(r => r.status);
+            const sid = localStorage.getItem('parley.sessionId');
+            return [await get(`/api/sessions/${sid}/messages`), await get('/api/agents'),
+                    await get('/api/memories?type=messages'), await post('/api/memories/search', {text: 'hello'}),
+                    await post('/api/messages', {text: 'hi', user_id: 'u', room_id: 'r'})];
+        })()""")
+        assert statuses == [200, 401, 401, 401, 401]

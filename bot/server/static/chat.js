@@ -1,4 +1,6 @@
 // The web chat: talks to the agent through the Sessions API. No build step, no dependencies.
+// WEB_CHAT=public: a visitor holds no key; the server's HttpOnly cookie scopes it to its own sessions.
+// WEB_CHAT=admin: the page asks for the server's API key and keeps it in this browser only.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -16,14 +18,16 @@ class ApiError extends Error {
   }
 }
 
+let publicChat = false;
+
 async function api(method, path, body) {
   const headers = { "Accept": "application/json" };
-  const key = store.get("apiKey");
+  const key = publicChat ? null : store.get("apiKey");
   if (key) headers["Authorization"] = "Bearer " + key;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   const data = await response.json().catch(() => null);
-  if (response.status === 401) $("key-form").hidden = false;
+  if (response.status === 401 && !publicChat) $("key-form").hidden = false;
   if (!response.ok) throw new ApiError(response.status, data);
   return data;
 }
@@ -63,8 +67,9 @@ async function loadHistory() {
 
 async function start() {
   try {
-    const { agents } = await api("GET", "/api/agents");
-    const name = agents[0].name;
+    const { name, access } = await api("GET", "/api/web-chat");
+    publicChat = access === "public";
+    if (publicChat) store.drop("apiKey");  // never send a key a visitor's page has no business holding
     $("agent-name").textContent = name;
     $("typing-name").textContent = name;
     document.title = "Chat with " + name;
