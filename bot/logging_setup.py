@@ -20,8 +20,12 @@ MASK = "***"
 _TOKEN_SHAPES = [
     re.compile(r"\d{6,12}:[A-Za-z0-9_-]{30,}"),  # Telegram bot token
     re.compile(r"sk-[A-Za-z0-9_-]{16,}"),  # OpenAI / Anthropic style keys
-    re.compile(r"[MNO][A-Za-z\d_-]{23,25}\.[A-Za-z\d_-]{6}\.[A-Za-z\d_-]{27,}"),  # Discord bot token
+    re.compile(r"[MNO][A-Za-z\d_-]{23,}\.[A-Za-z\d_-]{6}\.[A-Za-z\d_-]{27,}"),  # Discord bot token
+    re.compile(r"aW50ZXJhY3Rpb246[A-Za-z\d_-]+"),  # Discord interaction token ("interaction:..." in base64)
 ]
+# Secrets known only by where they sit: Discord interaction tokens in callback and webhook URLs (discord.py
+# logs every request URL at DEBUG) and "token" fields in gateway payloads it logs as dicts.
+_TOKEN_PLACES = re.compile(r"(/(?:interactions|webhooks)/\d+/|[\"']token[\"']\s*:\s*[\"'])[^/\s\"'?]+")
 
 
 def secret_values(settings: Settings) -> list[str]:
@@ -59,7 +63,7 @@ class RedactingFilter(logging.Filter):
             text = text.replace(secret, MASK)
         for shape in _TOKEN_SHAPES:
             text = shape.sub(MASK, text)
-        return text
+        return _TOKEN_PLACES.sub(rf"\g<1>{MASK}", text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()

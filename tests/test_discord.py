@@ -589,3 +589,22 @@ async def test_expired_button_is_acknowledged_and_explained(bot: Bot, discord_fa
     [notice] = await discord_fake.wait_for_messages(1)
     assert discord_fake.interaction_responses[0]["type"] == 6
     assert notice["sent_body"]["content"] == "This button has expired." and notice["sent_body"]["flags"] == 64
+
+
+async def test_button_the_bot_does_not_know_is_acknowledged_as_inactive(
+    bot: Bot, discord_fake: FakeDiscord, caplog: pytest.LogCaptureFixture
+) -> None:
+    from connectors.discord_connector.connector import INACTIVE
+
+    message = discord_fake.message(GENERAL, discord_fake.bot, "buttons from an older version")
+    with caplog.at_level(logging.INFO, logger="connectors.discord_connector.connector"):
+        for custom_id in ("v1:choose:red", "parley:not-a-token"):
+            press = discord_fake.interaction(3, ALICE, GENERAL, {"custom_id": custom_id, "component_type": 2},
+                                             message=message)
+            await discord_fake.dispatch("INTERACTION_CREATE", press)
+        await discord_fake.wait_for(lambda: len(discord_fake.interaction_responses) == 2)
+    for response in discord_fake.interaction_responses:
+        assert response["type"] == 4 and response["data"]["content"] == INACTIVE and response["data"]["flags"] == 64
+    assert sum("unknown custom_id" in r.getMessage() for r in caplog.records) == 2
+    await quiet(bot)
+    assert discord_fake.messages == [] and len(discord_fake.interaction_responses) == 2
