@@ -67,8 +67,10 @@ class Running:
     def server(self):
         return self.app.server
 
-    async def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
-        async with self.http.request(method, self.url + path, **kwargs) as response:
+    async def call(self, method: str, path: str, *, client: aiohttp.ClientSession | None = None,
+                   **kwargs: Any) -> tuple[int, Any]:
+        """One request (by default with the shared client) → (status, JSON body or text)."""
+        async with (client or self.http).request(method, self.url + path, **kwargs) as response:
             text = await response.text()
             try:
                 return response.status, json.loads(text)
@@ -94,6 +96,13 @@ async def running_app(tmp_path: Path, fake: FakeOpenAI, *, character_fields: dic
             yield Running(app, f"http://127.0.0.1:{app.server.port}", http, fake)
     finally:
         await app.stop()
+
+
+@asynccontextmanager
+async def browser_like(headers: dict[str, str] | None = None) -> AsyncIterator[aiohttp.ClientSession]:
+    """A client that keeps cookies for 127.0.0.1 (aiohttp's default jar ignores IP hosts), like a browser."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True), headers=headers) as http:
+        yield http
 
 
 @asynccontextmanager
