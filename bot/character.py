@@ -3,7 +3,8 @@
 elizaOS 1.x rejects 0.x files outright. We load them instead: fields with a meaning are mapped
 (`user` → `name` in examples, `{{user1}}` → `{{name1}}`, `modelProvider` → a provider preference),
 everything else is kept in `extras`, and each legacy field is reported once so the author can
-modernise the file at leisure.
+modernise the file at leisure. Example messages in shapes we cannot read (no `content.text`) are
+skipped with one notice instead of rendering as empty examples.
 """
 
 from __future__ import annotations
@@ -116,17 +117,31 @@ class CharacterError(Exception):
 class LoadedCharacter:
     character: Character
     path: Path
-    warnings: list[str] = field(default_factory=list)
+    legacy: dict[str, tuple[str, str]] = field(default_factory=dict)  # 0.x field → (mapped to, explanation)
+    notices: list[str] = field(default_factory=list)  # other things the author should fix
+
+    @property
+    def warnings(self) -> list[str]:
+        """One line per legacy field and per notice, as start-up logs them."""
+        return [f"legacy field '{name}': {why}" for name, (_, why) in self.legacy.items()] + self.notices
+
+    def legacy_summary(self) -> str:
+        """The legacy fields on one line, e.g. `lore -> prompt, clients -> unused`."""
+        return ", ".join(f"{name} -> {target}" for name, (target, _) in self.legacy.items())
 
 
 _LEGACY_PLACEHOLDER = re.compile(r"\{\{user(\d+)\}\}")
-_KNOWN_LEGACY = {
-    "clients": "connectors start from the tokens set in the environment",
-    "modelProvider": "used as the preferred model provider when MODEL_PROVIDERS is not set",
-    "people": "kept, not used",
-    "twitterSpaces": "kept, not used",
-    "examples": "kept, not used",
+# Legacy 0.x fields: (what parley maps them to, the longer explanation logged at start-up).
+_KNOWN_LEGACY: dict[str, tuple[str, str]] = {
+    "clients": ("unused", "connectors start from the tokens set in the environment"),
+    "modelProvider": ("provider preference",
+                      "used as the preferred model provider when MODEL_PROVIDERS is not set"),
+    "people": ("unused", "kept, not used"),
+    "twitterSpaces": ("unused", "kept, not used"),
+    "examples": ("unused", "kept, not used"),
 }
+_UNKNOWN_FIELD = ("unused", "not part of the elizaOS 1.x schema; kept, not used")
+_SHOWN_PATHS = 3  # skipped example paths named in the notice before "and N more"
 
 
 def _field_path(loc: tuple[Any, ...], data: Any) -> str:
@@ -152,8 +167,8 @@ def _replace_placeholders(value: Any) -> Any:
     return value
 
 
-def _modernise(data: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
-    """Map legacy 0.x shapes onto the 1.x schema, one warning per legacy field."""
+def _modernise(data: dict[str, Any], legacy: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    """Map legacy 0.x shapes onto the 1.x schema, recording each legacy field once in `legacy`."""
     known = set(Character.model_fields) | {f.alias for f in Character.model_fields.values() if f.alias}
     known.discard("extras")
     out: dict[str, Any] = {}
@@ -163,10 +178,8 @@ def _modernise(data: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
             out[key] = value
         else:
             extras[key] = value
-            reason = _KNOWN_LEGACY.get(key, "not part of the elizaOS 1.x schema; kept, not used")
-            warnings.append(f"legacy field '{key}': {reason}")
-    if "modelProvider" in data:
-        warnings.append("legacy field 'modelProvider': " + _KNOWN_LEGACY["modelProvider"])
+        if key in _KNOWN_LEGACY or key not in known:
+            legacy[key] = _KNOWN_LEGACY.get(key, _UNKNOWN_FIELD)
     examples = out.get("messageExamples")
     if isinstance(examples, list):
         renamed = False
@@ -176,27 +189,66 @@ def _modernise(data: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
                     message["name"] = message.pop("user")
                     renamed = True
         if renamed:
-            warnings.append("legacy field 'messageExamples[].user': mapped to 'name'")
+            legacy["messageExamples[].user"] = ("name", "mapped to 'name'")
     before = json.dumps(out)
     out = _replace_placeholders(out)
     if json.dumps(out) != before:
-        warnings.append("legacy placeholders '{{userN}}': mapped to '{{nameN}}'")
+        legacy["{{userN}}"] = ("{{nameN}}", "placeholders mapped to '{{nameN}}'")
     if extras:
         out["extras"] = extras
     return out
 
 
+def _describe_errors(error: ValidationError, data: dict[str, Any]) -> str:
+    """Every problem on one line. A union field reports one error per alternative (`bio` as a string,
+    `bio[1]` as a list): the most specific path stands for the field."""
+    problems: dict[str, str] = {}
+    for item in error.errors():
+        problems.setdefault(_field_path(item["loc"], data), item["msg"])
+    paths = [p for p in problems if not any(o.startswith((p + ".", p + "[")) for o in problems)]
+    if len(paths) == 1:
+        return f"{paths[0]}: {problems[paths[0]]}"
+    return f"{len(paths)} problems: " + "; ".join(f"{p}: {problems[p]}" for p in paths)
+
+
+def _drop_textless_examples(character: Character) -> str | None:
+    """Example messages without `content.text` (shapes from other tools) would render as nothing in
+    the prompt: drop them, and return a notice naming where they were."""
+    skipped = [f"messageExamples[{i}][{j}]" for i, conversation in enumerate(character.message_examples)
+               for j, message in enumerate(conversation) if "text" not in message.content]
+    if not skipped:
+        return None
+    character.message_examples = [
+        kept for conversation in character.message_examples
+        if (kept := [message for message in conversation if "text" in message.content])
+    ]
+    shown = ", ".join(skipped[:_SHOWN_PATHS])
+    more = f" and {len(skipped) - _SHOWN_PATHS} more" if len(skipped) > _SHOWN_PATHS else ""
+    return (f"{shown}{more}: example message without content.text (unknown shape); skipped. "
+            'Fix: write each as {"name": ..., "content": {"text": ...}}')
+
+
 def parse_character(data: Any, source: str = "<character>") -> LoadedCharacter:
     if not isinstance(data, dict):
         raise CharacterError(f"{source}: (top level): expected a JSON object, got {type(data).__name__}")
-    warnings: list[str] = []
-    modern = _modernise(dict(data), warnings)
+    legacy: dict[str, tuple[str, str]] = {}
+    modern = _modernise(dict(data), legacy)
     try:
         character = Character.model_validate(modern)
     except ValidationError as error:
-        first = max(error.errors(), key=lambda e: len(e["loc"]))
-        raise CharacterError(f"{source}: {_field_path(first['loc'], modern)}: {first['msg']}") from None
-    return LoadedCharacter(character=character, path=Path(source), warnings=list(dict.fromkeys(warnings)))
+        raise CharacterError(f"{source}: {_describe_errors(error, modern)}") from None
+    notice = _drop_textless_examples(character)
+    return LoadedCharacter(character=character, path=Path(source), legacy=legacy, notices=[notice] if notice else [])
+
+
+def _describe_json_error(text: str, error: json.JSONDecodeError) -> str:
+    """json reports a trailing comma at the `}` or `]` after it; point at the comma, which is what to delete."""
+    comma = len(text[: error.pos].rstrip()) - 1
+    closer = text[error.pos : error.pos + 1]
+    if comma >= 0 and text[comma] == "," and closer in ("}", "]"):
+        line, column = text.count("\n", 0, comma) + 1, comma - text.rfind("\n", 0, comma)
+        return f"line {line} column {column}: invalid JSON: trailing comma. Fix: delete it"
+    return f"line {error.lineno} column {error.colno}: invalid JSON: {error.msg}"
 
 
 def load_character(path: str | Path) -> LoadedCharacter:
@@ -213,7 +265,7 @@ def load_character(path: str | Path) -> LoadedCharacter:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise CharacterError(f"{path}: line {error.lineno} column {error.colno}: invalid JSON: {error.msg}") from None
+        raise CharacterError(f"{path}: {_describe_json_error(text, error)}") from None
     loaded = parse_character(data, str(path))
     loaded.path = path
     return loaded

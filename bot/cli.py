@@ -8,8 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
-from bot.character import CharacterError, load_character
-from bot.settings import SettingsError, load_settings
+from bot.character import Character, CharacterError, load_character
+from bot.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("bot")
 
@@ -29,23 +29,52 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, help="HTTP port (default: $PORT or 3000)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("run", help="run the bot (the default)")
-    check = commands.add_parser("check-character", help="validate character files; exit 1 if any fails")
+    check = commands.add_parser("check-character", help="validate character files and the Python plugins they name; exit 1 if any fails")
     check.add_argument("paths", nargs="+", metavar="PATH")
     return parser
 
 
+def check_plugins(character: Character, settings: Settings, source: str) -> list[str]:
+    """Load the character's plugins one by one exactly as start-up does; return a note per entry
+    (the Python plugins it imports, the names it ignores), or raise CharacterError on the first that fails."""
+    from bot.app import StartupError, character_plugins
+
+    notes = []
+    for spec in character.plugins:
+        try:
+            plugins, ignored = character_plugins(character.model_copy(update={"plugins": [spec]}), settings)
+        except StartupError as error:
+            raise CharacterError(f"{source}: plugins: {error}") from None
+        except Exception as error:  # a factory that is not one: start-up would die on the same error
+            raise CharacterError(
+                f"{source}: plugins: {spec!r} cannot be used ({type(error).__name__}: {error}). "
+                "Fix: name a Plugin, or a function that takes the settings and returns one") from None
+        notes += [f"imports {spec} (plugin {plugin.name!r})" for plugin in plugins] + ignored
+    return notes
+
+
 def check_characters(paths: list[str]) -> int:
+    """One line per file: `ok` with what it holds and what start-up would warn about, or `FAIL` and why."""
+    settings: Settings | None = None  # read only when a file names plugins: their factories take it
     failed = 0
     for path in paths:
         try:
             loaded = load_character(path)
+            if loaded.character.plugins and settings is None:
+                settings = load_settings()
+            plugin_notes = check_plugins(loaded.character, settings, path) if settings is not None else []
+        except SettingsError as error:
+            print(f"parley: configuration error: {error}", file=sys.stderr)
+            return 2
         except CharacterError as error:
             print(f"FAIL {error}")
             failed += 1
             continue
         c = loaded.character
-        note = f"; {len(loaded.warnings)} legacy field(s) mapped" if loaded.warnings else ""
-        print(f"ok   {path}: {c.name} ({len(c.bio_lines)} bio lines, {len(c.message_examples)} examples{note})")
+        notes = [f"legacy fields mapped: {loaded.legacy_summary()}"] if loaded.legacy else []
+        notes += loaded.notices + plugin_notes
+        print(f"ok   {path}: {c.name} ({len(c.bio_lines)} bio lines, {len(c.message_examples)} examples)"
+              + "".join(f"; {note}" for note in notes))
     return 1 if failed else 0
 
 

@@ -86,11 +86,14 @@ def test_default_character_ships_and_loads():
 
 
 @pytest.mark.parametrize(("content", "expected"), [
-    ('{"name": "A", "bio": "x",}', "line 1 column 26: invalid JSON"),
+    ('{"name": "A", "bio": "x",}', "line 1 column 25: invalid JSON: trailing comma. Fix: delete it"),
+    ('{\n  "name": "A",\n  "bio": ["x",\n  ],\n  "topics": []\n}', "line 3 column 14: invalid JSON: trailing comma"),
+    ('{"name": "A",\n "bio": "x",\n\n}', "line 2 column 12: invalid JSON: trailing comma"),
+    ('{"name": "A" "bio": "x"}', "line 1 column 14: invalid JSON: Expecting ',' delimiter"),
     ('{"bio": "x"}', "name: Field required"),
     ('{"name": "A"}', "bio: Field required"),
     ('{"name": "  ", "bio": "x"}', "name: Value error, must not be blank"),
-    ('{"name": "A", "bio": ["ok", 3]}', "bio"),
+    ('{"name": "A", "bio": ["ok", 3]}', "bio[1]: Input should be a valid string"),
     ('{"name": "A", "bio": "x", "messageExamples": [[{"name": "u", "content": {"text": 5}}]]}',
      "messageExamples[0][0].content"),
     ('{"name": "A", "bio": "x", "style": {"all": [1]}}', "style.all[0]"),
@@ -105,6 +108,50 @@ def test_broken_files_name_file_field_and_problem(tmp_path: Path, content: str, 
     assert "\n" not in message
     assert message.startswith(f"{path}: ")
     assert expected in message
+
+
+def test_every_problem_is_reported_on_one_line(tmp_path: Path):
+    path = tmp_path / "broken.json"
+    path.write_text('{"name": " ", "bio": ["ok", 3], "style": {"all": [1]}, "topics": "t"}')
+    with pytest.raises(CharacterError) as info:
+        load_character(path)
+    assert str(info.value) == (
+        f"{path}: 3 problems: name: Value error, must not be blank; bio[1]: Input should be a valid string; "
+        "style.all[0]: Input should be a valid string")
+
+
+def test_a_union_field_is_one_problem_not_one_per_alternative():
+    with pytest.raises(CharacterError) as info:
+        parse_character({"name": "A", "bio": 5})
+    assert str(info.value) == "<character>: bio: Input should be a valid string"
+
+
+def test_example_messages_without_text_are_skipped_with_one_notice():
+    unknown = {"user": "{{user1}}", "content": {"content": "hello"}}
+    loaded = parse_character({"name": "A", "bio": "b", "messageExamples": [
+        [unknown, {"user": "A", "content": {"text": "hi there"}}],
+        [unknown],
+        [{"name": "{{name1}}", "content": {"text": "", "actions": ["IGNORE"]}}],
+    ]})
+    examples = loaded.character.message_examples
+    assert [[m.content for m in conversation] for conversation in examples] == [
+        [{"text": "hi there"}], [{"text": "", "actions": ["IGNORE"]}]]
+    [notice] = loaded.notices
+    assert notice.startswith("messageExamples[0][0], messageExamples[1][0]: example message without content.text")
+    assert notice in loaded.warnings
+
+
+def test_only_unreadable_examples_leave_no_examples():
+    loaded = parse_character({"name": "A", "bio": "b", "messageExamples": [[{"name": "u", "content": {"x": 1}}]]})
+    assert loaded.character.message_examples == [] and len(loaded.notices) == 1
+
+
+def test_legacy_fields_are_named_in_the_summary():
+    loaded = parse_character({"name": "A", "bio": "b", "clients": ["discord"], "modelProvider": "openai",
+                              "messageExamples": [[{"user": "{{user1}}", "content": {"text": "hi {{user1}}"}}]]})
+    assert loaded.legacy_summary() == ("clients -> unused, modelProvider -> provider preference, "
+                                       "messageExamples[].user -> name, {{userN}} -> {{nameN}}")
+    assert len(loaded.warnings) == 4 and loaded.notices == []
 
 
 def test_missing_file_says_how_to_fix(tmp_path: Path):
@@ -132,6 +179,32 @@ def test_check_character_command(tmp_path: Path):
     ok = subprocess.run([sys.executable, "-m", "bot", "check-character", str(good)],
                         cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0
+
+
+def test_check_character_names_plugins_and_legacy_fields_and_fails_on_a_bad_plugin(tmp_path: Path):
+    (tmp_path / "weather.py").write_text(
+        "from bot.plugin import Plugin\n"
+        "plugin = Plugin(name='weather')\n"
+        "def make(settings):\n    return Plugin(name='made')\n"
+        "def make_nothing(settings):\n    return 42\n")
+    files = {
+        "good.json": {"plugins": ["weather:plugin", "weather:make", "@elizaos/plugin-openai"]},
+        "legacy.json": {"clients": ["discord"], "messageExamples": [[{"user": "u", "content": {"content": "?"}}]]},
+        "abort.json": {"plugins": ["os:abort"]},
+        "nothing.json": {"plugins": ["weather:make_nothing"]},
+    }
+    for name, fields in files.items():
+        (tmp_path / name).write_text(json.dumps({"name": "A", "bio": "b", **fields}))
+    run = subprocess.run([sys.executable, "-m", "bot", "check-character", *files], cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and run.stderr == "", run.stderr
+    good, legacy, abort, nothing = run.stdout.strip().splitlines()
+    assert good.startswith("ok   good.json") and good.endswith(
+        "; imports weather:plugin (plugin 'weather'); imports weather:make (plugin 'made')")
+    assert legacy.startswith("ok   legacy.json: A (1 bio lines, 0 examples); legacy fields mapped: "
+                             "clients -> unused, messageExamples[].user -> name; messageExamples[0][0]: ")
+    assert abort.startswith("FAIL abort.json: plugins: 'os:abort' cannot be used (TypeError: ") and "Fix:" in abort
+    assert nothing.startswith("FAIL nothing.json: plugins: ") and "is not a Plugin" in nothing
 
 
 def test_string_to_uuid_matches_elizaos():
