@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, help="HTTP port (default: $PORT or 3000)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("run", help="run the bot (the default)")
-    check = commands.add_parser("check-character", help="validate character files and the Python plugins they name; exit 1 if any fails")
+    check = commands.add_parser("check-character", help="validate character files and the Python plugins "
+                                "they name; exit 1 if any fails")
     check.add_argument("paths", nargs="+", metavar="PATH")
     return parser
 
