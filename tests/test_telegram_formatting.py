@@ -115,3 +115,44 @@ async def test_ffmpeg_makes_opus_voice_notes_and_pcm() -> None:
     assert len(pcm) == 48_000 * 2 * 2 // 2  # half a second, stereo, 16-bit
     with pytest.raises(AudioConversionError, match="ffmpeg failed"):
         await to_ogg_opus(b"not audio at all")
+
+
+HOSTILE_SIZE = 20_000  # instant when formatting is linear; minutes when it is quadratic (issue #10)
+
+
+@pytest.mark.parametrize("text", [
+    "# a" + " " * HOSTILE_SIZE + "b",
+    "[" * HOSTILE_SIZE,
+    "*a " * (HOSTILE_SIZE // 3),
+    "**a " * (HOSTILE_SIZE // 4),
+    "_a " * (HOSTILE_SIZE // 3),
+    "~~a " * (HOSTILE_SIZE // 4),
+    "||a " * (HOSTILE_SIZE // 4),
+    "```" + "a" * HOSTILE_SIZE,
+    "[a](http:" * (HOSTILE_SIZE // 9),
+    "\n" + " " * HOSTILE_SIZE + "- x",
+], ids=["heading-spaces", "brackets", "italics", "bold", "underscores", "strike", "spoilers", "fence", "links",
+        "indent"])
+def test_hostile_markdown_is_sent_as_valid_chunks_with_every_character(text: str) -> None:
+    chunks = render_chunks(text)
+    assert chunks
+    for chunk in chunks:
+        visible_text, error = parse_html(chunk)
+        assert error is None
+        assert len(html.unescape(visible_text).encode("utf-16-le")) // 2 <= 4096
+    sent = "".join("".join(html_to_plain(c).split()) for c in chunks)
+    assert sent == "".join(text.replace("# ", "", 1).replace("- ", "• ").split()), "nothing lost, nothing formatted"
+
+
+def test_a_run_of_newlines_is_nothing_to_send() -> None:
+    assert render_chunks("\n" * HOSTILE_SIZE) == []
+
+
+def test_emphasis_closed_far_away_still_pairs_and_spans_chunks() -> None:
+    count = HOSTILE_SIZE // 3
+    text = "*a " * count + "*b*"
+    assert markdown_to_html(text) == "<i>a " + "*a " * (count - 1) + "*b</i>"
+    chunks = render_chunks(text)
+    assert len(chunks) == 5 and all(c.startswith("<i>") and c.endswith("</i>") for c in chunks)
+    assert markdown_to_html("**a " * 3 + "\n**b**") == "<b>a **a **a \n**b</b>", "bold may span lines"
+    assert markdown_to_html("*a\nb* and *c*") == "*a\nb* and <i>c</i>", "italics may not"

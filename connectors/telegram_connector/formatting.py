@@ -10,26 +10,75 @@ that is what is measured.
 
 from __future__ import annotations
 
+import bisect
 import html
+import itertools
 import re
 
 MESSAGE_LIMIT = 4096
 CAPTION_LIMIT = 1024
 
-_FENCE = re.compile(r"```([\w+#-]*)[^\S\n]*\n?(.*?)```", re.DOTALL)
-_INLINE_CODE = re.compile(r"`([^`\n]+)`")
+# Every pattern here must run in time linear in its input: a reply (or a user's quote of one) can be any
+# text, and formatting runs on the event loop. So no pattern may rescan an unbounded stretch from each of
+# many starting points: what a scan may cross is limited (possessive quantifiers, no `[` inside a link, one
+# line for headings and bullets), and emphasis pairs are matched by `_Emphasis` instead of a lazy `.+?`.
+_FENCE = re.compile(r"```([\w+#-]*+)[^\S\n]*+\n?(.*?)```", re.DOTALL)
+_INLINE_CODE = re.compile(r"`([^`\n]++)`")
 _PLACEHOLDER = re.compile(r"\x00(\d+)\x00")
-_LINK = re.compile(r"\[([^\]\n]+)\]\(((?:https?|tg|mailto):[^)\s]+)\)")
+_LINK = re.compile(r"\[([^\[\]\n]++)\]\(((?:https?|tg|mailto):[^)\s\[]++)\)")
+_HEADING = re.compile(r"^#{1,6}[^\S\n]++([^\n]*)", re.MULTILINE)
+_BULLET = re.compile(r"^([^\S\n]*+)[-*+][^\S\n]++", re.MULTILINE)
+_QUOTE = re.compile(r"^&gt;(?: [^\n]*+)?$(?:\n&gt;(?: [^\n]*+)?$)*+", re.MULTILINE)  # a run of `> ` lines
+
+
+class _Emphasis:
+    """One kind of emphasis: an opening and a closing delimiter (each a fixed-width pattern checked
+    with lookarounds) around at least one character, on one line unless `multiline`."""
+
+    def __init__(self, opening: str, closing: str, width: int, tag: str, *, multiline: bool) -> None:
+        # Wrapped in a lookahead, finditer reports every position a delimiter starts, overlapping ones too.
+        self.opening = re.compile(f"(?={opening})")
+        self.closing = re.compile(f"(?={closing})")
+        self.width = width
+        self.tag = tag
+        self.multiline = multiline
+
+    def apply(self, text: str) -> str:
+        """What `re.sub(opening(.+?)closing, <tag>\\1</tag>)` gives, in O(n log n) instead of O(n²):
+        from left to right, each opening pairs with the first closing after it, if it comes before a
+        line break (unless multiline)."""
+        closings = [m.start() for m in self.closing.finditer(text)]
+        if not closings:
+            return text
+        breaks = [] if self.multiline else [m.start() for m in re.finditer("\n", text)]
+        out: list[str] = []
+        done = 0
+        for match in self.opening.finditer(text):
+            start = match.start()
+            if start < done:
+                continue
+            body = start + self.width
+            index = bisect.bisect_left(closings, body + 1)
+            if index == len(closings):
+                break  # no closing after this opening, nor after any later one
+            end = closings[index]
+            line_break = bisect.bisect_left(breaks, body)
+            if line_break < len(breaks) and breaks[line_break] < end:
+                continue
+            out.append(f"{text[done:start]}<{self.tag}>{text[body:end]}</{self.tag}>")
+            done = end + self.width
+        out.append(text[done:])
+        return "".join(out)
+
+
 _INLINE_RULES = [
-    (re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*", re.DOTALL), r"<b>\1</b>"),
-    (re.compile(r"(?<!\w)__(?=\S)(.+?)(?<=\S)__(?!\w)", re.DOTALL), r"<b>\1</b>"),
-    (re.compile(r"(?<![\w*])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![\w*])"), r"<i>\1</i>"),
-    (re.compile(r"(?<!\w)_(?=[^\s_])(.+?)(?<=[^\s_])_(?!\w)"), r"<i>\1</i>"),
-    (re.compile(r"~~(?=\S)(.+?)(?<=\S)~~"), r"<s>\1</s>"),
-    (re.compile(r"\|\|(?=\S)(.+?)(?<=\S)\|\|"), r"<tg-spoiler>\1</tg-spoiler>"),
+    _Emphasis(r"\*\*(?=\S)", r"(?<=\S)\*\*", 2, "b", multiline=True),
+    _Emphasis(r"(?<!\w)__(?=\S)", r"(?<=\S)__(?!\w)", 2, "b", multiline=True),
+    _Emphasis(r"(?<![\w*])\*(?=[^\s*])", r"(?<=[^\s*])\*(?![\w*])", 1, "i", multiline=False),
+    _Emphasis(r"(?<!\w)_(?=[^\s_])", r"(?<=[^\s_])_(?!\w)", 1, "i", multiline=False),
+    _Emphasis(r"~~(?=\S)", r"(?<=\S)~~", 2, "s", multiline=False),
+    _Emphasis(r"\|\|(?=\S)", r"(?<=\S)\|\|", 2, "tg-spoiler", multiline=False),
 ]
-_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*$", re.MULTILINE)
-_BULLET = re.compile(r"^(\s*)[-*+]\s+", re.MULTILINE)
 _TOKEN = re.compile(r"(<[^>]*>|&#?\w+;)")
 _TAG = re.compile(r"<(/?)([a-z-]+)")
 
@@ -40,19 +89,14 @@ def _utf16_len(text: str) -> int:
 
 def _quotes(text: str) -> str:
     """Consecutive `> ` lines → one <blockquote>."""
-    out: list[str] = []
-    quote: list[str] = []
-    for line in text.split("\n"):
-        if line.startswith("&gt; ") or line == "&gt;":
-            quote.append(line[5:])
-            continue
-        if quote:
-            out.append("<blockquote>" + "\n".join(quote) + "</blockquote>")
-            quote = []
-        out.append(line)
-    if quote:
-        out.append("<blockquote>" + "\n".join(quote) + "</blockquote>")
-    return "\n".join(out)
+    return _QUOTE.sub(lambda m: "<blockquote>" + "\n".join(line[5:] for line in m.group().split("\n"))
+                      + "</blockquote>", text)
+
+
+def _heading(match: re.Match[str]) -> str:
+    """`# Title ##` → <b>Title</b>: closing hashes and trailing spaces dropped (rstrip: linear, unlike a regex)."""
+    title = match.group(1).rstrip("#").rstrip()
+    return f"<b>{title}</b>" if title else match.group(0)
 
 
 def markdown_to_html(text: str) -> str:
@@ -79,10 +123,10 @@ def markdown_to_html(text: str) -> str:
     work = html.escape(work, quote=False)
     work = _LINK.sub(lambda m: keep(f'<a href="{m.group(2).replace(chr(34), "%22")}">') + m.group(1)
                      + keep("</a>"), work)
-    work = _HEADING.sub(r"<b>\1</b>", work)
+    work = _HEADING.sub(_heading, work)
     work = _BULLET.sub(r"\1• ", work)
-    for pattern, replacement in _INLINE_RULES:
-        work = pattern.sub(replacement, work)
+    for rule in _INLINE_RULES:
+        work = rule.apply(work)
     work = _quotes(work)
     rendered = _PLACEHOLDER.sub(lambda m: saved[int(m.group(1))], work)
     if not well_nested(rendered):
@@ -121,14 +165,7 @@ def _units(markup: str) -> list[str]:
     return units
 
 
-def _break_priority(units: list[str], index: int) -> int:
-    """How good a split before `units[index]` is: end 4, paragraph 3, line 2, word 1, else 0."""
-    if index >= len(units):
-        return 4
-    unit = units[index]
-    if unit == "\n":
-        return 3 if index + 1 < len(units) and units[index + 1] == "\n" else 2
-    return 1 if unit.isspace() else 0
+_BREAKS = {3: re.compile(r"\n(?=\n)"), 2: re.compile(r"\n(?!\n)"), 1: re.compile(r"[^\S\n]")}
 
 
 def _closing(opened: tuple[str, ...]) -> str:
@@ -142,37 +179,56 @@ def visible_length(markup: str) -> int:
 
 def split_html(markup: str, limit: int = MESSAGE_LIMIT) -> list[str]:
     """Split Telegram HTML into chunks of at most `limit` visible UTF-16 units, each valid on its own."""
-    if visible_length(markup) <= limit:
-        return [markup] if html_to_plain(markup).strip() else []
+    plain = html_to_plain(markup)
+    if not plain.strip():
+        return []
+    if _utf16_len(plain) <= limit:
+        return [markup]
     units = _units(markup)
-    sizes = [0 if u.startswith("<") else _utf16_len(html.unescape(u)) for u in units]
-    # opened[i]: the tags open before units[i] (as written, so they can be reopened verbatim).
-    opened: list[tuple[str, ...]] = []
-    stack: list[str] = []
-    for unit in units:
-        opened.append(tuple(stack))
-        match = _TAG.match(unit) if unit.startswith("<") else None
-        if match is not None:
-            if not match.group(1):
-                stack.append(unit)
+    # filled[i]: visible size of units[:i]. A lone character is 1 unit, or 2 beyond the BMP.
+    filled = list(itertools.accumulate(
+        [0 if unit[0] == "<" else 1 + (unit > "\uffff") if len(unit) == 1 else _utf16_len(html.unescape(unit))
+         for unit in units],
+        initial=0,
+    ))
+    # How good a split before units[i] is: the end 4, paragraph 3, line 2, word 1, anywhere else 0.
+    kinds = "".join([unit if len(unit) == 1 else "x" for unit in units])  # one character per unit
+    points = {priority: [m.start() for m in pattern.finditer(kinds)] for priority, pattern in _BREAKS.items()}
+    points[4] = [len(units)]
+    tags = [(index, unit) for index, unit in enumerate(units) if unit[0] == "<" and _TAG.match(unit)]
+    next_tag = 0
+    stack: list[str] = []  # the tags open before units[position], as written (to reopen them verbatim)
+
+    def opened_before(position: int) -> tuple[str, ...]:
+        nonlocal next_tag
+        while next_tag < len(tags) and tags[next_tag][0] < position:
+            tag = tags[next_tag][1]
+            next_tag += 1
+            if tag[1] != "/":
+                stack.append(tag)
             elif stack:
                 stack.pop()
-    opened.append(tuple(stack))
+        return tuple(stack)
 
     chunks: list[str] = []
     start = 0
     while start < len(units):
-        size, end = 0, start
+        opened = opened_before(start)
+        end = bisect.bisect_right(filled, filled[start] + limit) - 1  # the most that fits
         last: dict[int, tuple[int, int]] = {}  # priority -> (latest split point, chunk size there)
-        while end < len(units) and size + sizes[end] <= limit:
-            size += sizes[end]
-            end += 1
-            last[_break_priority(units, end)] = (end, size)
+        anywhere = start + len(kinds[start + 1:end + 1].rstrip())
+        if anywhere > start:
+            last[0] = (anywhere, filled[anywhere] - filled[start])
+        for priority, indexes in points.items():
+            latest = indexes[bisect.bisect_right(indexes, end) - 1] if indexes and indexes[0] <= end else -1
+            if latest > start:
+                last[priority] = (latest, filled[latest] - filled[start])
         # The best kind of break that still fills half a message; else the best kind there is.
-        full = [p for p, (_, filled) in last.items() if filled >= limit // 2]
+        full = [p for p, (_, size) in last.items() if size >= limit // 2]
         best = last[max(full or last)][0] if last else start + 1
         body = "".join(units[start:best])
-        chunk = "".join(opened[start]) + (body if opened[best] else body.rstrip()) + _closing(opened[best])
+        closed = opened_before(best)
+        chunk = "".join(opened) + (body if closed else body.rstrip()) + _closing(closed)
         if html_to_plain(chunk).strip():
             chunks.append(chunk)
         start = best
