@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import json
 import logging
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from aiohttp import web
 from telegram import Bot, BotCommand, Update
@@ -26,6 +26,7 @@ from telegram.ext import (
     MessageHandler,
     filters,
 )
+from telegram.request import HTTPXRequest, RequestData
 
 from bot.plugin import Connector
 from bot.settings import Settings, VoiceReplies
@@ -48,6 +49,47 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 ALLOWED_UPDATES = [Update.MESSAGE, Update.EDITED_MESSAGE, Update.CALLBACK_QUERY]
 
 
+def parse_update(data: dict[str, Any], bot: Bot | None) -> Update | None:
+    """The update in `data`, or None (logged) when python-telegram-bot cannot read it."""
+    try:
+        return Update.de_json(data, bot)
+    except Exception as error:  # de_json raises whatever a malformed field makes it raise
+        log.warning("dropped Telegram update %s: it cannot be parsed (%s)", data.get("update_id"), type(error).__name__)
+        return None
+
+
+def has_update_id(data: object) -> bool:
+    return isinstance(data, dict) and type(data.get("update_id")) is int
+
+
+class PollingRequest(HTTPXRequest):
+    """The getUpdates connection: an update python-telegram-bot cannot parse would fail the whole
+    batch, and the Updater would fetch it again at once, forever, never reaching the updates behind
+    it. So each update is checked here first, and one that cannot be parsed is replaced by an empty
+    update with its update_id: the offset moves past it and it is logged once."""
+
+    async def do_request(self, url: str, method: str, request_data: RequestData | None = None,
+                         *args: Any, **kwargs: Any) -> tuple[int, bytes]:
+        code, payload = await super().do_request(url, method, request_data, *args, **kwargs)
+        if code != 200 or not url.endswith("/getUpdates"):
+            return code, payload
+        try:
+            body = json.loads(payload)
+        except (ValueError, RecursionError):
+            return code, payload  # python-telegram-bot reports an unreadable answer (and backs off)
+        updates = body.get("result") if isinstance(body, dict) else None
+        if not isinstance(updates, list):
+            log.warning("getUpdates answered with something that is not a list of updates; retrying later")
+            return 502, b'{"ok": false, "error_code": 502, "description": "Bad Gateway"}'  # retried with back-off
+        kept = [update if parse_update(update, None) is not None else {"update_id": update["update_id"]}
+                for update in updates if has_update_id(update)]
+        if len(kept) < len(updates):
+            log.warning("dropped %d Telegram update(s) without an update_id", len(updates) - len(kept))
+            if not kept:  # the offset cannot move on: let the polling loop back off instead of spinning
+                return 502, b'{"ok": false, "error_code": 502, "description": "Bad Gateway"}'
+        return code, json.dumps({**body, "result": kept}).encode()
+
+
 def webhook_secret(settings: Settings) -> str:
     """TELEGRAM_WEBHOOK_SECRET, or one derived from the token (never the token itself)."""
     if settings.telegram_webhook_secret is not None:
@@ -60,7 +102,10 @@ class WebhookEndpoint:
     """`POST /telegram/webhook`: checks Telegram's secret header, then queues the update.
 
     The route exists before the connector has started (the HTTP server starts first), so until
-    an Application is attached it answers 503 and Telegram retries later.
+    an Application is attached it answers 503 and Telegram retries later. A body that is not a
+    JSON object with an integer update_id is not from Telegram: 400. An update python-telegram-bot
+    cannot parse is dropped with one log line but answered 200, because Telegram would otherwise
+    redeliver it for as long as it keeps failing and hold back the updates behind it.
     """
 
     def __init__(self, secret: str) -> None:
@@ -76,10 +121,14 @@ class WebhookEndpoint:
         if application is None or not application.running:
             return web.json_response({"error": "not ready"}, status=503)
         try:
-            update = Update.de_json(await request.json(), application.bot)
-        except (ValueError, TypeError, KeyError, json.JSONDecodeError):
+            data = json.loads(await request.read())
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep to read
+            data = None
+        if not has_update_id(data):
             return web.json_response({"error": "the body is not a Telegram update"}, status=400)
-        await application.update_queue.put(update)
+        update = parse_update(data, application.bot)
+        if update is not None:
+            await application.update_queue.put(update)
         return web.json_response({"ok": True})
 
 
@@ -105,6 +154,7 @@ class TelegramConnector(Connector):
             .base_file_url(f"{root}/file/bot")
             .rate_limiter(telegram_rate_limiter())
             .concurrent_updates(ChatOrderedProcessor())
+            .get_updates_request(PollingRequest(connection_pool_size=1))
         )
         if settings.telegram_webhook_url:
             builder = builder.updater(None)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable
+from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from bot.plugin import HandlerCallback, MessagePreparer
 from bot.runtime import ShuttingDown
 from bot.types import ChannelType, Content, Entity, Memory, MentionContext, Room, World
 
+from .intake import is_id, message_text, name_of, text_of
 from .outbox import Target, Typing, message_key
 from .voice import AUDIO_KINDS, SOURCE, MediaReader
 
@@ -66,15 +68,28 @@ def is_group(chat: Chat) -> bool:
     return chat.type in (ChatType.GROUP, ChatType.SUPERGROUP)
 
 
+def malformed(message: Message) -> str | None:
+    """Why a message cannot be stored (no chat, sender or ids of the right type), or None."""
+    if not isinstance(message.chat, Chat) or not is_id(message.chat.id):
+        return "no chat"
+    if not isinstance(message.from_user, User) or not is_id(message.from_user.id):
+        return "no sender"
+    if not is_id(message.message_id):
+        return "no message id"
+    if not isinstance(message.date, datetime):
+        return "no date"
+    return None
+
+
 def topic_of(message: Message) -> int | None:
     """The forum topic a message is in; None outside forums (reply threads are not topics)."""
-    return message.message_thread_id if message.is_topic_message else None
+    return message.message_thread_id if message.is_topic_message is True and is_id(message.message_thread_id) else None
 
 
 def real_reply(message: Message) -> Message | None:
     """The message replied to, except the topic-creation message Telegram sets on every topic post."""
     replied = message.reply_to_message
-    if replied is None or replied.forum_topic_created is not None:
+    if not isinstance(replied, Message) or replied.forum_topic_created is not None or not is_id(replied.message_id):
         return None
     return replied
 
@@ -94,16 +109,18 @@ class Inbound:
         return create_unique_uuid(self.runtime.agent_id, key)
 
     def entity(self, user: User) -> Entity:
-        names = list(dict.fromkeys(n for n in (user.full_name, user.username) if n))
+        full_name = " ".join(n for n in (name_of(user.first_name), name_of(user.last_name)) if n)
+        username = name_of(user.username) or None
+        names = list(dict.fromkeys(n for n in (full_name, username) if n))
         return Entity(id=self._uuid(f"telegram:user:{user.id}"), agent_id=self.runtime.agent_id, names=names,
-                      metadata={"telegram": {"id": user.id, "username": user.username, "is_bot": user.is_bot}})
+                      metadata={"telegram": {"id": user.id, "username": username, "is_bot": user.is_bot is True}})
 
     def room(self, chat: Chat, thread_id: int | None, topic_name: str | None = None) -> tuple[Room, World]:
         world = World(id=self._uuid(f"telegram:chat:{chat.id}"), agent_id=self.runtime.agent_id,
-                      name=chat.title or chat.full_name or str(chat.id), server_id=str(chat.id),
-                      metadata={"telegram": {"chat_type": chat.type}})
+                      name=name_of(chat.title) or name_of(chat.first_name) or str(chat.id), server_id=str(chat.id),
+                      metadata={"telegram": {"chat_type": name_of(chat.type)}})
         key = f"telegram:chat:{chat.id}" + (f":topic:{thread_id}" if thread_id else "")
-        name = world.name if topic_name is None else f"{world.name} / {topic_name}"
+        name = f"{world.name} / {name_of(topic_name)}" if topic_name else world.name
         room = Room(id=self._uuid(key), agent_id=self.runtime.agent_id, name=name, source=SOURCE,
                     type=ChannelType.GROUP if is_group(chat) else ChannelType.DM, channel_id=str(chat.id),
                     server_id=str(chat.id), world_id=world.id,
@@ -121,7 +138,12 @@ class Inbound:
 
     def _mention(self, message: Message) -> MentionContext:
         bot = message.get_bot()
-        text_entities = message.parse_entities() or message.parse_caption_entities()
+        try:
+            text_entities = message.parse_entities() or message.parse_caption_entities()
+        except (UnicodeDecodeError, TypeError, ValueError, AttributeError, IndexError):
+            # Offsets that split a surrogate pair or do not fit the text: the mention is judged by name.
+            log.info("ignoring malformed entities of message %s in chat %s", message.message_id, message.chat.id)
+            text_entities = {}
         username = f"@{bot.username}".lower()
         mentioned = any(
             (entity.type == MessageEntity.MENTION and value.lower() == username)
@@ -129,8 +151,8 @@ class Inbound:
             for entity, value in text_entities.items()
         )
         replied = real_reply(message)
-        is_reply = bool(replied and replied.from_user and replied.from_user.id == bot.id)
-        named = self._names_bot(message.text or message.caption or "", bot.first_name, bot.username)
+        is_reply = bool(replied and isinstance(replied.from_user, User) and replied.from_user.id == bot.id)
+        named = self._names_bot(message_text(message), bot.first_name, bot.username)
         return MentionContext(is_mention=mentioned or named, is_reply=is_reply,
                               is_thread=topic_of(message) is not None)
 
@@ -144,8 +166,9 @@ class Inbound:
         user, chat = message.from_user, message.chat
         assert user is not None
         thread_id = topic_of(message)
-        topic = message.reply_to_message.forum_topic_created if message.reply_to_message else None
-        room, world = self.room(chat, thread_id, topic.name if topic else None)
+        replied_to = message.reply_to_message
+        topic = replied_to.forum_topic_created if isinstance(replied_to, Message) else None
+        room, world = self.room(chat, thread_id, topic.name if topic is not None else None)
         entity = self.entity(user)
         await self.runtime.ensure_connection(entity, room, world)
         replied = real_reply(message)
@@ -158,14 +181,24 @@ class Inbound:
                 attachments=attachments or [],
             ),
             created_at=int(message.date.timestamp() * 1000),
-            metadata={"author_is_bot": user.is_bot, "telegram": {"chat_id": chat.id, "message_id": message.message_id,
+            metadata={"author_is_bot": user.is_bot is True, "telegram": {"chat_id": chat.id, "message_id": message.message_id,
                                                                  "thread_id": thread_id}},
         )
 
     # Handlers -----------------------------------------------------------------------------------
+    def _readable(self, update: Update, message: Message | None) -> Message | None:
+        """The message, or None (logged once) when it lacks what storing it needs."""
+        if message is None:
+            return None
+        problem = malformed(message)
+        if problem is not None:
+            log.warning("dropped Telegram update %s: malformed message (%s)", update.update_id, problem)
+            return None
+        return message
+
     async def on_message(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        message = update.message
-        if message is None or message.from_user is None or message.from_user.id == context.bot.id:
+        message = self._readable(update, update.message)
+        if message is None or message.from_user.id == context.bot.id:
             return
         if not self._allowed(message.chat):
             return
@@ -186,10 +219,10 @@ class Inbound:
 
     async def on_edited(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """An edit replaces the stored text; it is never answered a second time."""
-        message = update.edited_message
-        if message is None or message.from_user is None or not self._allowed(message.chat):
+        message = self._readable(update, update.edited_message)
+        if message is None or not self._allowed(message.chat):
             return
-        memory = await self._memory(message, message.text or message.caption or "")
+        memory = await self._memory(message, message_text(message))
         stored = await self.runtime.store.get_memory(memory.id)
         if stored is None:
             log.debug("edit of a message that was never stored (chat %s)", message.chat_id)
@@ -201,12 +234,12 @@ class Inbound:
 
     async def on_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """/start and /help answer from the character file, without a model call."""
-        message = update.message
+        message = self._readable(update, update.message)
         if message is None or not self._allowed(message.chat):
             return
         self.connector.outbox.unblock(message.chat_id)
         character = self.runtime.character
-        command = (message.text or "").split()[0].split("@")[0].lstrip("/").lower()
+        command = (text_of(message.text).split() or [""])[0].split("@")[0].lstrip("/").lower()
         if command == "help":
             text = (f"Talk to me in a private chat, or mention @{context.bot.username} or reply to me in a group. "
                     "You can send voice notes and photos too.")
@@ -221,7 +254,13 @@ class Inbound:
         query = update.callback_query
         if query is None:
             return
-        pressed = await self.connector.buttons.resolve(query.data)
+        source = query.message
+        if not isinstance(query.from_user, User) or not is_id(query.from_user.id) or not isinstance(query.id, str) or (
+                source is not None and (not isinstance(source.chat, Chat) or not is_id(source.chat.id)
+                                        or not is_id(source.message_id))):
+            log.warning("dropped Telegram update %s: malformed button press", update.update_id)
+            return
+        pressed = await self.connector.buttons.resolve(query.data if isinstance(query.data, str) else None)
         if pressed is None or query.message is None:
             await query.answer(EXPIRED_BUTTON, show_alert=True)
             return
@@ -229,8 +268,7 @@ class Inbound:
         chat = query.message.chat
         if not self._allowed(chat):
             return
-        source = query.message if isinstance(query.message, Message) else None
-        thread_id = topic_of(source) if source is not None else None
+        thread_id = topic_of(source) if isinstance(source, Message) else None
         room, world = self.room(chat, thread_id)
         entity = self.entity(query.from_user)
         await self.runtime.ensure_connection(entity, room, world)
@@ -243,7 +281,7 @@ class Inbound:
                 in_reply_to=self._uuid(message_key(chat.id, query.message.message_id)),
                 metadata={"button": {"label": pressed.label}},
             ),
-            metadata={"author_is_bot": query.from_user.is_bot},
+            metadata={"author_is_bot": query.from_user.is_bot is True},
         )
         await self._submit(memory, Target(chat.id, thread_id), addressed=True)
 

@@ -125,6 +125,7 @@ class FakeTelegram:
         self.calls: list[Call] = []
         self.files: dict[str, tuple[str, bytes]] = {}  # file_id -> (file_path, content)
         self.webhook: dict[str, Any] = {}
+        self.polls = 0  # getUpdates calls (not in `calls`: there are too many)
         self._updates: list[dict[str, Any]] = []
         self._update_ids = itertools.count(1)
         self._message_ids: defaultdict[int, itertools.count[int]] = defaultdict(lambda: itertools.count(1000))
@@ -336,6 +337,7 @@ class FakeTelegram:
         return self.me
 
     async def _api_getUpdates(self, params: dict[str, Any]) -> Any:
+        self.polls += 1
         offset = int(params.get("offset") or 0)
         timeout = float(params.get("timeout") or 0)
         self._updates = [u for u in self._updates if u["update_id"] >= offset]
