@@ -59,10 +59,12 @@ async def test_visitor_reaches_only_its_own_conversation(tmp_path: Path, fake: F
             assert status == 200 and said["reply"]["text"] == "Hello from Test."
             assert (await bot.call("GET", f"/api/sessions/{sid}/messages", client=alice))[0] == 200
 
-            # Another visitor, or the same one without its cookie, cannot see it; nor the admin's session.
-            for client in (bob, bot.http):  # bot.http keeps no cookie for 127.0.0.1: a new visitor
-                for method, path in (("GET", ""), ("GET", "/messages"), ("POST", "/renew"), ("DELETE", "")):
-                    assert (await bot.call(method, f"/api/sessions/{sid}{path}", client=client))[0] == 404
+            # Without a cookie: 401; another visitor with its own session: 404; nor the admin's session.
+            for method, path in (("GET", ""), ("GET", "/messages"), ("POST", "/renew"), ("DELETE", "")):
+                assert (await bot.call(method, f"/api/sessions/{sid}{path}", client=bob))[0] == 401
+            assert (await bot.call("POST", "/api/sessions", json={"userId": "bob"}, client=bob))[0] == 201
+            for method, path in (("GET", ""), ("GET", "/messages"), ("POST", "/renew"), ("DELETE", "")):
+                assert (await bot.call(method, f"/api/sessions/{sid}{path}", client=bob))[0] == 404
             other = admin_session["sessionId"]
             for method, path in (("GET", ""), ("GET", "/messages"), ("POST", "/heartbeat"), ("DELETE", "")):
                 status, body = await bot.call(method, f"/api/sessions/{other}{path}", client=alice)
@@ -85,6 +87,11 @@ async def test_admin_key_in_either_header(tmp_path: Path, fake: FakeOpenAI) -> N
         assert (await bot.call("GET", "/api/agents", headers={"X-API-KEY": "wrong", **ADMIN}))[0] == 200
         status, body = await bot.call("GET", "/api/agents", headers={"Authorization": "Bearer"})
         assert status == 401 and "X-API-KEY" in body["error"]["message"]
+    async with running_app(tmp_path, fake, api_key=KEY, web_chat="public") as bot, browser_like() as visitor:
+        # A wrong key is refused, not quietly demoted to a visitor.
+        status, _ = await bot.call("POST", "/api/sessions", json={"userId": "v"}, client=visitor,
+                                   headers={"X-API-KEY": "wrong"})
+        assert status == 401
 
 
 async def test_without_a_key_proxied_requests_are_remote(tmp_path: Path, fake: FakeOpenAI) -> None:

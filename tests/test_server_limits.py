@@ -102,12 +102,10 @@ async def test_visitor_messages_are_limited_per_session(tmp_path: Path, fake: Fa
 
 
 async def test_visitor_requests_are_limited_per_ip(tmp_path: Path, fake: FakeOpenAI) -> None:
-    async with running_app(tmp_path, fake, **PUBLIC, web_chat_ip_per_minute=3) as bot:
-        statuses = []
-        for _ in range(5):
-            async with browser_like(_from("203.0.113.1")) as fresh:  # a new cookie each time does not help
-                statuses.append((await bot.call("GET", f"/api/sessions/{uuid.uuid4()}", client=fresh))[0])
-        assert statuses == [404, 404, 404, 429, 429]
+    async with running_app(tmp_path, fake, **PUBLIC, web_chat_ip_per_minute=3, web_chat_sessions_per_ip=10) as bot:
+        answers = [await _open(bot, "203.0.113.1") for _ in range(5)]  # a new cookie each time does not help
+        assert [status for status, _ in answers] == [201, 201, 201, 429, 429]
+        assert "from your address" in answers[-1][1]["error"]["message"]
         assert (await _open(bot, "203.0.113.2"))[0] == 201
         assert (await bot.call("GET", "/api/agents", headers=ADMIN))[0] == 200
 

@@ -1,5 +1,6 @@
 """schemathesis fuzzes every operation of `/api/openapi.json` against the running bot: no 5xx, and
-every response (status, content type, body) matches what the document says."""
+every response (status, content type, body) matches what the document says — once with the admin
+key, once as a web chat visitor (WEB_CHAT=public, no key), for whom the admin API must answer 401."""
 
 from __future__ import annotations
 
@@ -8,17 +9,29 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.server_helpers import fake_model, running_app
 
+KEY = "schema-key"
 
-async def test_openapi_document_matches_the_api(tmp_path: Path) -> None:
+
+@pytest.mark.parametrize("caller", ["admin", "visitor"])
+async def test_openapi_document_matches_the_api(tmp_path: Path, caller: str) -> None:
     schemathesis = shutil.which("schemathesis") or shutil.which("st")
     command = [schemathesis] if schemathesis else [sys.executable, "-m", "schemathesis.cli"]
-    async with fake_model() as fake, running_app(tmp_path, fake, api_key="schema-key", rate_limit_per_minute=0) as bot:
+    # A visitor is expected to get only 401 from the admin operations: no warning for that.
+    auth = ["--header", f"Authorization: Bearer {KEY}"] if caller == "admin" else [
+        "--warnings", "missing_test_data,validation_mismatch,unused_openapi_auth,method_not_allowed"]
+    # Generous visitor limits: the fuzzer is one client, and the limits have tests of their own.
+    limits = {"web_chat_ip_per_minute": 100_000, "web_chat_messages_per_minute": 100_000,
+              "web_chat_sessions_per_ip": 1000, "web_chat_max_sessions": 1000}
+    async with fake_model() as fake, running_app(tmp_path, fake, api_key=KEY, rate_limit_per_minute=0,
+                                                 web_chat="public", **limits) as bot:
         process = await asyncio.create_subprocess_exec(
             *command, "run", f"{bot.url}/api/openapi.json", "--checks", "all",
             "--exclude-checks", "positive_data_acceptance",  # a valid-looking unknown id is still a 404
-            "--header", "Authorization: Bearer schema-key", "--max-examples", "15", "--seed", "1",
+            *auth, "--max-examples", "15", "--seed", "1",
             "--phases", "examples,coverage,fuzzing,stateful", "--workers", "4", "--no-shrink",
             "--request-timeout", "20", "--suppress-health-check", "all",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path,

@@ -42,7 +42,8 @@ _TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")  # secrets.token_urlsafe(32)
 class Access(StrEnum):
     PUBLIC = "public"  # anyone
     ADMIN = "admin"  # the key holder (or, without API_KEY, a direct loopback client)
-    VISITOR = "visitor"  # admins, and web chat visitors within their own sessions
+    VISITOR = "visitor"  # admins, and web chat visitors (by their cookie) within their own sessions
+    VISITOR_START = "visitor_start"  # admins, and any web chat visitor: a new one gets its cookie here
 
 
 def _digest(value: str, size: int) -> str:
@@ -131,28 +132,45 @@ class AccessPolicy:
     def allow(self, method: str, path: str, access: Access) -> None:
         self.routes[(method.upper(), path)] = access
 
+    @property
+    def visitors(self) -> bool:
+        return self.web_chat is WebChatMode.PUBLIC
+
     def access_of(self, request: web.Request) -> Access:
-        """Listed routes as declared; anything else under /api (even a 404) is admin-only; the rest public."""
+        """Listed routes as declared; anything else under /api (even a 404) is admin-only; the rest public.
+        A known path asked with the wrong method is public: it only ever gets its 405."""
+        error = request.match_info.http_exception
+        if error is not None and error.status == 405:
+            return Access.PUBLIC
         default = Access.ADMIN if request.path.startswith(API_PREFIX + "/") else Access.PUBLIC
         return self.routes.get(route_key(request), default)
 
     def _is_admin(self, request: web.Request) -> bool:
+        """With API_KEY: a key that matches, and a wrong one is refused (never demoted to a visitor)."""
+        presented = _presented_keys(request)
         if not self.api_key:
             return is_direct_loopback(request)
+        if not presented:
+            return False
         key = self.api_key.encode()
         # Every candidate is compared in full (constant time), whichever header it came in.
-        matches = [hmac.compare_digest(given.encode("utf-8", "replace"), key) for given in _presented_keys(request)]
-        return any(matches)
+        if any([hmac.compare_digest(given.encode("utf-8", "replace"), key) for given in presented]):
+            return True
+        raise self.unauthorized()
 
-    def identify(self, request: web.Request) -> Caller:
+    def identify(self, request: web.Request, access: Access) -> Caller:
+        """The admin, or a web chat visitor where `access` lets one in; else 401."""
         ip = client_ip(request, self.trusted_proxies)
         if self._is_admin(request):
             return Caller(admin=True, ip=ip)
-        if self.web_chat is not WebChatMode.PUBLIC:
-            return Caller(admin=False, ip=ip)
+        if not self.visitors or access not in (Access.VISITOR, Access.VISITOR_START):
+            raise self.unauthorized()
         token = request.cookies.get(VISITOR_COOKIE, "")
         if _TOKEN.match(token):
             return Caller(admin=False, ip=ip, visitor_token=token)
+        if access is Access.VISITOR:
+            raise ApiError(401, "UNAUTHORIZED", "no web chat session cookie: start a session with POST "
+                           "/api/sessions (or send the API key)", headers={"WWW-Authenticate": 'Bearer realm="parley"'})
         return Caller(admin=False, ip=ip, visitor_token=secrets.token_urlsafe(32), new_visitor=True)
 
     def unauthorized(self) -> ApiError:
@@ -186,9 +204,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     access = policy.access_of(request)
     if access is Access.PUBLIC:
         return await handler(request)
-    caller = policy.identify(request)
-    if not caller.admin and (access is Access.ADMIN or caller.visitor_token is None):
-        raise policy.unauthorized()
+    caller = policy.identify(request, access)
     if not caller.admin:
         await policy.admit_visitor(caller)
     request[CALLER] = caller

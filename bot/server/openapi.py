@@ -35,8 +35,14 @@ _ERROR_TEXT = {
 }
 
 _ADMIN = ("The server's API_KEY. Without API_KEY only direct loopback clients are served (not through a proxy).")
-_SECURITY = {Access.ADMIN: [{"bearer": []}, {"apiKey": []}],
-             Access.VISITOR: [{"bearer": []}, {"apiKey": []}, {"visitor": []}]}
+_ADMIN_SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
+
+
+def _security(access: Access, visitors: bool) -> list[dict[str, list[str]]]:
+    """Admin credentials; with visitors on, their cookie too, or nothing at all to start a session."""
+    if not visitors or access is Access.ADMIN:
+        return _ADMIN_SECURITY
+    return [*_ADMIN_SECURITY, {"visitor": []} if access is Access.VISITOR else {}]
 
 
 @dataclass
@@ -76,7 +82,7 @@ def _query_parameters(model: type[BaseModel], definitions: dict[str, Any]) -> li
     return params
 
 
-def build_openapi(operations: Sequence[Operation], *, title: str, version: str) -> dict[str, Any]:
+def build_openapi(operations: Sequence[Operation], *, title: str, version: str, visitors: bool) -> dict[str, Any]:
     models: set[type[BaseModel]] = {ErrorResponse}
     for op in operations:
         models.update(m for m in op.responses.values() if m is not None)
@@ -113,7 +119,7 @@ def build_openapi(operations: Sequence[Operation], *, title: str, version: str) 
             responses[str(status)] = entry
         errors = set(op.errors) | ({400, 413} if op.body is not None else set()) | (
             {400} if op.query is not None else set()) | ({401, 503} if op.access is not Access.PUBLIC else set()) | (
-            {429} if op.access is Access.VISITOR else set()) | ({403, 415} if op.method in STATE_CHANGING else set())
+            {429} if visitors and op.access in (Access.VISITOR, Access.VISITOR_START) else set()) | ({403, 415} if op.method in STATE_CHANGING else set())
         for status in sorted(errors):
             responses[str(status)] = {"description": _ERROR_TEXT.get(status, "Error"), "content": {
                 "application/json": {"schema": _ref(ErrorResponse)}}}
@@ -121,7 +127,7 @@ def build_openapi(operations: Sequence[Operation], *, title: str, version: str) 
             "application/json": {"schema": _ref(ErrorResponse)}}}
         item["responses"] = responses
         if op.access is not Access.PUBLIC:
-            item["security"] = _SECURITY[op.access]
+            item["security"] = _security(op.access, visitors)
         paths.setdefault(op.path, {})[op.method.lower()] = item
     return {
         "openapi": "3.1.0",

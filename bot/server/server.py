@@ -56,7 +56,8 @@ class WebServer:
             self.operations.append(Operation("GET", WEB_CHAT_PATH, self.web_chat_info, "What the web chat page "
                                              "needs: the character's name and who may chat", "web chat",
                                              {200: WebChatInfo}, access=Access.PUBLIC))
-        self.openapi = build_openapi(self.operations, title=f"parley: {runtime.character.name}", version=_version())
+        self.openapi = build_openapi(self.operations, title=f"parley: {runtime.character.name}", version=_version(),
+                                     visitors=self.policy.visitors)
         self.app = self._build_app()
         self.port: int | None = None
         self._runner: web.AppRunner | None = None

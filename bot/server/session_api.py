@@ -237,5 +237,5 @@ class SessionApi:
                       {200: SessionEnded}, errors=[404], path_params=sid),
         ]
         for operation in operations:
-            operation.access = Access.VISITOR
+            operation.access = Access.VISITOR_START if operation.handler == self.create_session else Access.VISITOR
         return operations
