@@ -154,7 +154,11 @@ class MediaReader:
         except TelegramError as error:
             log.warning("could not download a file from chat %s: %s", message.chat_id, error)
             return None
-        if (isinstance(file.file_size, int) and file.file_size > limit) or not file.file_path:
+        if isinstance(file.file_size, int) and file.file_size > limit:
+            log.info("not downloading a %d-byte file: over the %d-byte limit", file.file_size, limit)
+            return None
+        if not file.file_path:
+            log.warning("could not download a file from chat %s: Telegram gave no path", message.chat_id)
             return None
         with tempfile.TemporaryFile() as spool:
             received = 0

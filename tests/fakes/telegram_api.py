@@ -124,6 +124,7 @@ class FakeTelegram:
                    "can_join_groups": True, "can_read_all_group_messages": True, "supports_inline_queries": False}
         self.calls: list[Call] = []
         self.files: dict[str, tuple[str, bytes]] = {}  # file_id -> (file_path, content)
+        self.reported_sizes: dict[str, int] = {}  # file_id -> the file_size getFile claims, if not the real one
         self.webhook: dict[str, Any] = {}
         self.polls = 0  # getUpdates calls (not in `calls`: there are too many)
         self._updates: list[dict[str, Any]] = []
@@ -434,7 +435,8 @@ class FakeTelegram:
         if file_id not in self.files:
             raise ApiErrorRaised(ApiError(400, "Bad Request: invalid file_id"))
         path, content = self.files[file_id]
-        return {"file_id": file_id, "file_unique_id": f"u-{file_id}", "file_size": len(content), "file_path": path}
+        size = self.reported_sizes.get(file_id, len(content))
+        return {"file_id": file_id, "file_unique_id": f"u-{file_id}", "file_size": size, "file_path": path}
 
 
 class ApiErrorRaised(Exception):
