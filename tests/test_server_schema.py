@@ -32,7 +32,9 @@ async def test_openapi_document_matches_the_api(tmp_path: Path, caller: str) -> 
             *command, "run", f"{bot.url}/api/openapi.json", "--checks", "all",
             "--exclude-checks", "positive_data_acceptance",  # a valid-looking unknown id is still a 404
             *auth, "--max-examples", "15", "--seed", "1",
-            "--phases", "examples,coverage,fuzzing,stateful", "--workers", "4", "--no-shrink",
+            # One worker: with several, hypothesis races in its threads on 3.11 (SystemError: AST constructor
+            # recursion depth mismatch), a fuzzer crash that says nothing about the API.
+            "--phases", "examples,coverage,fuzzing,stateful", "--workers", "1", "--no-shrink",
             "--request-timeout", "20", "--suppress-health-check", "all",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path,
         )
