@@ -71,7 +71,7 @@ class Mapper:
     def entity(self, user: discord.abc.User) -> Entity:
         names = list(dict.fromkeys(one_line(n) for n in (user.display_name, user.name) if n))
         return Entity(id=self.uuid(f"discord:user:{user.id}"), agent_id=self.runtime.agent_id, names=names,
-                      metadata={"discord": {"id": str(user.id), "username": user.name, "bot": user.bot}})
+                      metadata={"discord": {"id": str(user.id), "username": one_line(user.name), "bot": user.bot}})
 
     def world(self, guild: discord.Guild | None) -> World | None:
         if guild is None:
@@ -127,7 +127,8 @@ class Mapper:
     def attachment(self, item: discord.Attachment) -> Attachment:
         """The attachment as noted at intake; an audio file over the VOICE_MAX_* caps says so."""
         noted = Attachment(id=str(item.id), kind=attachment_kind(item.content_type), title=one_line(item.filename),
-                           source=SOURCE, content_type=item.content_type, url=item.url,
+                           source=SOURCE, content_type=one_line(item.content_type) if item.content_type else None,
+                           url=item.url,
                            description=one_line(item.description) if item.description else None)
         if noted.kind == "audio" and self.runtime.has_model(ModelType.TRANSCRIPTION):
             refusal = self.audio_refusal(item)
