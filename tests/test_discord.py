@@ -608,3 +608,30 @@ async def test_button_the_bot_does_not_know_is_acknowledged_as_inactive(
     assert sum("unknown custom_id" in r.getMessage() for r in caplog.records) == 2
     await quiet(bot)
     assert discord_fake.messages == [] and len(discord_fake.interaction_responses) == 2
+
+
+async def test_lone_surrogates_in_edits_and_ask_are_replaced_not_fatal(
+    tmp_path: Path, discord_fake: FakeDiscord, model: FakeOpenAI
+) -> None:
+    runner = Bot(tmp_path, discord_fake, model, discord_guild_id=discord_fake.guild_id)
+    await runner.start()
+    try:
+        runtime = runner.app.runtime
+        sent = await say(discord_fake, GENERAL, "plain words", mentions=[discord_fake.bot])
+        await discord_fake.wait_for_messages(1)
+        memory_id = create_unique_uuid(runtime.agent_id, f"discord:msg:{GENERAL}:{sent['id']}")
+        await discord_fake.dispatch("MESSAGE_UPDATE", {**sent, "content": "edited \ud800 words",
+                                                       "edited_timestamp": sent["timestamp"]})
+        ask = next(c for c in discord_fake.commands[str(discord_fake.guild_id)] if c["name"] == "ask")
+        await discord_fake.dispatch("INTERACTION_CREATE", discord_fake.interaction(2, ALICE, GENERAL, {
+            "id": ask["id"], "name": "ask", "type": 1,
+            "options": [{"name": "question", "type": 3, "value": "why \udfff?"}]}))
+        await discord_fake.wait_for_messages(2)  # /ask answered: the question was stored and processed
+        assert "why \ufffd?" in json.dumps(model.requests[-1].body, ensure_ascii=False)
+        for _ in range(100):  # the edit is handled in its own task
+            if (stored := await runtime.store.get_memory(memory_id)).content.text != "plain words":
+                break
+            await asyncio.sleep(0.02)
+        assert stored.content.text == "edited \ufffd words"
+    finally:
+        await runner.stop()

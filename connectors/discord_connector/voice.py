@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import weakref
 from typing import TYPE_CHECKING, Any, Protocol
 
 import discord
@@ -48,7 +49,7 @@ class VoiceManager:
 
     def __init__(self, runtime: AgentRuntime) -> None:
         self.runtime = runtime
-        self._locks: dict[int, asyncio.Lock] = {}
+        self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()  # idle: dropped
 
     @staticmethod
     def connected_client(channel: Any) -> discord.VoiceClient | None:
