@@ -115,6 +115,9 @@ class ModelOutput:
     model: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Filled in by the runtime: who answered, and whether it was given the structured prompt.
+    provider: str = ""
+    structured: bool = True
 
 
 @dataclass

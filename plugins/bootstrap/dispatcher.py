@@ -16,7 +16,7 @@ from uuid import UUID
 
 from bot.plugin import HandlerCallback, MessagePreparer
 from bot.runtime import SLOW_DOWN, MessageHandler, MessageTicket, RunOutcome, ShuttingDown
-from bot.types import DIRECT_CHANNELS, Content, EventType, Memory
+from bot.types import Content, EventType, Memory
 
 from .embeddings import EmbeddingQueue
 from .pipeline import Job, Pipeline
@@ -116,7 +116,7 @@ class MessageDispatcher(MessageHandler):
         if prepare is None:  # a prepared message is embedded once its text is complete
             self.embeddings.add(message)
         if not self.rate_limiter.allow(message.entity_id):
-            future.set_result(await self._slow_down(message, callback if self._addressed(message) else None))
+            future.set_result(await self._slow_down(message, callback if self.runtime.is_addressed(message) else None))
             return MessageTicket(message, duplicate=False, outcome=future)
         self._queues.setdefault(message.room_id, deque()).append((Job(message, callback, prepare), future))
         if message.room_id not in self._workers:
@@ -134,20 +134,12 @@ class MessageDispatcher(MessageHandler):
                 log.exception("could not send the rate-limit notice")
         return RunOutcome(status="rate_limited")
 
-    def _addressed(self, message: Memory) -> bool:
-        mention = message.content.mention_context
-        return (
-            message.content.channel_type in DIRECT_CHANNELS
-            or bool(mention and (mention.is_mention or mention.is_reply))
-            or self.pipeline.names_agent(message.content.text)
-        )
-
     async def _drain_room(self, room_id: UUID) -> None:
         queue = self._queues[room_id]
         try:
             while queue:
                 job, future = queue.popleft()
-                if queue and not self._addressed(job.message):
+                if queue and not self.runtime.is_addressed(job.message):
                     # A later message is waiting: its run sees this one, so one decision covers both.
                     if job.prepare is not None:
                         job.message = await self.pipeline.prepare(job)  # so that run sees its transcript

@@ -7,10 +7,10 @@ of type `facts`, so the FACTS provider can recall it later by text (or by embedd
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from bot.lru import LRU
 from bot.plugin import ActionResult, Evaluator, State
 from bot.types import Content, Memory, MemoryType, ModelType, Relationship
 
@@ -22,21 +22,25 @@ if TYPE_CHECKING:
     from bot.runtime import AgentRuntime
 
 log = logging.getLogger(__name__)
+ROOMS_TRACKED = 10_000
 
 
 class ReflectionCounter:
     """Messages received per room since the last reflection (fed by MESSAGE_RECEIVED)."""
 
     def __init__(self) -> None:
-        self.counts: Counter[UUID] = Counter()
+        self.counts: LRU[UUID, int] = LRU(ROOMS_TRACKED)  # bounded: rooms come and go
 
     async def on_message(self, payload: dict[str, Any]) -> None:
-        self.counts[payload["message"].room_id] += 1
+        room_id = payload["message"].room_id
+        self.counts[room_id] = self.counts.get(room_id, 0) + 1
 
 
 def reflection_evaluator(counter: ReflectionCounter, recall: Recall) -> Evaluator:
     async def validate(runtime: AgentRuntime, message: Memory, state: State | None) -> bool:
-        if counter.counts[message.room_id] < runtime.settings.reflection_interval:
+        if not runtime.follows_formats(_model(runtime)):
+            return False  # a small local model's "facts" are noise; recall reads what people said
+        if counter.counts.get(message.room_id, 0) < runtime.settings.reflection_interval:
             return False
         counter.counts[message.room_id] = 0
         return True
@@ -49,8 +53,7 @@ def reflection_evaluator(counter: ReflectionCounter, recall: Recall) -> Evaluato
             "recentMessages": recent, "agentName": runtime.character.name,
             "knownFacts": "\n".join(f"- {m.content.text}" for m in known) or "(none)",
         })
-        model = ModelType.OBJECT_SMALL if runtime.has_model(ModelType.OBJECT_SMALL) else ModelType.TEXT_SMALL
-        raw = await runtime.use_model(model, {"prompt": prompt, "room_id": message.room_id})
+        raw = await runtime.use_model(_model(runtime), {"prompt": prompt, "room_id": message.room_id})
         found = parse_json_object_or_none(raw)
         if found is None:
             log.info("reflection in room %s produced no JSON; nothing stored", message.room_id)
@@ -86,6 +89,10 @@ def reflection_evaluator(counter: ReflectionCounter, recall: Recall) -> Evaluato
 
     return Evaluator("REFLECTION", "Remember lasting facts and relationships from the conversation.",
                      handler, validate, always=True)
+
+
+def _model(runtime: AgentRuntime) -> ModelType:
+    return ModelType.OBJECT_SMALL if runtime.has_model(ModelType.OBJECT_SMALL) else ModelType.TEXT_SMALL
 
 
 def _names_in_room(runtime: AgentRuntime, room_id: UUID) -> dict[str, UUID]:

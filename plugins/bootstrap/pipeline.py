@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING
 
 from bot.ids import create_unique_uuid
 from bot.plugin import HandlerCallback, MessagePreparer, State
-from bot.runtime import RunOutcome
+from bot.runtime import ModelError, RunOutcome
 from bot.settings import ShouldRespondMode
-from bot.types import DIRECT_CHANNELS, ChannelType, Content, EventType, Memory, ModelType, RoomState
+from bot.types import DIRECT_CHANNELS, Content, EventType, Memory, ModelType, RoomState
 
 from .embeddings import EmbeddingQueue
 from .parsing import ParsedResponse, parse_decision, parse_response
+from .recall import recall_statements
 from .templates import render, template_for
 
 if TYPE_CHECKING:
@@ -26,6 +27,10 @@ log = logging.getLogger(__name__)
 PLAIN_REPLY = {"REPLY", "NONE"}
 # Actions that send the response text themselves, with their buttons or images attached.
 TEXT_CARRIERS = {"CHOOSE_OPTION", "GENERATE_IMAGE"}
+# Plain (small local) models see only the last few turns and the providers that carry facts the
+# reply needs; more context mostly distracts a 135M-parameter model (bench/offline_chat.py).
+PLAIN_TURNS = 6
+PLAIN_CONTEXT = {"ATTACHMENTS", "KNOWLEDGE"}
 
 
 @dataclass
@@ -88,23 +93,17 @@ class Pipeline:
     def __init__(self, runtime: AgentRuntime, embeddings: EmbeddingQueue) -> None:
         self.runtime = runtime
         self.embeddings = embeddings
-        names = [re.escape(n) for n in (runtime.character.name, runtime.character.username) if n]
-        self._name_pattern = re.compile(rf"(?<!\w)@?(?:{'|'.join(names)})(?!\w)", re.IGNORECASE)
 
     # Should-respond -------------------------------------------------------------------------------
-    def names_agent(self, text: str) -> bool:
-        return self._name_pattern.search(text) is not None
-
     async def should_respond(self, message: Memory, run_id: uuid.UUID) -> Decision:
-        runtime, content = self.runtime, message.content
+        runtime = self.runtime
         if message.metadata.get("author_is_bot") and not runtime.settings.respond_to_bots:
             return Decision(False, "ignored", "author is a bot")
-        named = self.names_agent(content.text)
         state = await runtime.get_room_state(message.room_id)
         if state is RoomState.MUTED:
+            named = runtime.names_agent(message.content.text)
             return Decision(True) if named else Decision(False, "muted", "room is muted")
-        mention = content.mention_context
-        if content.channel_type in DIRECT_CHANNELS or (mention and (mention.is_mention or mention.is_reply)) or named:
+        if runtime.is_addressed(message):
             return Decision(True)
         if runtime.settings.should_respond_mode is ShouldRespondMode.MENTIONS:
             return Decision(False, "ignored", "not addressed (SHOULD_RESPOND_MODE=mentions)")
@@ -122,43 +121,50 @@ class Pipeline:
 
     # Generation -----------------------------------------------------------------------------------
     async def _generate(self, message: Memory, state: State) -> ParsedResponse:
+        """One model call. Models that follow the XML format get the full template; plain local
+        models (first choice or fallback) get the conversation as chat turns instead."""
         runtime = self.runtime
-        if runtime.prefers_plain_text(ModelType.TEXT_LARGE):
-            return await self._generate_plain(message, state)
         prompt = render(template_for(runtime.character.templates, "messageHandlerTemplate"), {
             **state.values, "providers": state.text, "agentName": runtime.character.name,
         })
         params = {"prompt": prompt, "system": runtime.character.system, "room_id": message.room_id,
                   "entity_id": message.entity_id}
-        raw = ""
-        for _attempt in range(2):
-            raw = await runtime.use_model(ModelType.TEXT_LARGE, params)
-            parsed = parse_response(raw)
-            if parsed is not None:
-                return parsed
-        return ParsedResponse(text=raw.strip(), actions=["REPLY"])
+        plain = await self._plain_params(message, state)
+        output = await runtime.use_model_output(ModelType.TEXT_LARGE, params, plain=plain)
+        if not output.structured:
+            return ParsedResponse(text=clean_plain_reply(output.value), actions=["REPLY"])
+        parsed = parse_response(output.value)
+        if parsed is None:  # one retry with the same model family, then the raw text is the reply
+            output = await runtime.use_model_output(ModelType.TEXT_LARGE, params, plain=plain)
+            if not output.structured:
+                return ParsedResponse(text=clean_plain_reply(output.value), actions=["REPLY"])
+            parsed = parse_response(output.value)
+        return parsed or ParsedResponse(text=str(output.value).strip(), actions=["REPLY"])
 
-    async def _generate_plain(self, message: Memory, state: State) -> ParsedResponse:
-        """For small local models: the context as the system prompt and the conversation as chat
-        turns, asking for the reply text alone; what they add around it is trimmed."""
+    async def _plain_params(self, message: Memory, state: State) -> dict:
+        """For small local models: a short system prompt, the last few turns as chat turns, and
+        what the speaker said earlier that bears on the new message right before it (they find a
+        fact placed there, not forty turns back). What they add around the reply is trimmed."""
         runtime = self.runtime
         providers = state.data.get("providers", {})
-        context = "\n\n".join(r.text for name, r in providers.items() if r.text and name != "RECENT_MESSAGES")
+        context = "\n\n".join(r.text for name, r in providers.items() if r.text and name in PLAIN_CONTEXT)
         system = "\n\n".join(p for p in (runtime.character.system, context,
-                                         f"Reply as {runtime.character.name}, briefly and in character.") if p)
+                                         f"Reply as {runtime.character.name} in one or two short sentences, in character.") if p)
         history = providers["RECENT_MESSAGES"].data.get("memories", []) if "RECENT_MESSAGES" in providers else []
-        names = await runtime.entity_names({m.entity_id for m in history})
-        turns = [
-            {"role": "assistant", "content": m.content.text} if m.entity_id == runtime.agent_id
-            else {"role": "user", "content": m.content.text if message.content.channel_type in DIRECT_CHANNELS
-                  else f"{names.get(m.entity_id, 'Someone')}: {m.content.text}"}
-            for m in reversed(history) if m.content.text
-        ] or [{"role": "user", "content": message.content.text}]
-        raw = await runtime.use_model(ModelType.TEXT_LARGE, {
-            "prompt": message.content.text, "messages": turns, "system": system,
-            "room_id": message.room_id, "entity_id": message.entity_id,
-        })
-        return ParsedResponse(text=clean_plain_reply(raw), actions=["REPLY"])
+        history = [m for m in history[:PLAIN_TURNS] if m.content.text and m.id != message.id]
+        names = await runtime.entity_names({m.entity_id for m in history} | {message.entity_id})
+        direct = message.content.channel_type in DIRECT_CHANNELS
+
+        def said(memory: Memory, text: str) -> str:
+            return text if direct else f"{names.get(memory.entity_id, 'Someone')}: {text}"
+
+        turns = [{"role": "assistant", "content": m.content.text} if m.entity_id == runtime.agent_id
+                 else {"role": "user", "content": said(m, m.content.text)} for m in reversed(history)]
+        text = message.content.text
+        if text.rstrip().endswith("?") and (recalled := await recall_statements(runtime, message)):
+            text = f"Context: {' '.join(recalled)}\n\nQuestion: {text}\nAnswer from the context."
+        turns.append({"role": "user", "content": said(message, text)})
+        return {"prompt": message.content.text, "messages": turns, "system": system}
 
     async def run(self, job: Job) -> RunOutcome:
         runtime, message = self.runtime, job.message
@@ -173,6 +179,10 @@ class Pipeline:
                 outcome = RunOutcome(status=decision.status, run_id=job.run_id)
             else:
                 outcome = await self._respond(message, sender, job.run_id)
+        except ModelError as error:  # an outage: one line naming each provider's error, no traceback
+            log.error("no model could answer message %s (run %s): %s", message.id, job.run_id, error)
+            await self._apologise(sender)
+            outcome = RunOutcome(status="error", run_id=job.run_id, responses=sender.sent, error=str(error))
         except Exception as error:
             log.exception("run %s failed for message %s", job.run_id, message.id)
             await self._apologise(sender)
@@ -241,8 +251,8 @@ class Pipeline:
 
     async def _apologise(self, sender: ReplySender) -> None:
         text = self.runtime.settings.error_reply.strip()
-        if not text or sender.sent or sender.message.content.channel_type is ChannelType.FEED:
-            return
+        if not text or sender.sent or not self.runtime.is_addressed(sender.message):
+            return  # nobody asked: an apology in a group would be noise
         try:
             await sender(Content(text=text, actions=["ERROR"], metadata={"error": True}))
         except Exception:
