@@ -42,7 +42,7 @@ def message_parts(draw: st.DrawFn) -> dict[str, Any]:
 
 
 async def test_random_message_payloads_never_escape_and_are_stored_clean(
-    tmp_path: Path, discord_fake: FakeDiscord, model: FakeOpenAI, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, discord_fake: FakeDiscord, model: FakeOpenAI, caplog: pytest.LogCaptureFixture  # noqa: F811 (fixtures imported above)
 ) -> None:
     runner = Bot(tmp_path, discord_fake, model)
     await runner.start()

@@ -37,7 +37,7 @@ def restore_logging() -> Iterator[None]:
 
 
 async def test_debug_logs_of_a_slash_command_and_button_presses_carry_no_tokens(
-    tmp_path: Path, discord_fake: FakeDiscord, model: FakeOpenAI, restore_logging: None
+    tmp_path: Path, discord_fake: FakeDiscord, model: FakeOpenAI, restore_logging: None  # noqa: F811 (fixtures imported above)
 ) -> None:
     runner = Bot(tmp_path, discord_fake, model, discord_guild_id=discord_fake.guild_id, log_level="DEBUG")
     configure_logging(runner.settings)

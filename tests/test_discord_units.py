@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import io
 import wave
-from typing import Any
-
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
+from typing import Any
 
 import discord
 import pytest
