@@ -1,6 +1,7 @@
 """Hostile and malformed Telegram input (issue #10): every message is stored or dropped with one log
 line, nothing raises inside a handler, nothing stalls or spins. Real python-telegram-bot and the whole
 App against the fake Bot API, as in test_telegram.py."""
+# ruff: noqa: F811 (the fixtures imported from test_telegram are parameters here)
 
 from __future__ import annotations
 

@@ -34,6 +34,7 @@ from bot.types import Content, ModelType, Room
 
 from .formatting import html_to_plain, markdown_to_html
 from .handlers import ChatOrderedProcessor, Inbound
+from .intake import is_id
 from .keyboards import DEFAULT_TTL, ButtonStore
 from .outbox import TYPING_INTERVAL, Outbox, Target
 from .pacing import ChatPacer, telegram_rate_limiter
@@ -50,12 +51,18 @@ ALLOWED_UPDATES = [Update.MESSAGE, Update.EDITED_MESSAGE, Update.CALLBACK_QUERY]
 
 
 def parse_update(data: dict[str, Any], bot: Bot | None) -> Update | None:
-    """The update in `data`, or None (logged) when python-telegram-bot cannot read it."""
+    """The update in `data`, or None (logged) when python-telegram-bot cannot read it, or its chat or
+    sender id is not an integer (the Application and the per-chat ordering key on them)."""
     try:
-        return Update.de_json(data, bot)
+        update = Update.de_json(data, bot)
+        chat, user = update.effective_chat, update.effective_user
     except Exception as error:  # de_json raises whatever a malformed field makes it raise
         log.warning("dropped Telegram update %s: it cannot be parsed (%s)", data.get("update_id"), type(error).__name__)
         return None
+    if (chat is not None and not is_id(chat.id)) or (user is not None and not is_id(user.id)):
+        log.warning("dropped Telegram update %s: a chat or user id is not an integer", data.get("update_id"))
+        return None
+    return update
 
 
 def has_update_id(data: object) -> bool:
