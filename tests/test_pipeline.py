@@ -515,3 +515,59 @@ async def test_reply_with_buttons_is_one_message(sqlite_store, tmp_path, model):
     await chat.send("choices?")
     [sent] = chat.sent
     assert sent.text == "Pick one:" and len(sent.buttons) == 2
+
+
+async def test_a_plain_fallback_gets_chat_turns_never_the_template(sqlite_store, tmp_path, model):
+    """The first model fails; the local model behind it must not be handed the XML template."""
+    from bot.runtime import AgentRuntime
+    from plugins.bootstrap import bootstrap_plugin
+
+    local = ScriptedModel()
+    local.script(ModelType.TEXT_LARGE, "Hi from the local model.")
+    model.script(ModelType.TEXT_LARGE, RuntimeError("api unreachable"))
+    runtime = AgentRuntime(make_character(), make_settings(tmp_path), sqlite_store,
+                           [bootstrap_plugin(), model.plugin(name="api"),
+                            local.plugin(ModelType.TEXT_LARGE, name="local", structured=False)])
+    await runtime.initialize()
+    chat = make_chat(runtime)
+    await chat.send("hello")
+    assert [c.text for c in chat.sent] == ["Hi from the local model."]
+    [(_, params)] = local.calls
+    assert params["messages"][-1] == {"role": "user", "content": "hello"}
+    assert "<response>" not in params["system"] and "<response>" not in str(params["messages"])
+
+
+async def test_every_model_failing_is_one_line_and_no_apology_in_an_unaddressed_group(
+        sqlite_store, tmp_path, model, caplog):
+    model.defaults[ModelType.TEXT_SMALL] = RuntimeError("HTTP 500")
+    model.defaults[ModelType.TEXT_LARGE] = RuntimeError("HTTP 500")
+    runtime = await _runtime(sqlite_store, tmp_path, model)
+    group = make_chat(runtime, "group", ChannelType.GROUP)
+    for text in ("lunch anyone?", "I'm in", "same"):
+        assert (await group.send(text)).status == "error"
+    assert group.sent == []  # nobody addressed the bot: no apology in the group
+    assert (await group.send("Ava, are you there?")).status == "error"
+    assert [c.text for c in group.sent] == [runtime.settings.error_reply]
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 4 and all(r.exc_info is None for r in errors)
+    assert all("every model for" in r.getMessage() and "HTTP 500" in r.getMessage() for r in errors)
+    assert "Traceback" not in caplog.text
+
+
+async def test_plain_models_get_the_speakers_earlier_statement_with_a_question(sqlite_store, tmp_path, model):
+    from bot.runtime import AgentRuntime
+    from plugins.bootstrap import bootstrap_plugin
+
+    model.defaults[ModelType.TEXT_LARGE] = "ok"
+    runtime = AgentRuntime(make_character(), make_settings(tmp_path), sqlite_store,
+                           [bootstrap_plugin(), model.plugin(structured=False)])
+    await runtime.initialize()
+    chat = make_chat(runtime)
+    await chat.send("My dog is called Rex.")
+    for i in range(12):
+        await chat.send(f"small talk number {i}")
+    await chat.send("What is my dog called?")
+    last = model.calls[-1][1]["messages"][-1]["content"]
+    assert last.startswith("Context: My dog is called Rex.") and last.endswith(
+        "Question: What is my dog called?\nAnswer from the context.")
+    assert all("Rex" not in t["content"] for t in model.calls[-1][1]["messages"][:-1]), "too far back for turns"

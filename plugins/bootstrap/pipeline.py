@@ -148,7 +148,9 @@ class Pipeline:
         runtime = self.runtime
         providers = state.data.get("providers", {})
         context = "\n\n".join(r.text for name, r in providers.items() if r.text and name in PLAIN_CONTEXT)
-        system = "\n\n".join(p for p in (runtime.character.system, context,
+        character = runtime.character
+        bio = character.bio if isinstance(character.bio, str) else " ".join(character.bio[:3])
+        system = "\n\n".join(p for p in (character.system or bio, context,
                                          f"Reply as {runtime.character.name} in one or two short sentences, in character.") if p)
         history = providers["RECENT_MESSAGES"].data.get("memories", []) if "RECENT_MESSAGES" in providers else []
         history = [m for m in history[:PLAIN_TURNS] if m.content.text and m.id != message.id]
