@@ -2,7 +2,9 @@
 answered by the bundled local model through the real pipeline and a SQLite file, in two processes
 (the second is a restart on the same database).
 
-Reports: replies that loop (one sentence 3+ times; goal 0), replies cut at max tokens (goal ≤ 10%),
+Reports: replies that loop (one sentence 3+ times; goal 0), replies that hit max tokens (the local
+provider then trims them to their last whole sentence) and replies a reader sees end mid-sentence
+(goal ≤ 10%),
 stated facts recalled when asked (goal ≥ 4 of 5, counted over both phases), seconds per reply, and
 peak RSS of each process (goal ≤ 400 MB).
 
@@ -59,6 +61,12 @@ PHASES: list[list[tuple[str, str | None]]] = [
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]?")
 
 
+def mid_sentence(text: str) -> bool:
+    """The reply stops without ending its last sentence (what a reader sees as cut off)."""
+    last = text.rstrip()[-1:]
+    return bool(last) and last.isascii() and last not in ".!?\"')*"  # an emoji ends a sentence too
+
+
 def loops(text: str) -> bool:
     """One sentence (normalised) repeated three or more times."""
     counts: dict[str, int] = {}
@@ -76,7 +84,7 @@ async def run_phase(index: int, data_dir: Path) -> dict[str, Any]:
     from bot.runtime import AgentRuntime
     from bot.settings import Settings
     from bot.store.factory import create_store
-    from bot.types import ChannelType, Content, Entity, EventType, Memory, Room
+    from bot.types import ChannelType, Content, Entity, EventType, Memory, ModelType, Room
     from plugins.bootstrap import bootstrap_plugin
     from plugins.models import model_plugins
 
@@ -86,10 +94,10 @@ async def run_phase(index: int, data_dir: Path) -> dict[str, Any]:
     models, _ = model_plugins(settings, character)
     runtime = AgentRuntime(character, settings, create_store(settings), [bootstrap_plugin(), *models])
     await runtime.initialize()
-    cut: list[bool] = []
+    cut: list[bool] = []  # this turn's reply hit max_tokens
 
     async def on_model(payload: dict[str, Any]) -> None:
-        if payload.get("ok") and str(payload["type"]).endswith("TEXT_LARGE"):
+        if payload.get("ok") and payload["type"] is ModelType.TEXT_LARGE:
             cut.append(payload.get("completion_tokens", 0) >= settings.local_max_tokens)
 
     runtime.on(EventType.MODEL_USED, on_model)
@@ -108,17 +116,17 @@ async def run_phase(index: int, data_dir: Path) -> dict[str, Any]:
 
         message = Memory(entity_id=user.id, agent_id=agent, room_id=room.id,
                          content=Content(text=text, source="bench", channel_type=ChannelType.DM))
+        cut.clear()
         started = time.perf_counter()
         ticket = await runtime.receive_message(message, reply)
         await ticket.outcome
         answer = " ".join(replies)
         turns.append({"message": text, "reply": answer, "seconds": round(time.perf_counter() - started, 2),
-                      "loops": loops(answer), "expected": expected,
+                      "loops": loops(answer), "cut": any(cut), "mid_sentence": mid_sentence(answer),
+                      "expected": expected,
                       "recalled": None if expected is None else expected in answer.lower()})
     await runtime.stop()
     await runtime.store.close()
-    for turn, was_cut in zip(turns, cut, strict=False):
-        turn["cut"] = was_cut
     return {"turns": turns, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
@@ -142,7 +150,8 @@ def main() -> None:
     result = {
         "replies": len(turns),
         "looping_replies": sum(t["loops"] for t in turns),
-        "cut_at_max_tokens_pct": round(100 * sum(bool(t.get("cut")) for t in turns) / len(turns), 1),
+        "hit_max_tokens_pct": round(100 * sum(t["cut"] for t in turns) / len(turns), 1),
+        "ended_mid_sentence_pct": round(100 * sum(t["mid_sentence"] for t in turns) / len(turns), 1),
         "facts_recalled": f"{sum(bool(t['recalled']) for t in asked)}/{len(asked)}",
         "seconds_per_reply": round(sum(t["seconds"] for t in turns) / len(turns), 2),
         "peak_rss_mb": max(p["peak_rss_mb"] for p in phases),
@@ -152,12 +161,12 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     for turn in turns:
-        flags = "".join(f for f, on in (("L", turn["loops"]), ("C", turn.get("cut")),
+        flags = "".join(f for f, on in (("L", turn["loops"]), ("C", turn["cut"]), ("M", turn["mid_sentence"]),
                                         ("✓", turn["recalled"]), ("✗", turn["recalled"] is False)) if on)
         print(f"[{turn['seconds']:5.2f}s {flags:2}] {turn['message']}\n        → {turn['reply'][:160]!r}")
     print()
-    for key in ("replies", "looping_replies", "cut_at_max_tokens_pct", "facts_recalled", "seconds_per_reply",
-                "peak_rss_mb"):
+    for key in ("replies", "looping_replies", "hit_max_tokens_pct", "ended_mid_sentence_pct", "facts_recalled",
+                "seconds_per_reply", "peak_rss_mb"):
         print(f"{key:24} {result[key]}")
 
 

@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     anthropic_large_model: str = "claude-sonnet-4-5"
     local_model_path: Path | None = None
     local_context_size: int = Field(2048, ge=256)
-    local_max_tokens: int = Field(160, ge=1)
+    local_max_tokens: int = Field(128, ge=1)
 
     # Telegram
     telegram_bot_token: SecretStr | None = None

@@ -1,7 +1,7 @@
 """A terminal chat with the character: the connector used when no platform token is set.
 
 Interactive on a terminal (the character's name as the prompt, Ctrl-D quits). With stdin piped
-it reads one message per line, prints each reply on stdout and finishes after the last reply,
+it reads one message per line, prints each reply on one line of stdout and finishes after the last reply,
 so a conversation can be scripted.
 """
 
@@ -94,7 +94,10 @@ class ConsoleConnector(Connector):
         text = content.text
         if content.buttons:
             text += "\n" + "  ".join(f"[{b.label}]" for row in content.buttons for b in row)
-        self._print(f"{name}: {text}" if self._interactive else text)
+        if self._interactive:
+            self._print(f"{name}: {text}")
+        else:  # piped: exactly one line per reply, so scripts can pair questions and answers
+            self._print(" ".join(line.strip() for line in text.splitlines() if line.strip()))
         return []
 
     async def send_to_room(self, room: Room, content: Content) -> list[str]:

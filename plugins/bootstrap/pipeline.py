@@ -27,10 +27,12 @@ log = logging.getLogger(__name__)
 PLAIN_REPLY = {"REPLY", "NONE"}
 # Actions that send the response text themselves, with their buttons or images attached.
 TEXT_CARRIERS = {"CHOOSE_OPTION", "GENERATE_IMAGE"}
-# Plain (small local) models see only the last few turns and the providers that carry facts the
-# reply needs; more context mostly distracts a 135M-parameter model (bench/offline_chat.py).
-PLAIN_TURNS = 6
+# Plain (small local) models see only the message before this one and the providers that carry
+# facts the reply needs; with more turns a 135M-parameter model copies and rambles
+# (bench/offline_chat.py: with 4 earlier turns 25% of replies ran to max_tokens, with 2 35%, with 1 5%).
+PLAIN_TURNS = 1
 PLAIN_CONTEXT = {"ATTACHMENTS", "KNOWLEDGE"}
+GROUNDED_TEMPERATURE = 0.0  # an answer from recalled context should repeat it, not improvise
 
 
 @dataclass
@@ -153,7 +155,7 @@ class Pipeline:
         system = "\n\n".join(p for p in (character.system or bio, context,
                                          f"Reply as {runtime.character.name} in one or two short sentences, in character.") if p)
         history = providers["RECENT_MESSAGES"].data.get("memories", []) if "RECENT_MESSAGES" in providers else []
-        history = [m for m in history[:PLAIN_TURNS] if m.content.text and m.id != message.id]
+        history = [m for m in history if m.content.text and m.id != message.id][:PLAIN_TURNS]
         names = await runtime.entity_names({m.entity_id for m in history} | {message.entity_id})
         direct = message.content.channel_type in DIRECT_CHANNELS
 
@@ -162,11 +164,15 @@ class Pipeline:
 
         turns = [{"role": "assistant", "content": m.content.text} if m.entity_id == runtime.agent_id
                  else {"role": "user", "content": said(m, m.content.text)} for m in reversed(history)]
-        text = message.content.text
+        text, params = message.content.text, {}
         if text.rstrip().endswith("?") and (recalled := await recall_statements(runtime, message)):
+            # A question about something said before: answered from that alone, conservatively;
+            # earlier turns only distract a small model from the fact in front of it.
             text = f"Context: {' '.join(recalled)}\n\nQuestion: {text}\nAnswer from the context."
+            turns, params["temperature"] = [], GROUNDED_TEMPERATURE
+            system = f"You are {character.name}. Answer the question from the context, in one short sentence."
         turns.append({"role": "user", "content": said(message, text)})
-        return {"prompt": message.content.text, "messages": turns, "system": system}
+        return {"prompt": message.content.text, "messages": turns, "system": system, **params}
 
     async def run(self, job: Job) -> RunOutcome:
         runtime, message = self.runtime, job.message
