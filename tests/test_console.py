@@ -60,11 +60,29 @@ async def test_failing_model_prints_the_apology_and_keeps_going(tmp_path: Path):
         code, out, err = await _run_bot(b"first\nsecond\n", env)
         assert code == 0, err
         assert out.splitlines() == ["Oops, try again.", "back again"]
+        failures = [line for line in err.splitlines() if "every model for TEXT_LARGE failed" in line]
+        assert len(failures) == 1 and "openai" in failures[0], err
+        assert "Traceback" not in err
 
 
 async def test_zero_setup_local_model_answers(tmp_path: Path):
-    """The newcomer path: no key, no token; the bundled SmolLM2 answers offline."""
-    code, out, err = await _run_bot(b"hi there!\n", _env(tmp_path))
+    """The newcomer path: no key, no token; the bundled SmolLM2 answers every line offline."""
+    lines = [b"hi!", b"what can you do?", b"my dog is called Rex.", b"tell me a joke", b"what is my dog called?",
+             b"who are you?"]
+    code, out, err = await _run_bot(b"\n".join(lines) + b"\n", _env(tmp_path))
     assert code == 0, err
-    assert out.strip(), err
+    replies = out.splitlines()
+    assert len(replies) == len(lines) and all(r.strip() for r in replies), out
+    assert "rex" in replies[4].lower()
     assert "Traceback" not in err
+
+
+async def test_unreachable_api_falls_back_to_the_local_model_without_leaking_the_template(tmp_path: Path):
+    env = _env(tmp_path, OPENAI_API_KEY="sk-test", OPENAI_BASE_URL="http://127.0.0.1:9/v1", MODEL_MAX_RETRIES="0")
+    code, out, err = await _run_bot(b"hi!\nwhat can you do?\n", env)
+    assert code == 0, err
+    replies = out.splitlines()
+    assert len(replies) == 2 and all(r.strip() for r in replies), out
+    for leak in ("<response>", "Available actions", "Write Parley's next message", "<text>"):
+        assert leak not in out
+    assert "answered by local" in err and "Traceback" not in err
