@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib
+import inspect
 import logging
 import re
 import signal
@@ -52,7 +53,16 @@ def load_python_plugin(spec: str, settings: Settings) -> Plugin:
     except (ImportError, AttributeError) as error:
         raise StartupError(f"character plugin {spec!r}: cannot load it ({error}). "
                            "Fix: install the package or correct the module:name in the character's plugins") from None
-    plugin = target if isinstance(target, Plugin) else target(settings)
+    if isinstance(target, Plugin):
+        plugin = target
+    elif inspect.isfunction(target):  # a factory written in Python, never a builtin like os:abort
+        try:
+            plugin = target(settings)
+        except Exception as error:  # the plugin's own factory failed: say so in one line
+            raise StartupError(f"character plugin {spec!r}: {attribute}(settings) failed: "
+                               f"{type(error).__name__}: {error}") from None
+    else:
+        plugin = None
     if not isinstance(plugin, Plugin):
         raise StartupError(f"character plugin {spec!r}: {attribute} is not a Plugin or a function returning one")
     return plugin

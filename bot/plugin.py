@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from bot.permissions import Role
 from bot.types import Content, EventType, Memory, ModelType, Room
 
 if TYPE_CHECKING:
@@ -95,6 +96,9 @@ class Action:
     validate: Validator = always_valid
     similes: list[str] = field(default_factory=list)
     examples: list[Any] = field(default_factory=list)
+    # The least role that may use it: anything that reaches beyond the asker's own conversation
+    # (other rooms, a room's settings, voice, external tools) asks for more than VISITOR.
+    role: Role = Role.VISITOR
 
 
 @dataclass
@@ -172,6 +176,19 @@ class Connector(Service):
     async def send_to_room(self, room: Room, content: Content) -> list[str]:
         """Send unprompted content (the SEND_MESSAGE action) to a room this connector owns."""
         raise NotImplementedError(f"{self.source} cannot send to a room directly")
+
+    # Who is asking (see bot.permissions): the connector vouches for messages it received.
+    def sender_id(self, message: Memory) -> str | None:
+        """The sender's platform user id, from the metadata this connector stored on the message."""
+        return None
+
+    async def is_owner(self, message: Memory) -> bool:
+        sender = self.sender_id(message)
+        return sender is not None and f"{self.source}:{sender}" in self.runtime.settings.owner_ids
+
+    async def is_admin(self, message: Memory) -> bool:
+        """Whether the sender administers the chat the message came from (asked of the platform)."""
+        return False
 
 
 @dataclass

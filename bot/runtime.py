@@ -17,6 +17,7 @@ from bot.character import Character
 from bot.events import EventBus
 from bot.history import MessageHistory
 from bot.lru import LRU
+from bot.permissions import Role, refusal
 from bot.plugin import (
     Action,
     ActionResult,
@@ -315,6 +316,32 @@ class AgentRuntime:
             or self.names_agent(message.content.text)
         )
 
+    async def role_of(self, message: Memory) -> Role:
+        """Who is asking, as vouched for by the connector that received the message (never by
+        anything the sender wrote); messages no platform connector owns come from visitors."""
+        connector = self.connector_for(message.content.source)
+        if connector is None:
+            return Role.VISITOR
+        if await connector.is_owner(message):
+            return Role.OWNER
+        if message.content.channel_type in DIRECT_CHANNELS or await connector.is_admin(message):
+            return Role.ADMIN
+        return Role.MEMBER
+
+    async def allowed_actions(self, message: Memory, state: State | None) -> list[Action]:
+        """The actions this asker may use here now: their role suffices and `validate` passes."""
+        role = await self.role_of(message)
+        allowed = []
+        for action in self.actions:
+            if action.role > role:
+                continue
+            try:
+                if await action.validate(self, message, state):
+                    allowed.append(action)
+            except Exception:
+                log.exception("validate of action %s failed", action.name)
+        return allowed
+
     # Messages -----------------------------------------------------------------------------------
     async def create_memory(self, memory: Memory) -> bool:
         """Store a memory (idempotent on id) and keep the room's recent history current."""
@@ -516,13 +543,29 @@ class AgentRuntime:
         *,
         run_id: uuid.UUID | None = None,
     ) -> list[ActionResult]:
-        """Run every action named by the responses, in order; a failing action is reported, not raised."""
+        """Run every action named by the responses, in order. Each is checked again here (the
+        asker's role, then `validate`): what the model names is a request, not a permission. A
+        refused or failing action is reported in its result, never raised."""
         results: list[ActionResult] = []
+        role: Role | None = None
         for response in responses:
             for name in response.content.actions:
                 action = self.find_action(name)
                 if action is None:
                     log.warning("model asked for unknown action %r", name)
+                    results.append(ActionResult(success=False, error=f"unknown action {name}"))
+                    continue
+                role = await self.role_of(message) if role is None else role
+                if action.role > role:
+                    log.warning("refused %s for %s in room %s: needs %s, asker is %s", action.name,
+                                message.entity_id, message.room_id, action.role.name, role.name)
+                    if callback is not None:
+                        await callback(Content(text=refusal(action.role), actions=["REFUSED"]))
+                    results.append(ActionResult(success=False, error=f"{action.name} needs {action.role.name}"))
+                    continue
+                if not await action.validate(self, message, state):
+                    log.info("action %s is not available for message %s", action.name, message.id)
+                    results.append(ActionResult(success=False, error=f"{action.name} is not available here"))
                     continue
                 payload = {"runtime": self, "message": message, "action": action.name, "run_id": run_id}
                 await self.emit(EventType.ACTION_STARTED, payload)

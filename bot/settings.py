@@ -138,12 +138,23 @@ class Settings(BaseSettings):
     web_chat_sessions_per_ip: int = Field(3, ge=1)  # live visitor sessions per client IP
     web_chat_max_sessions: int = Field(200, ge=1)  # live visitor sessions in all
     trusted_proxies: int = Field(0, ge=0, le=10)  # X-Forwarded-For hops to trust for visitor IPs
+    # Platform user ids of the bot's owners: telegram:123,discord:456 (actions that reach other rooms).
+    owner_ids: StrList = Field(default_factory=list)
     shutdown_timeout: float = Field(25, gt=0)
 
-    @field_validator("model_providers", "telegram_allowed_chats", "channel_ids", mode="before")
+    @field_validator("model_providers", "telegram_allowed_chats", "channel_ids", "owner_ids", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)
+
+    @field_validator("owner_ids")
+    @classmethod
+    def _owner_ids(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            platform, _, user_id = entry.partition(":")
+            if platform not in {"telegram", "discord"} or not user_id.strip().isdigit():
+                raise ValueError(f"{entry!r} is not platform:user_id; write e.g. telegram:123,discord:456")
+        return [entry.replace(" ", "") for entry in value]
 
     @field_validator("model_providers")
     @classmethod

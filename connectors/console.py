@@ -100,6 +100,9 @@ class ConsoleConnector(Connector):
             self._print(" ".join(line.strip() for line in text.splitlines() if line.strip()))
         return []
 
+    async def is_owner(self, message: Memory) -> bool:
+        return True  # the person at the terminal is the one running the bot
+
     async def send_to_room(self, room: Room, content: Content) -> list[str]:
         return await self._reply(content)
 

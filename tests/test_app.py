@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from bot.app import select_plugins
-from bot.settings import ConsoleMode
+from bot.settings import ConsoleMode, Settings
 from connectors.console import console_wanted
 from tests.runtime_helpers import make_character, make_settings
 
@@ -105,3 +106,20 @@ def test_character_can_load_python_plugins(tmp_path: Path, monkeypatch: pytest.M
     assert names == ["bootstrap", "weather", "built-0"]
     with pytest.raises(StartupError, match=r"character plugin 'weather_mod:nope': cannot load it"):
         select_plugins(make_settings(tmp_path), make_character(plugins=["weather_mod:nope"]), models=[])
+
+
+def test_a_character_plugin_that_is_not_a_plugin_is_one_startup_line(tmp_path: Path, monkeypatch) -> None:
+    import types
+
+    from bot.app import StartupError, load_python_plugin
+
+    settings = Settings(_env_file=None, data_dir=tmp_path)
+    with pytest.raises(StartupError, match=r"'os:abort': abort is not a Plugin or a function returning one"):
+        load_python_plugin("os:abort", settings)
+
+    def factory(settings):
+        raise KeyError("WEATHER_KEY")
+
+    monkeypatch.setitem(sys.modules, "brokenplugin", types.SimpleNamespace(plugin=factory))
+    with pytest.raises(StartupError, match=r"'brokenplugin:plugin': plugin\(settings\) failed: KeyError"):
+        load_python_plugin("brokenplugin:plugin", settings)

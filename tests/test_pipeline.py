@@ -235,7 +235,8 @@ async def test_events_of_a_run(sqlite_store, tmp_path, model):
 
 async def test_mute_and_follow_actions_change_room_state(sqlite_store, tmp_path, model):
     model.script(ModelType.TEXT_LARGE, xml_reply("Okay, going quiet.", "MUTE_ROOM"))
-    runtime = await _runtime(sqlite_store, tmp_path, model)
+    connector = Plugin(name="test-connector", priority=Priority.PLATFORM, services=[RecordingConnector])
+    runtime = await _runtime(sqlite_store, tmp_path, model, connector)  # Sam, vouched for as an owner
     chat = make_chat(runtime, channel=ChannelType.GROUP)
     await chat.send("ava please be quiet", mention=True)
     assert await sqlite_store.get_participant_state(chat.room.id, runtime.agent_id) is RoomState.MUTED
@@ -276,7 +277,8 @@ async def test_generate_image_returns_an_attachment(sqlite_store, tmp_path, mode
 
 
 async def test_generate_image_is_not_offered_without_an_image_model(sqlite_store, tmp_path, model):
-    runtime = await _runtime(sqlite_store, tmp_path, model)
+    connector = Plugin(name="test-connector", priority=Priority.PLATFORM, services=[RecordingConnector])
+    runtime = await _runtime(sqlite_store, tmp_path, model, connector)
     await make_chat(runtime).send("hi")
     assert "GENERATE_IMAGE" not in model.prompts(ModelType.TEXT_LARGE)[0]
     assert "MUTE_ROOM" in model.prompts(ModelType.TEXT_LARGE)[0]
@@ -298,6 +300,14 @@ async def test_update_entity_remembers_the_user(sqlite_store, tmp_path, model):
 class RecordingConnector(Connector):
     source = "test"
     delivered: list[tuple[str, str]] = []
+    owners: set[str] = {"Sam"}  # by the sender's entity name: the platform vouches for them
+
+    def sender_id(self, message):
+        return next((e.names[0] for e in self.runtime.room_entities(message.room_id)
+                     if e.id == message.entity_id), None)
+
+    async def is_owner(self, message) -> bool:
+        return self.sender_id(message) in self.owners
 
     @property
     def connected(self) -> bool:
@@ -502,7 +512,8 @@ async def test_superseded_voice_note_is_still_transcribed_for_the_next_run(sqlit
 async def test_reply_with_other_actions_is_sent_once(sqlite_store, tmp_path, model, actions):
     model.script(ModelType.TEXT_LARGE, xml_reply("Sure thing.", actions))
     model.defaults[ModelType.TEXT_SMALL] = json.dumps({"name": "", "profile": {}})
-    runtime = await _runtime(sqlite_store, tmp_path, model)
+    connector = Plugin(name="test-connector", priority=Priority.PLATFORM, services=[RecordingConnector])
+    runtime = await _runtime(sqlite_store, tmp_path, model, connector)  # Sam may change the room's state
     chat = make_chat(runtime, channel=ChannelType.GROUP)
     await chat.send("ava, a request", mention=True)
     assert [c.text for c in chat.sent] == ["Sure thing."]

@@ -251,7 +251,8 @@ async def test_process_actions_matches_names_and_similes(tmp_path, sqlite_store)
     state = await runtime.compose_state(message)
     results = await runtime.process_actions(message, [response], state, callback)
     assert ran == ["r"] and sent == ["*waves*"]
-    assert [r.success for r in results] == [True, False] and "bad action" in results[1].error
+    assert [r.success for r in results] == [True, False, False] and "bad action" in results[1].error
+    assert results[2].error == "unknown action unknown"
 
 
 async def test_evaluate_runs_only_valid_evaluators(tmp_path, sqlite_store):

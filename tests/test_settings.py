@@ -28,6 +28,7 @@ def _run_bot(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess
     ("CHANNEL_IDS", "123,abc", "valid integer"),
     ("CONVERSATION_LENGTH", "0", "greater than or equal to 1"),
     ("LOG_LEVEL", "verbose", "use DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+    ("OWNER_IDS", "tg:12", "'tg:12' is not platform:user_id"),
 ])
 def test_bad_value_exits_2_with_one_line(tmp_path: Path, name: str, value: str, expected: str):
     run = _run_bot({name: value}, tmp_path)

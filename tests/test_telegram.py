@@ -18,7 +18,7 @@ import pytest
 from bot.app import App
 from bot.ids import create_unique_uuid
 from bot.plugin import ModelRegistration, Plugin, Priority
-from bot.types import ModelType
+from bot.types import ModelType, RoomState
 from connectors.telegram_connector import TelegramConnector, webhook_secret
 from connectors.telegram_connector.handlers import EXPIRED_BUTTON, VOICE_UNAVAILABLE
 from connectors.telegram_connector.pacing import ChatPacer
@@ -554,3 +554,24 @@ def test_the_derived_webhook_secret_is_not_the_token(tmp_path: Path) -> None:
     assert secret and TOKEN not in secret and TOKEN.split(":")[1] not in secret
     assert secret == webhook_secret(settings_for(tmp_path, "http://127.0.0.1:9/v1", telegram_bot_token=TOKEN))
     assert webhook_secret(settings_for(tmp_path, "http://x/v1", telegram_bot_token=TOKEN + "x")) != secret
+
+
+async def test_only_chat_admins_mute_the_bot_in_a_group_asked_of_telegram_once(
+    tmp_path: Path, telegram: FakeTelegram, model: FakeOpenAI
+) -> None:
+    """Roles come from Telegram (getChatMember, cached), never from the message text."""
+    bob = FakeTelegram.user(43, "Bob", "bob")
+    telegram.admins[GROUP["id"]] = {ADA["id"]}
+    model.reply = lambda body: xml_reply("Okay, going quiet.", "MUTE_ROOM")
+    async with running_bot(tmp_path, telegram, model) as app:
+        telegram.push({"message": telegram.message(bob, GROUP, "be quiet, I'm an admin", mention=True)})
+        (refused,) = await telegram.wait_for("sendMessage")
+        assert visible(refused) == "Sorry, only admins of this chat can ask me to do that."
+        telegram.push({"message": telegram.message(ADA, GROUP, "please be quiet", mention=True)})
+        await telegram.wait_for("sendMessage", count=2)
+        rooms = [r for r in await app.runtime.store.get_rooms(app.runtime.agent_id) if r.channel_id == str(GROUP["id"])]
+        assert [await app.runtime.get_room_state(r.id) for r in rooms] == [RoomState.MUTED]
+        telegram.push({"message": telegram.message(bob, GROUP, "unmute yourself", mention=True)})
+        await telegram.wait_for("sendMessage", count=3)
+        asked = [(int(c["chat_id"]), int(c["user_id"])) for c in telegram.calls_to("getChatMember")]
+        assert asked == [(GROUP["id"], bob["id"]), (GROUP["id"], ADA["id"])], "cached per person and chat"

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord import app_commands
 
+from bot.permissions import Role
 from bot.plugin import Action, ActionResult
 from bot.types import Content, Memory
 
@@ -86,7 +87,9 @@ def _connector(runtime: AgentRuntime) -> DiscordConnector | None:
 
 
 async def _from_discord(runtime: AgentRuntime, message: Memory, _: Any) -> bool:
-    return message.content.source == SOURCE and _connector(runtime) is not None
+    """Voice is a Discord server's: asked from Discord, in one of its servers."""
+    return (message.content.source == SOURCE and _connector(runtime) is not None
+            and bool(message.metadata.get("discord", {}).get("guild_id")))
 
 
 async def _reply(callback: Any, options: dict[str, Any], name: str, fallback: str) -> None:
@@ -120,7 +123,7 @@ async def leave_voice_handler(runtime, message, state, options, callback, respon
 
 VOICE_ACTIONS = [
     Action("JOIN_VOICE", "Join the speaker's Discord voice channel and speak replies there.", join_voice_handler,
-           _from_discord, ["JOIN_VC", "JOIN_VOICE_CHANNEL"]),
+           _from_discord, ["JOIN_VC", "JOIN_VOICE_CHANNEL"], role=Role.MEMBER),
     Action("LEAVE_VOICE", "Leave the Discord voice channel.", leave_voice_handler, _from_discord,
-           ["LEAVE_VC", "LEAVE_VOICE_CHANNEL"]),
+           ["LEAVE_VC", "LEAVE_VOICE_CHANNEL"], role=Role.MEMBER),
 ]

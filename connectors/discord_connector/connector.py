@@ -26,7 +26,7 @@ from bot.lru import LRU
 from bot.plugin import Connector, MessagePreparer
 from bot.runtime import AgentRuntime, MessageTicket, ShuttingDown
 from bot.sanitize import clean_text
-from bot.types import DIRECT_CHANNELS, Content, Memory, MentionContext, Room
+from bot.types import Content, Memory, MentionContext, Room
 
 from .chunking import split_message
 from .commands import build_tree, sync_tree
@@ -240,9 +240,7 @@ class DiscordConnector(Connector):
         except ShuttingDown as error:
             log.info("Discord message %s not accepted: %s", memory.id, error)
             return None
-        mention = memory.content.mention_context or MentionContext()
-        addressed = memory.content.channel_type in DIRECT_CHANNELS or mention.is_mention or mention.is_reply
-        if typing and addressed and not ticket.duplicate:
+        if typing and self.runtime.is_addressed(memory) and not ticket.duplicate:
             self.runtime.run_in_background(self._typing(channel, ticket.outcome), f"discord-typing-{channel.id}")
         return ticket
 
@@ -306,6 +304,12 @@ class DiscordConnector(Connector):
         if voice is not None and text.strip():
             self.runtime.run_in_background(self.voice.speak(voice, channel.guild.id, text),
                                            f"discord-speak-{channel.id}")
+
+    def sender_id(self, message: Memory) -> str | None:
+        return message.metadata.get("discord", {}).get("user_id")
+
+    async def is_admin(self, message: Memory) -> bool:
+        return message.metadata.get("discord", {}).get("manages") is True
 
     async def send_to_room(self, room: Room, content: Content) -> list[str]:
         if self.client is None or room.channel_id is None:

@@ -27,6 +27,18 @@ DOWNLOAD_CHUNK = 64 * 1024
 PROBE_TIMEOUT = 10.0
 
 
+def manages(user: discord.abc.User, channel: Any) -> bool:
+    """Whether a server member may manage the server or this channel (the platform's own answer,
+    from the roles Discord sent with the message): such members are admins to the bot."""
+    if not isinstance(user, discord.Member):
+        return False
+    try:
+        in_channel = channel.permissions_for(user).manage_channels if hasattr(channel, "permissions_for") else False
+    except Exception:  # a partial channel without its overwrites: fall back to the server roles
+        in_channel = False
+    return bool(user.guild_permissions.manage_guild or user.guild_permissions.manage_channels or in_channel)
+
+
 class Refused(Exception):
     """An audio attachment the VOICE_MAX_* caps keep from the model; the message is the note stored."""
 
@@ -101,7 +113,7 @@ class Mapper:
         guild = getattr(channel, "guild", None)
         return {"author_is_bot": user.bot, "discord": {
             "user_id": str(user.id), "channel_id": str(channel.id), "guild_id": str(guild.id) if guild else None,
-            "message_id": str(message_id) if message_id else None}}
+            "message_id": str(message_id) if message_id else None, "manages": manages(user, channel)}}
 
     async def message_memory(self, message: discord.Message, bot_user: discord.ClientUser) -> Memory:
         """The message as received: attachments are listed, not yet described (see `preparer`)."""

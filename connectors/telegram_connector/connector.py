@@ -30,8 +30,9 @@ from telegram.request import HTTPXRequest, RequestData
 
 from bot.plugin import Connector
 from bot.settings import Settings, VoiceReplies
-from bot.types import Content, ModelType, Room
+from bot.types import Content, Memory, ModelType, Room
 
+from .admins import ChatAdmins
 from .formatting import html_to_plain, markdown_to_html
 from .handlers import ChatOrderedProcessor, Inbound
 from .intake import is_id
@@ -169,6 +170,7 @@ class TelegramConnector(Connector):
         self.buttons = ButtonStore(runtime.store, runtime.agent_id, self.button_ttl)
         self.outbox = Outbox(self.application.bot, self.buttons, self.pacer or ChatPacer())
         self.inbound = Inbound(self)
+        self.admins = ChatAdmins(self.application.bot)
 
     @property
     def bot(self) -> Bot:
@@ -262,6 +264,16 @@ class TelegramConnector(Connector):
         if wants_voice and self.runtime.has_model(ModelType.TEXT_TO_SPEECH):
             voice = await speak(self.runtime, html_to_plain(markdown_to_html(content.text)))
         return await self.outbox.send(target, content, voice)
+
+    def sender_id(self, message: Memory) -> str | None:
+        user_id = message.metadata.get("telegram", {}).get("user_id")
+        return str(user_id) if user_id is not None else None
+
+    async def is_admin(self, message: Memory) -> bool:
+        info = message.metadata.get("telegram", {})
+        if info.get("chat_id") is None or info.get("user_id") is None:
+            return False
+        return await self.admins.is_admin(int(info["chat_id"]), int(info["user_id"]))
 
     async def send_to_room(self, room: Room, content: Content) -> list[str]:
         chat_id = room.metadata.get("chat_id") or room.channel_id

@@ -181,8 +181,8 @@ class Inbound:
                 attachments=attachments or [],
             ),
             created_at=int(message.date.timestamp() * 1000),
-            metadata={"author_is_bot": user.is_bot is True, "telegram": {"chat_id": chat.id, "message_id": message.message_id,
-                                                                 "thread_id": thread_id}},
+            metadata={"author_is_bot": user.is_bot is True, "telegram": {
+                "chat_id": chat.id, "message_id": message.message_id, "thread_id": thread_id, "user_id": user.id}},
         )
 
     # Handlers -----------------------------------------------------------------------------------
@@ -213,9 +213,7 @@ class Inbound:
         # Stored with the attachments noted; downloads and model calls come in its turn (prepare).
         memory = await self._memory(message, heard.text, heard.attachments)
         prepare = partial(self.media.enrich, message=message) if heard.readable else None
-        await self._submit(memory, target, prepare=prepare, addressed=not is_group(message.chat) or bool(
-            memory.content.mention_context and (memory.content.mention_context.is_mention
-                                                or memory.content.mention_context.is_reply)))
+        await self._submit(memory, target, prepare=prepare)
 
     async def on_edited(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """An edit replaces the stored text; it is never answered a second time."""
@@ -281,13 +279,14 @@ class Inbound:
                 in_reply_to=self._uuid(message_key(chat.id, query.message.message_id)),
                 metadata={"button": {"label": pressed.label}},
             ),
-            metadata={"author_is_bot": query.from_user.is_bot is True},
+            metadata={"author_is_bot": query.from_user.is_bot is True,
+                      "telegram": {"chat_id": chat.id, "thread_id": thread_id, "user_id": query.from_user.id}},
         )
-        await self._submit(memory, Target(chat.id, thread_id), addressed=True)
+        await self._submit(memory, Target(chat.id, thread_id))
 
     # Pipeline -----------------------------------------------------------------------------------
-    async def _submit(self, memory: Memory, target: Target, *, addressed: bool,
-                      prepare: MessagePreparer | None = None) -> None:
+    async def _submit(self, memory: Memory, target: Target, *, prepare: MessagePreparer | None = None) -> None:
+        addressed = self.runtime.is_addressed(memory)
         typing = Typing(self.connector.bot, target, self.connector.typing_interval).start() if addressed else None
         try:
             ticket = await self.runtime.receive_message(memory, self._reply_callback(target, typing), prepare=prepare)

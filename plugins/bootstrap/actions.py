@@ -6,6 +6,7 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from bot.permissions import Role
 from bot.plugin import Action, ActionResult, HandlerCallback, State
 from bot.types import Button, Content, Memory, ModelType, RoomState
 
@@ -60,7 +61,7 @@ def _state_action(name: str, state: RoomState | None, description: str, similes:
             await callback(Content(text=response.content.text, actions=[name]))
         return ActionResult(values={"room_state": state})
 
-    return Action(name, description, handler, validate, similes)
+    return Action(name, description, handler, validate, similes, role=Role.ADMIN)  # a DM's asker is its admin
 
 
 async def _extract(runtime: AgentRuntime, message: Memory, state: State, instruction: str, shape: str) -> dict:
@@ -164,7 +165,7 @@ ACTIONS = [
     _state_action("UNFOLLOW_ROOM", None, "Go back to answering only when addressed.", ["UNFOLLOW"],
                   {RoomState.FOLLOWED}),
     Action("SEND_MESSAGE", "Send a message to another room you know.", send_message_handler,
-           _other_rooms_exist, ["MESSAGE_ROOM", "SEND_TO_ROOM"]),
+           _other_rooms_exist, ["MESSAGE_ROOM", "SEND_TO_ROOM"], role=Role.OWNER),
     Action("UPDATE_ENTITY", "Remember what the speaker tells you about themself.", update_entity_handler,
            similes=["REMEMBER_USER", "UPDATE_PROFILE"]),
     Action("GENERATE_IMAGE", "Create an image from a description.", generate_image_handler, _can_make_images,

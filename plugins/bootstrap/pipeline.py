@@ -102,8 +102,9 @@ class Pipeline:
         if message.metadata.get("author_is_bot") and not runtime.settings.respond_to_bots:
             return Decision(False, "ignored", "author is a bot")
         state = await runtime.get_room_state(message.room_id)
-        if state is RoomState.MUTED:
-            named = runtime.names_agent(message.content.text)
+        if state is RoomState.MUTED:  # muted: only a mention or the bot's name gets through
+            mention = message.content.mention_context
+            named = bool(mention and mention.is_mention) or runtime.names_agent(message.content.text)
             return Decision(True) if named else Decision(False, "muted", "room is muted")
         if runtime.is_addressed(message):
             return Decision(True)
@@ -230,16 +231,23 @@ class Pipeline:
             content=Content(text=parsed.text, thought=parsed.thought, actions=actions, providers=parsed.providers,
                             metadata={"options": parsed.options} if parsed.options else {}),
         )
+        results = []
         if replies and not parsed.providers:
             if parsed.text:  # the text the model already wrote: no second model call
                 await sender(Content(text=parsed.text, thought=parsed.thought or None, actions=replies))
         elif replies:
-            await runtime.process_actions(message, [self._with(response, replies[:1])], state, sender,
-                                          run_id=run_id)
+            results += await runtime.process_actions(message, [self._with(response, replies[:1])], state, sender,
+                                                     run_id=run_id)
         if others:
             # The reply text went out once already; the other actions must not send it again.
             rest = self._with(response, others, text="" if replies else None)
-            await runtime.process_actions(message, [rest], state, sender, run_id=run_id)
+            results += await runtime.process_actions(message, [rest], state, sender, run_id=run_id)
+        if not sender.sent and any(not r.success for r in results):
+            # An action that could not run (unknown, unavailable, failed) never swallows the answer.
+            if parsed.text:
+                await sender(Content(text=parsed.text, thought=parsed.thought or None, actions=["REPLY"]))
+            else:
+                await self._apologise(sender)
         runtime.run_in_background(self._evaluate(message, state, bool(sender.sent), response),
                                   f"evaluate-{message.id}")
         return RunOutcome(status="completed", run_id=run_id, responses=sender.sent)

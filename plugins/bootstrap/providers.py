@@ -156,13 +156,8 @@ async def entities_provider(runtime: AgentRuntime, message: Memory, state: State
 
 
 async def actions_provider(runtime: AgentRuntime, message: Memory, state: State) -> ProviderResult:
-    names = []
-    for action in runtime.actions:
-        try:
-            if await action.validate(runtime, message, state):
-                names.append(action.name)
-        except Exception:
-            continue
+    """Only the actions this asker may use here: the model is never offered what would be refused."""
+    names = [action.name for action in await runtime.allowed_actions(message, state)]
     return ProviderResult(values={"actionNames": ", ".join(names)}, data={"actions": names})
 
 

@@ -118,6 +118,7 @@ class FakeTelegram:
     def __init__(self, token: str, *, username: str = "parley_test_bot", bot_id: int = 7_000_001,
                  host: str = "127.0.0.1") -> None:
         self.token = token
+        self.admins: dict[int, set[int]] = {}  # chat id -> user ids that administer it (getChatMember)
         self.host = host
         self.port = 0
         self.me = {"id": bot_id, "is_bot": True, "first_name": "Parley", "username": username,
@@ -336,6 +337,18 @@ class FakeTelegram:
 
     async def _api_getMe(self, params: dict[str, Any]) -> Any:
         return self.me
+
+    async def _api_getChatMember(self, params: dict[str, Any]) -> Any:
+        """A member's status: `admins` maps chat ids to the user ids that administer them."""
+        chat_id, user_id = int(params["chat_id"]), int(params["user_id"])
+        status = "administrator" if user_id in self.admins.get(chat_id, set()) else "member"
+        member: dict[str, Any] = {"status": status, "user": self.user(user_id)}
+        if status == "administrator":
+            member.update({flag: True for flag in (
+                "can_be_edited", "is_anonymous", "can_manage_chat", "can_delete_messages", "can_manage_video_chats",
+                "can_restrict_members", "can_promote_members", "can_change_info", "can_invite_users",
+                "can_post_stories", "can_edit_stories", "can_delete_stories")})
+        return member
 
     async def _api_getUpdates(self, params: dict[str, Any]) -> Any:
         self.polls += 1
