@@ -444,6 +444,10 @@ class AgentRuntime:
     def has_model(self, model_type: ModelType) -> bool:
         return bool(self._models.get(model_type))
 
+    def has_plain_model(self, model_type: ModelType) -> bool:
+        """Whether any model for this type (first choice or fallback) needs the plain prompt."""
+        return any(not r.structured for r in self._models.get(model_type, ()))
+
     def follows_formats(self, model_type: ModelType) -> bool:
         """Whether the first model for this type can follow an output format (XML, JSON); small
         local models cannot, and work that needs one (fact extraction) is skipped for them."""

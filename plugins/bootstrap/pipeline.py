@@ -132,7 +132,7 @@ class Pipeline:
         })
         params = {"prompt": prompt, "system": runtime.character.system, "room_id": message.room_id,
                   "entity_id": message.entity_id}
-        plain = await self._plain_params(message, state)
+        plain = await self._plain_params(message, state) if runtime.has_plain_model(ModelType.TEXT_LARGE) else None
         output = await runtime.use_model_output(ModelType.TEXT_LARGE, params, plain=plain)
         if not output.structured:
             return ParsedResponse(text=clean_plain_reply(output.value), actions=["REPLY"])
