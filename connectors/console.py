@@ -17,6 +17,7 @@ from typing import TextIO
 
 from bot.ids import create_unique_uuid
 from bot.plugin import Connector, Plugin, Priority
+from bot.sanitize import clean_text
 from bot.settings import ConsoleMode, Settings
 from bot.types import ChannelType, Content, Entity, Memory, Room
 
@@ -118,7 +119,7 @@ class ConsoleConnector(Connector):
                 line = await reader.readline()
                 if not line:
                     break
-                text = line.rstrip("\n")
+                text = clean_text(line.rstrip("\n"))  # a C locale decodes bad bytes to lone surrogates
                 if not text.strip():
                     continue
                 message = Memory(

@@ -143,3 +143,15 @@ async def test_out_of_range_cursors_get_400(tmp_path: Path, fake: FakeOpenAI) ->
                 status, body = await bot.call("GET", path, params={**params, "cursor": cursor})
                 assert status == 400 and body["error"]["code"] == "INVALID_CURSOR", (path, cursor)
         assert (await bot.call("GET", "/api/messages", params={"room_id": "lobby", "cursor": _cursor(10**12)}))[0] == 200
+
+
+async def test_a_lone_surrogate_is_replaced_at_intake_and_later_messages_work(tmp_path: Path, fake: FakeOpenAI) -> None:
+    headers = {"Content-Type": "application/json"}
+    async with running_app(tmp_path, fake) as bot:
+        body = b'{"text": "hi \\ud800 there \\ud83d\\ude00", "user_id": "u", "room_id": "r"}'
+        status, result = await bot.call("POST", "/api/messages", data=body, headers=headers)
+        assert status == 200, result
+        assert (await bot.call("POST", "/api/messages", json={"text": "again", "user_id": "u", "room_id": "r"}))[0] == 200
+        page = (await bot.call("GET", "/api/messages", params={"room_id": "r"}))[1]
+        texts = [m["text"] for m in page["messages"] if m["role"] == "user"]
+        assert "hi \ufffd there \U0001F600" in texts and "again" in texts

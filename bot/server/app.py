@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
+
+from bot.sanitize import clean_text
 
 from .access import API_PREFIX, POLICY, Access, AccessPolicy, auth_middleware, browser_guard_middleware
 from .errors import ApiError
@@ -149,6 +152,19 @@ def check_metadata(metadata: dict[str, Any], limit: int, field: str = "metadata"
                        details=[{"field": field, "message": message}])
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _cleaned(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(k): _cleaned(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cleaned(v) for v in value]
+    return value
+
+
 async def parse_body(request: web.Request, model: type[M]) -> M:
     """The request's JSON body validated by `model`; 400 for bad JSON or bad fields, 413 when too big."""
     raw = await request.read()
@@ -162,6 +178,8 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
         raise _too_deep()
     if not isinstance(data, dict):
         raise ApiError(400, "INVALID_BODY", "the body must be a JSON object")
+    if _SURROGATE_ESCAPE.search(raw):  # lone surrogates are replaced here, as at every intake
+        raw = json.dumps(_cleaned(data), ensure_ascii=False).encode()
     try:
         # strict: JSON types must match the schema (no false → 0.0); strings still parse to UUIDs and enums.
         return model.model_validate_json(raw, strict=True)
