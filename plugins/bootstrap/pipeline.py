@@ -102,9 +102,8 @@ class Pipeline:
         if message.metadata.get("author_is_bot") and not runtime.settings.respond_to_bots:
             return Decision(False, "ignored", "author is a bot")
         state = await runtime.get_room_state(message.room_id)
-        if state is RoomState.MUTED:  # muted: only a mention or the bot's name gets through
-            mention = message.content.mention_context
-            named = bool(mention and mention.is_mention) or runtime.names_agent(message.content.text)
+        if state is RoomState.MUTED:  # muted: only the bot's name gets through
+            named = runtime.names_agent(message.content.text)
             return Decision(True) if named else Decision(False, "muted", "room is muted")
         if runtime.is_addressed(message):
             return Decision(True)
