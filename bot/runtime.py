@@ -328,19 +328,17 @@ class AgentRuntime:
             return Role.ADMIN
         return Role.MEMBER
 
+    async def _valid(self, action: Action, message: Memory, state: State | None) -> bool:
+        try:
+            return bool(await action.validate(self, message, state))
+        except Exception:
+            log.exception("validate of action %s failed", action.name)
+            return False
+
     async def allowed_actions(self, message: Memory, state: State | None) -> list[Action]:
         """The actions this asker may use here now: their role suffices and `validate` passes."""
         role = await self.role_of(message)
-        allowed = []
-        for action in self.actions:
-            if action.role > role:
-                continue
-            try:
-                if await action.validate(self, message, state):
-                    allowed.append(action)
-            except Exception:
-                log.exception("validate of action %s failed", action.name)
-        return allowed
+        return [action for action in self.actions if action.role <= role and await self._valid(action, message, state)]
 
     # Messages -----------------------------------------------------------------------------------
     async def create_memory(self, memory: Memory) -> bool:
@@ -567,7 +565,7 @@ class AgentRuntime:
                         await callback(Content(text=refusal(action.role), actions=["REFUSED"]))
                     results.append(ActionResult(success=False, error=f"{action.name} needs {action.role.name}"))
                     continue
-                if not await action.validate(self, message, state):
+                if not await self._valid(action, message, state):
                     log.info("action %s is not available for message %s", action.name, message.id)
                     results.append(ActionResult(success=False, error=f"{action.name} is not available here"))
                     continue

@@ -267,7 +267,8 @@ async def test_choose_option_sends_buttons(sqlite_store, tmp_path, model):
 async def test_generate_image_returns_an_attachment(sqlite_store, tmp_path, model):
     model.script(ModelType.TEXT_LARGE, xml_reply("Here you go", "GENERATE_IMAGE"))
     model.defaults[ModelType.IMAGE] = lambda p: [Attachment(id="", kind="image", data=b"PNG", content_type="image/png")]
-    runtime = await start_runtime(sqlite_store, make_settings(tmp_path), model,
+    connector = Plugin(name="test-connector", priority=Priority.PLATFORM, services=[RecordingConnector])
+    runtime = await start_runtime(sqlite_store, make_settings(tmp_path), model, connector,  # a platform member
                                   model_types=(ModelType.TEXT_SMALL, ModelType.TEXT_LARGE, ModelType.IMAGE))
     chat = make_chat(runtime)
     await chat.send("draw a cat")

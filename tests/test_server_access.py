@@ -107,6 +107,19 @@ async def test_without_a_key_proxied_requests_are_remote(tmp_path: Path, fake: F
         assert (await bot.call("POST", "/api/messages", json=_send()))[0] == 200  # direct loopback: the admin
 
 
+async def test_without_a_key_a_rebound_host_name_is_not_the_local_admin(tmp_path: Path, fake: FakeOpenAI) -> None:
+    """DNS rebinding: a page on evil.example whose name resolves to 127.0.0.1 in the owner's
+    browser reaches the port from loopback, same-origin with itself; its Host gives it away."""
+    async with running_app(tmp_path, fake) as bot:
+        rebound = {"Host": "rebind.evil.example:3000", "Origin": "http://rebind.evil.example:3000"}
+        for method, path, body in (("GET", "/api/memories?type=messages", None), ("POST", "/api/memories",
+                                                                                   {"text": "planted"})):
+            status, _ = await bot.call(method, path, json=body, headers=rebound)
+            assert status == 401, path
+        assert (await bot.call("GET", "/api/memories", params={"type": "messages"},
+                               headers={"Host": "localhost"}))[0] == 200
+
+
 async def test_public_chat_without_a_key_still_keeps_proxied_visitors_out_of_the_admin_api(
         tmp_path: Path, fake: FakeOpenAI) -> None:
     async with running_app(tmp_path, fake, web_chat="public") as bot, browser_like(PROXIED[0]) as visitor:

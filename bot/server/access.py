@@ -93,9 +93,16 @@ def is_loopback_host(host: str) -> bool:
     return host == "localhost" or _is_loopback(host)
 
 
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
+
+
 def is_direct_loopback(request: web.Request) -> bool:
-    """A loopback peer that no proxy relayed: any proxy header makes the request remote."""
-    return _is_loopback(request.remote) and not any(name in request.headers for name in PROXY_HEADERS)
+    """A loopback peer that no proxy relayed, asking for this machine by a loopback name: any
+    proxy header makes the request remote, and any other Host (a DNS-rebinding page whose name
+    resolves to 127.0.0.1 in the owner's browser) is not this machine's own client."""
+    host = urlsplit(f"//{request.host}").hostname or ""
+    return (_is_loopback(request.remote) and not any(name in request.headers for name in PROXY_HEADERS)
+            and (host in LOOPBACK_HOSTS or host.startswith("127.")))
 
 
 def _presented_keys(request: web.Request) -> list[str]:

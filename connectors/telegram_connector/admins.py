@@ -15,6 +15,7 @@ from bot.lru import LRU
 log = logging.getLogger(__name__)
 ADMIN_STATUSES = {ChatMember.OWNER, ChatMember.ADMINISTRATOR}
 CACHE_SECONDS = 300.0
+ERROR_CACHE_SECONDS = 30.0  # a failing API is not asked again on every message
 CACHE_SIZE = 4096
 
 
@@ -29,9 +30,9 @@ class ChatAdmins:
             return cached[0]
         try:
             member = await self.bot.get_chat_member(chat_id, user_id)
-            answer = member.status in ADMIN_STATUSES
-        except TelegramError as error:  # unknown: treat as not an admin, and ask again next time
+            answer, ttl = member.status in ADMIN_STATUSES, CACHE_SECONDS
+        except TelegramError as error:  # unknown: not an admin for now; asked again after a short pause
             log.warning("cannot tell whether user %s administers chat %s: %s", user_id, chat_id, error)
-            return False
-        self._known[(chat_id, user_id)] = (answer, self.clock() + CACHE_SECONDS)
+            answer, ttl = False, ERROR_CACHE_SECONDS
+        self._known[(chat_id, user_id)] = (answer, self.clock() + ttl)
         return answer

@@ -27,12 +27,12 @@ async def _generate_reply(runtime: AgentRuntime, message: Memory, state: State) 
     """A fresh reply from TEXT_LARGE, for when the first answer asked for more context first."""
     prompt = render(template_for(runtime.character.templates, "replyTemplate"),
                     {**state.values, "providers": state.text, "agentName": runtime.character.name})
-    raw = await runtime.use_model(ModelType.TEXT_LARGE, {
+    output = await runtime.use_model_output(ModelType.TEXT_LARGE, {
         "prompt": prompt, "system": runtime.character.system, "room_id": message.room_id,
         "entity_id": message.entity_id,
-    })
-    parsed = parse_response(raw)
-    return parsed.text if parsed else raw.strip()
+    }, plain={"messages": [{"role": "user", "content": message.content.text}]})
+    parsed = parse_response(output.value) if output.structured else None
+    return parsed.text if parsed else str(output.value).strip()
 
 
 async def reply_handler(runtime, message, state, options, callback, responses) -> ActionResult:
@@ -169,7 +169,7 @@ ACTIONS = [
     Action("UPDATE_ENTITY", "Remember what the speaker tells you about themself.", update_entity_handler,
            similes=["REMEMBER_USER", "UPDATE_PROFILE"]),
     Action("GENERATE_IMAGE", "Create an image from a description.", generate_image_handler, _can_make_images,
-           ["DRAW", "CREATE_IMAGE", "IMAGE"]),
+           ["DRAW", "CREATE_IMAGE", "IMAGE"], role=Role.MEMBER),  # paid per image: not for anonymous visitors
     Action("CHOOSE_OPTION", "Offer choices as buttons; list them in <options>a|b|c</options>.",
            choose_option_handler, similes=["OFFER_OPTIONS", "BUTTONS"]),
 ]

@@ -14,6 +14,7 @@ from collections import OrderedDict, deque
 from typing import TYPE_CHECKING
 from uuid import UUID
 
+from bot.lru import LRU
 from bot.plugin import HandlerCallback, MessagePreparer
 from bot.runtime import SLOW_DOWN, MessageHandler, MessageTicket, RunOutcome, ShuttingDown
 from bot.types import Content, EventType, Memory
@@ -40,7 +41,7 @@ class RateLimiter:
         self.per_minute = per_minute
         self.clock = clock
         self._buckets: OrderedDict[UUID, tuple[float, float]] = OrderedDict()
-        self._warned: dict[UUID, float] = {}
+        self._warned: LRU[UUID, float] = LRU(MAX_TRACKED_USERS)
 
     def allow(self, entity_id: UUID) -> bool:
         if self.per_minute <= 0:

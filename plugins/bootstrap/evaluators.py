@@ -53,8 +53,10 @@ def reflection_evaluator(counter: ReflectionCounter, recall: Recall) -> Evaluato
             "recentMessages": recent, "agentName": runtime.character.name,
             "knownFacts": "\n".join(f"- {m.content.text}" for m in known) or "(none)",
         })
-        raw = await runtime.use_model(_model(runtime), {"prompt": prompt, "room_id": message.room_id})
-        found = parse_json_object_or_none(raw)
+        output = await runtime.use_model_output(_model(runtime), {"prompt": prompt, "room_id": message.room_id})
+        if not output.structured:  # the first model failed over to a plain one: its "facts" are noise
+            return ActionResult(success=False, error="answered by a model that cannot extract facts")
+        found = parse_json_object_or_none(output.value)
         if found is None:
             log.info("reflection in room %s produced no JSON; nothing stored", message.room_id)
             return ActionResult(success=False, error="no JSON")
