@@ -40,6 +40,8 @@ INPUTS: dict[str, Callable[[int], str]] = {
     "heading_spaces": lambda n: repeat(" ", n, "# a", "b"),
     "newlines": lambda n: repeat("\n", n),
     "open_brackets": lambda n: repeat("[", n),
+    "escaped_angles": lambda n: repeat("<", n),  # every character becomes an HTML entity
+    "escaped_amps": lambda n: repeat("&", n),
     "unclosed_italics": lambda n: repeat("*a ", n),
     "unclosed_bold": lambda n: repeat("**a ", n),
     "unclosed_underscores": lambda n: repeat("_a ", n),
