@@ -12,7 +12,7 @@ import logging
 import re
 from collections.abc import Awaitable
 from datetime import datetime
-from functools import partial
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any
 
 from telegram import Chat, Message, MessageEntity, Update, User
@@ -62,6 +62,13 @@ class ChatOrderedProcessor(BaseUpdateProcessor):
 
     async def shutdown(self) -> None:
         """Nothing to release."""
+
+
+@lru_cache(maxsize=8)
+def telegram_names(*names: str | None) -> re.Pattern[str]:
+    """The bot's Telegram names as whole words (compiled once: they do not change while running)."""
+    alternatives = "|".join(re.escape(n) for n in names if n) or r"(?!)"
+    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
 
 
 def is_group(chat: Chat) -> bool:
@@ -152,15 +159,10 @@ class Inbound:
         )
         replied = real_reply(message)
         is_reply = bool(replied and isinstance(replied.from_user, User) and replied.from_user.id == bot.id)
-        named = self._names_bot(message_text(message), bot.first_name, bot.username)
+        # The character's own names are the runtime's check (is_addressed); this adds the bot's Telegram names.
+        named = telegram_names(bot.first_name, bot.username).search(message_text(message)) is not None
         return MentionContext(is_mention=mentioned or named, is_reply=is_reply,
                               is_thread=topic_of(message) is not None)
-
-    def _names_bot(self, text: str, *telegram_names: str | None) -> bool:
-        """Addressed by name: the character's names or the bot's Telegram name, as a whole word."""
-        character = self.runtime.character
-        names = {n.lower() for n in (character.name, character.username, *telegram_names) if n}
-        return any(re.search(rf"(?<!\w){re.escape(name)}(?!\w)", text, re.IGNORECASE) for name in names)
 
     async def _memory(self, message: Message, text: str, attachments: list[Any] | None = None) -> Memory:
         user, chat = message.from_user, message.chat
