@@ -14,11 +14,14 @@ _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
 REPLACEMENT = "\ufffd"
 
 
+def replace_surrogates(text: str) -> str:
+    """Replace lone surrogates (which cannot be encoded as UTF-8) with U+FFFD."""
+    return text if text.isascii() else _SURROGATE.sub(REPLACEMENT, text)
+
+
 def clean_text(text: str) -> str:
-    """Replace lone surrogates (which cannot be encoded as UTF-8) and NULs with U+FFFD."""
-    if text.isascii():
-        return text.replace("\x00", REPLACEMENT)
-    return _SURROGATE.sub(REPLACEMENT, text).replace("\x00", REPLACEMENT)
+    """Replace lone surrogates and NULs with U+FFFD."""
+    return replace_surrogates(text).replace("\x00", REPLACEMENT)
 
 
 def one_line(text: str, limit: int = 200) -> str:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from bot.sanitize import clean_text
+from bot.sanitize import replace_surrogates
 
 from .access import API_PREFIX, POLICY, Access, AccessPolicy, auth_middleware, browser_guard_middleware
 from .errors import ApiError
@@ -156,10 +156,11 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def _cleaned(value: Any) -> Any:
+    """Lone surrogates replaced; NULs are left for the schema to refuse (400), as before."""
     if isinstance(value, str):
-        return clean_text(value)
+        return replace_surrogates(value)
     if isinstance(value, dict):
-        return {clean_text(k): _cleaned(v) for k, v in value.items()}
+        return {replace_surrogates(k): _cleaned(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_cleaned(v) for v in value]
     return value
