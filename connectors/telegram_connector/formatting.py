@@ -35,7 +35,8 @@ class _Emphasis:
     """One kind of emphasis: an opening and a closing delimiter (each a fixed-width pattern checked
     with lookarounds) around at least one character, on one line unless `multiline`."""
 
-    def __init__(self, opening: str, closing: str, width: int, tag: str, *, multiline: bool) -> None:
+    def __init__(self, marker: str, opening: str, closing: str, width: int, tag: str, *, multiline: bool) -> None:
+        self.marker = marker  # the delimiter's literal text: no marker in the text, nothing to scan
         # Wrapped in a lookahead, finditer reports every position a delimiter starts, overlapping ones too.
         self.opening = re.compile(f"(?={opening})")
         self.closing = re.compile(f"(?={closing})")
@@ -47,6 +48,8 @@ class _Emphasis:
         """What `re.sub(opening(.+?)closing, <tag>\\1</tag>)` gives, in O(n log n) instead of O(n²):
         from left to right, each opening pairs with the first closing after it, if it comes before a
         line break (unless multiline)."""
+        if self.marker not in text:
+            return text
         closings = [m.start() for m in self.closing.finditer(text)]
         if not closings:
             return text
@@ -72,15 +75,18 @@ class _Emphasis:
 
 
 _INLINE_RULES = [
-    _Emphasis(r"\*\*(?=\S)", r"(?<=\S)\*\*", 2, "b", multiline=True),
-    _Emphasis(r"(?<!\w)__(?=\S)", r"(?<=\S)__(?!\w)", 2, "b", multiline=True),
-    _Emphasis(r"(?<![\w*])\*(?=[^\s*])", r"(?<=[^\s*])\*(?![\w*])", 1, "i", multiline=False),
-    _Emphasis(r"(?<!\w)_(?=[^\s_])", r"(?<=[^\s_])_(?!\w)", 1, "i", multiline=False),
-    _Emphasis(r"~~(?=\S)", r"(?<=\S)~~", 2, "s", multiline=False),
-    _Emphasis(r"\|\|(?=\S)", r"(?<=\S)\|\|", 2, "tg-spoiler", multiline=False),
+    _Emphasis("**", r"\*\*(?=\S)", r"(?<=\S)\*\*", 2, "b", multiline=True),
+    _Emphasis("__", r"(?<!\w)__(?=\S)", r"(?<=\S)__(?!\w)", 2, "b", multiline=True),
+    _Emphasis("*", r"(?<![\w*])\*(?=[^\s*])", r"(?<=[^\s*])\*(?![\w*])", 1, "i", multiline=False),
+    _Emphasis("_", r"(?<!\w)_(?=[^\s_])", r"(?<=[^\s_])_(?!\w)", 1, "i", multiline=False),
+    _Emphasis("~~", r"~~(?=\S)", r"(?<=\S)~~", 2, "s", multiline=False),
+    _Emphasis("||", r"\|\|(?=\S)", r"(?<=\S)\|\|", 2, "tg-spoiler", multiline=False),
 ]
 _TOKEN = re.compile(r"(<[^>]*>|&#?\w+;)")
 _TAG = re.compile(r"<(/?)([a-z-]+)")
+_TAG_TOKEN = re.compile(r"<[^>]*>")
+_ENTITY = re.compile(r"&#?\w+;")
+_TAG_OR_ENTITIES = re.compile(r"(<[^>]*>|(?:&#?\w+;)+)")
 
 
 def _utf16_len(text: str) -> int:
@@ -137,7 +143,7 @@ def markdown_to_html(text: str) -> str:
 def well_nested(markup: str) -> bool:
     """True when every tag closes in order (what Telegram's HTML parser insists on)."""
     stack: list[str] = []
-    for token in _TOKEN.findall(markup):
+    for token in _TAG_TOKEN.findall(markup):
         match = _TAG.match(token)
         if match is None:
             continue
@@ -170,25 +176,44 @@ def html_to_plain(markup: str) -> str:
 _ENTITY_WIDTH = {"&lt;": 1, "&gt;": 1, "&amp;": 1, "&quot;": 1, "&#x27;": 1, "&#39;": 1}
 
 
-def _width(unit: str) -> int:
-    """Visible UTF-16 size of one unit: a tag is 0, a character 1 (2 beyond the BMP), an entity its text."""
-    if len(unit) == 1:
-        return 1 + (unit > "\uffff")
-    if unit[0] == "<":
-        return 0
-    return _ENTITY_WIDTH.get(unit) or _utf16_len(_unescape(unit))
+def _token_width(token: str) -> int:
+    """Visible UTF-16 size of a tag (0) or an entity (its text)."""
+    return 0 if token[0] == "<" else _ENTITY_WIDTH.get(token) or _utf16_len(_unescape(token))
 
 
-def _units(markup: str) -> list[str]:
-    """Tags and entities whole, every other character on its own: the places a split may go."""
-    units: list[str] = []
-    # split() with one capturing group alternates text, token, text, token...: odd parts are tokens.
-    for index, part in enumerate(_TOKEN.split(markup)):
-        if index % 2:
-            units.append(part)
-        else:
-            units.extend(part)
-    return units
+class _Units:
+    """The markup as units: tags and entities whole, every other character on its own (the places a
+    split may go), with each unit's visible width, a one-character-per-unit "kinds" string (tokens
+    as "x") and the tags by unit index. Built a run of text at a time, not a unit at a time."""
+
+    def __init__(self, markup: str) -> None:
+        self.units: list[str] = []
+        widths: list[int] = []
+        kinds: list[str] = []
+        self.tags: list[tuple[int, str]] = []
+        # One capturing group: text, then a tag or a run of entities, then text... Runs are taken
+        # whole, so text of nothing but escaped characters costs a few C calls, not one per entity.
+        for index, part in enumerate(_TAG_OR_ENTITIES.split(markup)):
+            if not part:
+                continue
+            if index % 2 == 0:
+                self.units.extend(part)
+                widths.extend([1] * len(part) if part.isascii() else [1 + (c > "\uffff") for c in part])
+                kinds.append(part)
+            elif part[0] == "<":
+                self.tags.append((len(self.units), part))
+                self.units.append(part)
+                widths.append(0)
+                kinds.append("x")
+            else:
+                entities = _ENTITY.findall(part)
+                self.units.extend(entities)
+                known = _ENTITY_WIDTH.keys() >= set(entities)
+                widths.extend([1] * len(entities) if known else [_token_width(e) for e in entities])
+                kinds.append("x" * len(entities))
+        self.kinds = "".join(kinds)
+        # filled[i]: visible size of units[:i]
+        self.filled = list(itertools.accumulate(widths, initial=0))
 
 
 _BREAKS = {3: re.compile(r"\n(?=\n)"), 2: re.compile(r"\n(?!\n)"), 1: re.compile(r"[^\S\n]")}
@@ -210,14 +235,12 @@ def split_html(markup: str, limit: int = MESSAGE_LIMIT) -> list[str]:
         return []
     if _utf16_len(plain) <= limit:
         return [markup]
-    units = _units(markup)
-    # filled[i]: visible size of units[:i]. A lone character is 1 unit, or 2 beyond the BMP.
-    filled = list(itertools.accumulate(map(_width, units), initial=0))
+    parsed = _Units(markup)
+    units, filled, kinds = parsed.units, parsed.filled, parsed.kinds
     # How good a split before units[i] is: the end 4, paragraph 3, line 2, word 1, anywhere else 0.
-    kinds = "".join([unit if len(unit) == 1 else "x" for unit in units])  # one character per unit
     points = {priority: [m.start() for m in pattern.finditer(kinds)] for priority, pattern in _BREAKS.items()}
     points[4] = [len(units)]
-    tags = [(index, unit) for index, unit in enumerate(units) if unit[0] == "<" and _TAG.match(unit)]
+    tags = [(index, unit) for index, unit in parsed.tags if _TAG.match(unit)]
     next_tag = 0
     stack: list[str] = []  # the tags open before units[position], as written (to reopen them verbatim)
 
