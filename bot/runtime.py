@@ -59,6 +59,7 @@ S = TypeVar("S", bound=Service)
 STATE_CACHE_SIZE = 512
 CACHE_SIZE = 10_000
 USAGE_FLUSH_SECONDS = 1.0
+MEDIA_SLOTS = 2
 
 
 # What a user over RATE_LIMIT_PER_MINUTE is told, on every platform and the API.
@@ -144,6 +145,9 @@ class AgentRuntime:
         self.history = MessageHistory(store, self.agent_id, settings.conversation_length)
         self._usage: list[dict[str, Any]] = []
         self._usage_task: asyncio.Task[None] | None = None
+        # Audio read back for transcription is held in memory during the call (up to VOICE_MAX_MB):
+        # connectors take a slot first, so a burst of voice notes cannot multiply that.
+        self.media_slots = asyncio.Semaphore(MEDIA_SLOTS)
         names = [re.escape(n) for n in (character.name, character.username) if n]
         self._name_pattern = re.compile(rf"(?<!\w)@?(?:{'|'.join(names)})(?!\w)", re.IGNORECASE)
 

@@ -221,9 +221,11 @@ class Mapper:
                     raise Refused("not transcribed: its length could not be read")
                 if seconds > settings.voice_max_seconds:
                     raise Refused(f"not transcribed: longer than {settings.voice_max_seconds} seconds")
-            # The TRANSCRIPTION contract takes bytes; the cap above bounds what is read back.
-            return await self.runtime.use_model(ModelType.TRANSCRIPTION, {
-                "audio": path.read_bytes(), "mime_type": item.content_type, "filename": one_line(item.filename)})
+            # The TRANSCRIPTION contract takes bytes: the cap bounds what is read back, the slot how often.
+            async with self.runtime.media_slots:
+                return await self.runtime.use_model(ModelType.TRANSCRIPTION, {
+                    "audio": path.read_bytes(), "mime_type": item.content_type,
+                    "filename": one_line(item.filename)})
 
 
 async def download(url: str, path: Path, max_mb: float) -> None:

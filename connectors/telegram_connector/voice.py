@@ -185,17 +185,18 @@ class MediaReader:
     async def _transcribe(self, message: Message, attachment: Attachment, size: int | None) -> str | None:
         if not self.can_hear or attachment.file_id is None:
             return None
-        audio = await self._download(message, attachment.file_id, size, self.max_audio_bytes)
-        if audio is None:
-            return None
-        mime = attachment.content_type or "audio/ogg"
-        try:
-            text = await self.runtime.use_model(ModelType.TRANSCRIPTION, {
-                "audio": audio, "mime_type": mime, "filename": f"voice.{mime.split('/')[-1]}",
-            })
-        except Exception as error:
-            log.warning("transcription failed in chat %s: %s", message.chat_id, error)
-            return None
+        async with self.runtime.media_slots:  # the audio is in memory from download to transcript
+            audio = await self._download(message, attachment.file_id, size, self.max_audio_bytes)
+            if audio is None:
+                return None
+            mime = attachment.content_type or "audio/ogg"
+            try:
+                text = await self.runtime.use_model(ModelType.TRANSCRIPTION, {
+                    "audio": audio, "mime_type": mime, "filename": f"voice.{mime.split('/')[-1]}",
+                })
+            except Exception as error:
+                log.warning("transcription failed in chat %s: %s", message.chat_id, error)
+                return None
         return str(text).strip() or None
 
     async def _describe(self, message: Message, attachment: Attachment, size: int | None) -> None:
