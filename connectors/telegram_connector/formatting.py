@@ -82,7 +82,6 @@ _INLINE_RULES = [
     _Emphasis("~~", r"~~(?=\S)", r"(?<=\S)~~", 2, "s", multiline=False),
     _Emphasis("||", r"\|\|(?=\S)", r"(?<=\S)\|\|", 2, "tg-spoiler", multiline=False),
 ]
-_TOKEN = re.compile(r"(<[^>]*>|&#?\w+;)")
 _TAG = re.compile(r"<(/?)([a-z-]+)")
 _TAG_TOKEN = re.compile(r"<[^>]*>")
 _ENTITY = re.compile(r"&#?\w+;")
@@ -176,9 +175,9 @@ def html_to_plain(markup: str) -> str:
 _ENTITY_WIDTH = {"&lt;": 1, "&gt;": 1, "&amp;": 1, "&quot;": 1, "&#x27;": 1, "&#39;": 1}
 
 
-def _token_width(token: str) -> int:
-    """Visible UTF-16 size of a tag (0) or an entity (its text)."""
-    return 0 if token[0] == "<" else _ENTITY_WIDTH.get(token) or _utf16_len(_unescape(token))
+def _entity_width(entity: str) -> int:
+    """Visible UTF-16 size of an entity: its text."""
+    return _ENTITY_WIDTH.get(entity) or _utf16_len(_unescape(entity))
 
 
 class _Units:
@@ -209,14 +208,36 @@ class _Units:
                 entities = _ENTITY.findall(part)
                 self.units.extend(entities)
                 known = _ENTITY_WIDTH.keys() >= set(entities)
-                widths.extend([1] * len(entities) if known else [_token_width(e) for e in entities])
+                widths.extend([1] * len(entities) if known else [_entity_width(e) for e in entities])
                 kinds.append("x" * len(entities))
         self.kinds = "".join(kinds)
         # filled[i]: visible size of units[:i]
         self.filled = list(itertools.accumulate(widths, initial=0))
 
 
-_BREAKS = {3: re.compile(r"\n(?=\n)"), 2: re.compile(r"\n(?!\n)"), 1: re.compile(r"[^\S\n]")}
+_NOT_SPACE = re.compile(r"\S")
+_LINE_BREAK = re.compile(r"(?<!\n)\n")  # searched in a reversed window: a newline not followed by one
+_WORD_BREAK = re.compile(r"[^\S\n]")
+
+
+def _latest_breaks(kinds: str, start: int, end: int) -> dict[int, int]:
+    """The last split point of each kind in (start, end]: the end 4, paragraph 3 (a newline followed
+    by another), line 2 (a newline that is not), word 1 (other whitespace). Found by searching the
+    window backwards in C, so every chunk costs its own length and no more."""
+    found: dict[int, int] = {}
+    if end == len(kinds):
+        found[4] = end
+    paragraph = kinds.rfind("\n\n", start + 1, end + 2)
+    if paragraph > start:
+        found[3] = paragraph
+    # Positions start+1 .. end+1 reversed (past the text's end, a non-space sentinel): index j in
+    # it is position end + 1 - j, so j >= 1 keeps within `end`.
+    window = (kinds[start + 1:end + 2] + "x" * max(0, end + 2 - len(kinds)))[::-1]
+    for priority, pattern in ((2, _LINE_BREAK), (1, _WORD_BREAK)):
+        match = pattern.search(window, 1)
+        if match is not None and end + 1 - match.start() > start:
+            found[priority] = end + 1 - match.start()
+    return found
 
 
 def _closing(opened: tuple[str, ...]) -> str:
@@ -237,9 +258,6 @@ def split_html(markup: str, limit: int = MESSAGE_LIMIT) -> list[str]:
         return [markup]
     parsed = _Units(markup)
     units, filled, kinds = parsed.units, parsed.filled, parsed.kinds
-    # How good a split before units[i] is: the end 4, paragraph 3, line 2, word 1, anywhere else 0.
-    points = {priority: [m.start() for m in pattern.finditer(kinds)] for priority, pattern in _BREAKS.items()}
-    points[4] = [len(units)]
     tags = [(index, unit) for index, unit in parsed.tags if _TAG.match(unit)]
     next_tag = 0
     stack: list[str] = []  # the tags open before units[position], as written (to reopen them verbatim)
@@ -264,10 +282,8 @@ def split_html(markup: str, limit: int = MESSAGE_LIMIT) -> list[str]:
         anywhere = start + len(kinds[start + 1:end + 1].rstrip())
         if anywhere > start:
             last[0] = (anywhere, filled[anywhere] - filled[start])
-        for priority, indexes in points.items():
-            latest = indexes[bisect.bisect_right(indexes, end) - 1] if indexes and indexes[0] <= end else -1
-            if latest > start:
-                last[priority] = (latest, filled[latest] - filled[start])
+        for priority, latest in _latest_breaks(kinds, start, end).items():
+            last[priority] = (latest, filled[latest] - filled[start])
         # The best kind of break that still fills half a message; else the best kind there is.
         full = [p for p, (_, size) in last.items() if size >= limit // 2]
         best = last[max(full or last)][0] if last else start + 1
@@ -276,9 +292,8 @@ def split_html(markup: str, limit: int = MESSAGE_LIMIT) -> list[str]:
         chunk = "".join(opened) + (body if closed else body.rstrip()) + _closing(closed)
         if html_to_plain(chunk).strip():
             chunks.append(chunk)
-        start = best
-        while start < len(units) and units[start].isspace():
-            start += 1
+        following = _NOT_SPACE.search(kinds, best)  # the next chunk starts past the whitespace
+        start = following.start() if following else len(units)
     return chunks
 
 

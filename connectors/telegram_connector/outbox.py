@@ -102,9 +102,10 @@ class Outbox:
         Forbidden always propagates: `send` then stops writing to that chat.
         """
         markup = await self.buttons.keyboard(content.buttons) if content.buttons else None
-        # Linear, but a long hostile reply still costs tens of ms: never on the event loop.
-        chunks = await asyncio.to_thread(render_chunks, content.text) if len(content.text) > 2000 else \
-            render_chunks(content.text)
+        if len(content.text) > 2000:  # linear, but a long hostile reply costs tens of ms: off the event loop
+            chunks = await asyncio.to_thread(render_chunks, content.text)
+        else:
+            chunks = render_chunks(content.text)
         parts: list[Callable[[int | None], Awaitable[Message | None]]] = []
         if voice is not None:
             caption = markdown_to_html(content.text)

@@ -132,16 +132,14 @@ class Pipeline:
         params = {"prompt": prompt, "system": runtime.character.system, "room_id": message.room_id,
                   "entity_id": message.entity_id}
         plain = await self._plain_params(message, state) if runtime.has_plain_model(ModelType.TEXT_LARGE) else None
-        output = await runtime.use_model_output(ModelType.TEXT_LARGE, params, plain=plain)
-        if not output.structured:
-            return ParsedResponse(text=clean_plain_reply(output.value), actions=["REPLY"])
-        parsed = parse_response(output.value)
-        if parsed is None:  # one retry with the same model family, then the raw text is the reply
+        for _attempt in range(2):  # one retry when the XML is malformed, then the raw text is the reply
             output = await runtime.use_model_output(ModelType.TEXT_LARGE, params, plain=plain)
             if not output.structured:
                 return ParsedResponse(text=clean_plain_reply(output.value), actions=["REPLY"])
             parsed = parse_response(output.value)
-        return parsed or ParsedResponse(text=str(output.value).strip(), actions=["REPLY"])
+            if parsed is not None:
+                return parsed
+        return ParsedResponse(text=str(output.value).strip(), actions=["REPLY"])
 
     async def _plain_params(self, message: Memory, state: State) -> dict:
         """For small local models: a short system prompt, the last few turns as chat turns, and
@@ -153,7 +151,7 @@ class Pipeline:
         character = runtime.character
         bio = character.bio if isinstance(character.bio, str) else " ".join(character.bio[:3])
         system = "\n\n".join(p for p in (character.system or bio, context,
-                                         f"Reply as {runtime.character.name} in one or two short sentences, in character.") if p)
+                                         f"Reply as {character.name} in one or two short sentences, in character.") if p)
         history = providers["RECENT_MESSAGES"].data.get("memories", []) if "RECENT_MESSAGES" in providers else []
         history = [m for m in history if m.content.text and m.id != message.id][:PLAIN_TURNS]
         names = await runtime.entity_names({m.entity_id for m in history} | {message.entity_id})
