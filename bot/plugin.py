@@ -8,6 +8,7 @@ handlers, event handlers and HTTP routes. Plugins use only the runtime's public 
 from __future__ import annotations
 
 import logging
+import uuid
 from abc import ABC
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ class ProviderResult:
 
 @dataclass
 class ActionResult:
+    """What an action did. For a tool, `text` (or `error`) is what the model reads back."""
+
     success: bool = True
     text: str | None = None
     values: dict[str, Any] = field(default_factory=dict)
@@ -65,10 +68,7 @@ HandlerCallback = Callable[[Content], Awaitable[list[str]]]
 MessagePreparer = Callable[[Memory], Awaitable[Memory]]
 ProviderGet = Callable[["AgentRuntime", Memory, State], Awaitable[ProviderResult]]
 Validator = Callable[["AgentRuntime", Memory, State | None], Awaitable[bool]]
-ActionHandler = Callable[
-    ["AgentRuntime", Memory, State, dict[str, Any], HandlerCallback | None, list[Memory]],
-    Awaitable[ActionResult | None],
-]
+ActionHandler = Callable[["ActionContext"], Awaitable["ActionResult | str | None"]]
 EvaluatorHandler = Callable[["AgentRuntime", Memory, State, list[Memory]], Awaitable[ActionResult | None]]
 ModelHandler = Callable[["AgentRuntime", dict[str, Any]], Awaitable[Any]]
 EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
@@ -89,7 +89,41 @@ class Provider:
 
 
 @dataclass
+class ActionContext:
+    """Everything an action handler gets, in one typed object (PTB's `Update` plus `context`).
+
+    `parameters` are the model's arguments, already checked against the action's schema.
+    `response` is the model's answer that named the action when it came as XML (its `text` is the
+    reply the model wrote); with native tool calls there is none yet: the reply comes after.
+    """
+
+    runtime: AgentRuntime
+    message: Memory
+    state: State
+    parameters: dict[str, Any] = field(default_factory=dict)
+    callback: HandlerCallback | None = None
+    response: Memory | None = None
+    responses: list[Memory] = field(default_factory=list)
+    role: Role = Role.VISITOR
+    run_id: uuid.UUID | None = None
+
+    @property
+    def reply_text(self) -> str:
+        """The reply the model wrote alongside the action ("" with native tool calls)."""
+        return self.response.content.text if self.response is not None else ""
+
+    async def send(self, content: Content | str) -> list[str]:
+        """Send to the room the message came from (stored and counted like any reply)."""
+        if self.callback is None:
+            return []
+        return await self.callback(Content(text=content) if isinstance(content, str) else content)
+
+
+@dataclass
 class Action:
+    """Something the agent can do. With `parameters` (a JSON schema object) it is a tool: the
+    model fills the arguments and reads the result before it writes the reply."""
+
     name: str
     description: str
     handler: ActionHandler
@@ -99,6 +133,13 @@ class Action:
     # The least role that may use it: anything that reaches beyond the asker's own conversation
     # (other rooms, a room's settings, voice, external tools) asks for more than VISITOR.
     role: Role = Role.VISITOR
+    parameters: dict[str, Any] | None = None
+    # Seconds one call may take (None: TOOL_TIMEOUT); the model is told when it ran out.
+    timeout: float | None = None
+
+    @property
+    def is_tool(self) -> bool:
+        return self.parameters is not None
 
 
 @dataclass
@@ -112,6 +153,34 @@ class Evaluator:
 
 
 @dataclass
+class ToolSpec:
+    """A tool as offered to a model: an action's name, description and JSON-schema parameters."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+@dataclass
+class ToolCall:
+    """One call the model asked for; `id` pairs it with its result in the next request."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass
+class ToolStep:
+    """One round of a tool loop: the model's calls (and any text with them) and their results,
+    in order. Model handlers replay these as their API's assistant and tool turns."""
+
+    calls: list[ToolCall]
+    results: list[str]
+    text: str = ""
+
+
+@dataclass
 class ModelOutput:
     """What a model handler returns when it knows its token usage."""
 
@@ -119,6 +188,7 @@ class ModelOutput:
     model: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    tool_calls: list[ToolCall] = field(default_factory=list)
     # Filled in by the runtime: who answered, and whether it was given the structured prompt.
     provider: str = ""
     structured: bool = True
@@ -132,6 +202,8 @@ class ModelRegistration:
     priority: int = 0  # lower is tried first
     # False for small models that cannot follow an output format (XML, JSON): prompts ask for plain text.
     structured: bool = True
+    # True when the handler takes `tools` and `tool_steps` params and returns `tool_calls`.
+    native_tools: bool = False
 
 
 @dataclass

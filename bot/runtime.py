@@ -20,6 +20,7 @@ from bot.lru import LRU
 from bot.permissions import Role, refusal
 from bot.plugin import (
     Action,
+    ActionContext,
     ActionResult,
     Connector,
     Evaluator,
@@ -40,6 +41,7 @@ from bot.plugin import (
 )
 from bot.settings import Settings
 from bot.store.base import ModelUsage, Store
+from bot.tools import argument_problem
 from bot.types import (
     DIRECT_CHANNELS,
     Agent,
@@ -456,6 +458,11 @@ class AgentRuntime:
         handlers = self._models.get(model_type)
         return bool(handlers) and handlers[0].structured
 
+    def has_native_tools(self, model_type: ModelType) -> bool:
+        """Whether the first model for this type takes tools natively (function calling)."""
+        handlers = self._models.get(model_type)
+        return bool(handlers) and handlers[0].native_tools
+
     def model_providers(self, model_type: ModelType) -> list[str]:
         return [r.provider for r in self._models.get(model_type, [])]
 
@@ -540,6 +547,68 @@ class AgentRuntime:
                 return action
         return None
 
+    def add_action(self, action: Action) -> None:
+        """Offer an action from now on (an MCP server's tools as it connects)."""
+        if any(_normalise_action(a.name) == _normalise_action(action.name) for a in self.actions):
+            raise PluginError(f"action {action.name!r} is already registered")
+        self.actions.append(action)
+
+    def remove_action(self, name: str) -> None:
+        """Stop offering an action (its MCP server went away)."""
+        wanted = _normalise_action(name)
+        self.actions = [a for a in self.actions if _normalise_action(a.name) != wanted]
+
+    async def run_action(
+        self,
+        name: str,
+        message: Memory,
+        state: State,
+        *,
+        parameters: dict[str, Any] | None = None,
+        callback: HandlerCallback | None = None,
+        response: Memory | None = None,
+        responses: Sequence[Memory] = (),
+        run_id: uuid.UUID | None = None,
+        role: Role | None = None,
+    ) -> tuple[Action | None, ActionResult]:
+        """Run one action the model asked for, checked again here (the asker's role, `validate`,
+        the arguments against its schema): what the model names is a request, not a permission.
+        A refused, invalid, slow or failing action is reported in its result, never raised."""
+        action = self.find_action(name)
+        if action is None:
+            log.warning("model asked for unknown action %r", name)
+            return None, ActionResult(success=False, error=f"there is no action named {name}")
+        role = await self.role_of(message) if role is None else role
+        if action.role > role:
+            log.warning("refused %s for %s in room %s: needs %s, asker is %s", action.name,
+                        message.entity_id, message.room_id, action.role.name, role.name)
+            return action, ActionResult(success=False, error=refusal(action.role), data={"refused": True})
+        if not await self._valid(action, message, state):
+            log.info("action %s is not available for message %s", action.name, message.id)
+            return action, ActionResult(success=False, error=f"{action.name} is not available here")
+        parameters = dict(parameters or {})
+        if action.parameters is not None and (problem := argument_problem(action.parameters, parameters)):
+            return action, ActionResult(success=False, error=f"invalid arguments for {action.name}: {problem}")
+        context = ActionContext(self, message, state, parameters, callback, response, list(responses), role, run_id)
+        payload = {"runtime": self, "message": message, "action": action.name, "run_id": run_id,
+                   "tool": action.is_tool}
+        await self.emit(EventType.ACTION_STARTED, payload)
+        started = time.perf_counter()
+        try:
+            limit = (action.timeout or self.settings.tool_timeout) if action.is_tool else None
+            async with asyncio.timeout(limit):
+                outcome = await action.handler(context)
+            result = ActionResult(text=outcome) if isinstance(outcome, str) else outcome or ActionResult()
+        except TimeoutError:
+            log.warning("action %s timed out (run %s)", action.name, run_id)
+            result = ActionResult(success=False, error=f"{action.name} took too long and was stopped")
+        except Exception as error:
+            log.exception("action %s failed (run %s)", action.name, run_id)
+            result = ActionResult(success=False, error=f"{type(error).__name__}: {error}")
+        await self.emit(EventType.ACTION_COMPLETED, {**payload, "result": result,
+                                                     "duration": time.perf_counter() - started})
+        return action, result
+
     async def process_actions(
         self,
         message: Memory,
@@ -549,41 +618,19 @@ class AgentRuntime:
         *,
         run_id: uuid.UUID | None = None,
     ) -> list[ActionResult]:
-        """Run every action named by the responses, in order. Each is checked again here (the
-        asker's role, then `validate`): what the model names is a request, not a permission. A
-        refused or failing action is reported in its result, never raised."""
+        """Run every action named by the responses, in order, with the arguments the response
+        carries in `content.metadata["params"]`; a refusal is said to the asker."""
         results: list[ActionResult] = []
-        role: Role | None = None
+        role = await self.role_of(message)
         for response in responses:
+            arguments = response.content.metadata.get("params") or {}
             for name in response.content.actions:
-                action = self.find_action(name)
-                if action is None:
-                    log.warning("model asked for unknown action %r", name)
-                    results.append(ActionResult(success=False, error=f"unknown action {name}"))
-                    continue
-                role = await self.role_of(message) if role is None else role
-                if action.role > role:
-                    log.warning("refused %s for %s in room %s: needs %s, asker is %s", action.name,
-                                message.entity_id, message.room_id, action.role.name, role.name)
-                    if callback is not None:
-                        await callback(Content(text=refusal(action.role), actions=["REFUSED"]))
-                    results.append(ActionResult(success=False, error=f"{action.name} needs {action.role.name}"))
-                    continue
-                if not await self._valid(action, message, state):
-                    log.info("action %s is not available for message %s", action.name, message.id)
-                    results.append(ActionResult(success=False, error=f"{action.name} is not available here"))
-                    continue
-                payload = {"runtime": self, "message": message, "action": action.name, "run_id": run_id}
-                await self.emit(EventType.ACTION_STARTED, payload)
-                try:
-                    result = await action.handler(self, message, state, {"response": response}, callback,
-                                                  list(responses))
-                    result = result or ActionResult()
-                except Exception as error:
-                    log.exception("action %s failed (run %s)", action.name, run_id)
-                    result = ActionResult(success=False, error=f"{type(error).__name__}: {error}")
+                _, result = await self.run_action(
+                    name, message, state, parameters=arguments.get(_normalise_action(name)), callback=callback,
+                    response=response, responses=responses, run_id=run_id, role=role)
+                if result.data.get("refused") and callback is not None:
+                    await callback(Content(text=result.error or "", actions=["REFUSED"]))
                 results.append(result)
-                await self.emit(EventType.ACTION_COMPLETED, {**payload, "result": result})
         return results
 
     async def evaluate(

@@ -11,6 +11,7 @@ import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -37,6 +38,11 @@ class VoiceReplies(StrEnum):
     AUTO = "auto"
     ALWAYS = "always"
     NEVER = "never"
+
+
+class LatePolicy(StrEnum):
+    REPORT = "report"  # fire it, saying how late it is
+    DROP = "drop"  # skip it (a repeating task moves on to its next time)
 
 
 def _split_list(value: Any) -> Any:
@@ -78,8 +84,23 @@ class Settings(BaseSettings):
     respond_to_bots: bool = False
     error_reply: str = "Sorry, I couldn't answer that just now. Please try again in a moment."
 
+    # Tools (actions with parameters, MCP tools) and scheduled tasks
+    max_tool_steps: int = Field(4, ge=1, le=16)  # model rounds that may call tools before the reply
+    tool_timeout: float = Field(30, gt=0)  # seconds for one tool call
+    tool_time_budget: float = Field(90, gt=0)  # seconds for all tool rounds of one message
+    tool_result_chars: int = Field(4000, ge=200)  # a tool result is cut to this before the model reads it
+    mcp_servers: Path | None = None  # a JSON file: {"name": {"type": "stdio", "command": ...}, ...}
+    mcp_timeout: float = Field(30, gt=0)  # seconds to connect to an MCP server
+    mcp_reconnect_seconds: float = Field(60, gt=0)  # wait before retrying a server that failed
+    timezone: str = "UTC"  # IANA name: the default time zone for reminders and schedules
+    task_grace_seconds: float = Field(3600, ge=0)  # a task missed while down still fires at start if this recent
+    task_late_policy: LatePolicy = LatePolicy.REPORT  # older missed tasks: report them late, or drop them
+    tasks_per_user: int = Field(20, ge=0)
+    tasks_per_room: int = Field(100, ge=0)
+
     # Models
     model_providers: StrList = Field(default_factory=list)
+    openai_native_tools: bool = True  # false for an OpenAI-compatible server without tool calling
     model_timeout: float = Field(30.0, gt=0)
     model_max_retries: int = Field(2, ge=0, le=10)
     openai_api_key: SecretStr | None = None
@@ -176,7 +197,7 @@ class Settings(BaseSettings):
     @field_validator(
         "database_url", "openai_base_url", "anthropic_base_url", "telegram_webhook_url",
         "discord_application_id", "discord_guild_id", "discord_voice_channel_id", "local_model_path",
-        "openai_embedding_dimensions", mode="before",
+        "openai_embedding_dimensions", "mcp_servers", mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
@@ -189,6 +210,15 @@ class Settings(BaseSettings):
         if level not in LOG_LEVELS:
             raise ValueError("use DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return level
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value.strip())
+        except (ValueError, ZoneInfoNotFoundError):
+            raise ValueError("use an IANA time zone name such as UTC or Europe/Berlin") from None
+        return value.strip()
 
     @field_validator("database_url")
     @classmethod

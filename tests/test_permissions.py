@@ -92,7 +92,7 @@ async def test_a_visitors_relay_request_is_refused_and_nothing_is_sent(sqlite_st
     assert PlatformConnector.delivered == []
     assert [c.text for c in visitor.sent] == ["Sorry, only my owner can ask me to do that."]
     prompt = model.prompts(ModelType.TEXT_LARGE)[-1]
-    assert "SEND_MESSAGE" not in prompt.split("Available actions:")[1].split("\n")[0], "never offered"
+    assert "SEND_MESSAGE" not in prompt.split("Actions you can take:")[1].split("Use REPLY")[0], "never offered"
 
 
 async def test_the_owner_may_send_to_another_room(sqlite_store, tmp_path):
@@ -126,8 +126,8 @@ async def test_client_metadata_never_makes_a_visitor_a_platform_member(sqlite_st
     """A session message claiming Discord context cannot reach an action that needs a member."""
     joined: list[str] = []
 
-    async def join(runtime, message, state, options, callback, responses) -> ActionResult:
-        joined.append(message.metadata["discord"]["channel_id"])
+    async def join(ctx) -> ActionResult:
+        joined.append(ctx.message.metadata["discord"]["channel_id"])
         return ActionResult()
 
     voice = Action("JOIN_VOICE", "Join voice.", join, role=Role.MEMBER)
@@ -142,9 +142,15 @@ async def test_client_metadata_never_makes_a_visitor_a_platform_member(sqlite_st
 async def test_an_action_that_cannot_run_never_swallows_the_reply(sqlite_store, tmp_path):
     runtime, model = await _runtime(sqlite_store, tmp_path)
     chat = make_chat(runtime, "dm", ChannelType.DM, user="Sam")
-    model.script(ModelType.TEXT_LARGE, xml_reply("Here is your picture!", "REPLY,GENERATE_IMAGE"))
+    model.script(ModelType.TEXT_LARGE, xml_reply("Here is your picture!", "REPLY,GENERATE_IMAGE"),
+                 xml_reply("I can't draw here, sorry.", "REPLY"))
     await chat.send("draw me a cat")
-    assert [c.text for c in chat.sent] == ["Here is your picture!"]  # no image model: the text still goes
+    # No image model: the model reads why and its next answer is sent, not a false "here it is".
+    assert "GENERATE_IMAGE is not available here" in model.prompts(ModelType.TEXT_LARGE)[-1]
+    assert [c.text for c in chat.sent] == ["I can't draw here, sorry."]
+    model.script(ModelType.TEXT_LARGE, *[xml_reply("Here is your picture!", "GENERATE_IMAGE")] * 5)
+    await chat.send("draw me a cat, now")
+    assert chat.sent[-1].text == "Here is your picture!"  # it insists past MAX_TOOL_STEPS: the text still goes
     model.script(ModelType.TEXT_LARGE, xml_reply("Let me check that.", "CHECK_WEATHER"))
     await chat.send("weather?")
     assert chat.sent[-1].text == "Let me check that."  # an unknown action: the text it came with

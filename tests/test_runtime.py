@@ -230,12 +230,12 @@ async def test_services_start_in_order_and_stop_in_reverse(tmp_path, sqlite_stor
 async def test_process_actions_matches_names_and_similes(tmp_path, sqlite_store):
     ran = []
 
-    async def wave(runtime, message, state, options, callback, responses):
-        ran.append(options["response"].content.text)
-        await callback(Content(text="*waves*"))
+    async def wave(ctx):
+        ran.append(ctx.reply_text)
+        await ctx.send("*waves*")
         return ActionResult(text="waved")
 
-    async def broken(*args):
+    async def broken(ctx):
         raise RuntimeError("bad action")
 
     runtime = await _runtime(sqlite_store, tmp_path, Plugin("a", actions=[
@@ -252,7 +252,7 @@ async def test_process_actions_matches_names_and_similes(tmp_path, sqlite_store)
     results = await runtime.process_actions(message, [response], state, callback)
     assert ran == ["r"] and sent == ["*waves*"]
     assert [r.success for r in results] == [True, False, False] and "bad action" in results[1].error
-    assert results[2].error == "unknown action unknown"
+    assert results[2].error == "there is no action named unknown"
 
 
 async def test_evaluate_runs_only_valid_evaluators(tmp_path, sqlite_store):

@@ -9,7 +9,7 @@ import discord
 from discord import app_commands
 
 from bot.permissions import Role
-from bot.plugin import Action, ActionResult
+from bot.plugin import Action, ActionContext, ActionResult
 from bot.types import Content, Memory
 
 from .events import SOURCE
@@ -92,33 +92,30 @@ async def _from_discord(runtime: AgentRuntime, message: Memory, _: Any) -> bool:
             and bool(message.metadata.get("discord", {}).get("guild_id")))
 
 
-async def _reply(callback: Any, options: dict[str, Any], name: str, fallback: str) -> None:
-    response = options.get("response")
-    text = response.content.text if response is not None and response.content.text else fallback
-    if callback is not None:
-        await callback(Content(text=text, actions=[name]))
+async def _reply(ctx: ActionContext, name: str, text: str) -> None:
+    await ctx.send(Content(text=text, actions=[name]))
 
 
-async def join_voice_handler(runtime, message, state, options, callback, responses) -> ActionResult:
-    connector = _connector(runtime)
-    info = message.metadata.get("discord", {})
+async def join_voice_handler(ctx: ActionContext) -> ActionResult:
+    connector = _connector(ctx.runtime)
+    info = ctx.message.metadata.get("discord", {})
     channel = connector.voice_target(info) if connector else None
     if connector is None or channel is None:
-        await _reply(callback, {}, "JOIN_VOICE", "Join a voice channel first, then ask me again.")
+        await _reply(ctx, "JOIN_VOICE", "Join a voice channel first, then ask me again.")
         return ActionResult(success=False, error="no voice channel to join")
     await connector.voice.join(channel)
-    await _reply(callback, options, "JOIN_VOICE", f"Joining {channel.name}.")
-    return ActionResult(values={"voice_channel": str(channel.id)})
+    await _reply(ctx, "JOIN_VOICE", ctx.reply_text or f"Joining {channel.name}.")
+    return ActionResult(text=f"joined {channel.name}", values={"voice_channel": str(channel.id)})
 
 
-async def leave_voice_handler(runtime, message, state, options, callback, responses) -> ActionResult:
-    connector = _connector(runtime)
-    guild_id = message.metadata.get("discord", {}).get("guild_id")
+async def leave_voice_handler(ctx: ActionContext) -> ActionResult:
+    connector = _connector(ctx.runtime)
+    guild_id = ctx.message.metadata.get("discord", {}).get("guild_id")
     guild = connector.client.get_guild(int(guild_id)) if connector and connector.client and guild_id else None
     left = guild is not None and await connector.voice.leave(guild)  # type: ignore[union-attr]
-    await _reply(callback, options if left else {}, "LEAVE_VOICE",
-                 "Left the voice channel." if left else "I'm not in a voice channel.")
-    return ActionResult(success=left)
+    await _reply(ctx, "LEAVE_VOICE", (ctx.reply_text or "Left the voice channel.") if left
+                 else "I'm not in a voice channel.")
+    return ActionResult(success=left, text="left the voice channel" if left else "not in a voice channel")
 
 
 VOICE_ACTIONS = [

@@ -7,7 +7,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from bot.permissions import Role
-from bot.plugin import Action, ActionResult, HandlerCallback, State
+from bot.plugin import Action, ActionContext, ActionResult, State
 from bot.types import Button, Content, Memory, ModelType, RoomState
 
 from .parsing import parse_json_object_or_none, parse_response
@@ -17,10 +17,6 @@ if TYPE_CHECKING:
     from bot.runtime import AgentRuntime
 
 log = logging.getLogger(__name__)
-
-
-def _response_of(options: dict[str, Any]) -> Memory | None:
-    return options.get("response")
 
 
 async def _generate_reply(runtime: AgentRuntime, message: Memory, state: State) -> str:
@@ -35,18 +31,25 @@ async def _generate_reply(runtime: AgentRuntime, message: Memory, state: State) 
     return parsed.text if parsed else str(output.value).strip()
 
 
-async def reply_handler(runtime, message, state, options, callback, responses) -> ActionResult:
-    response = _response_of(options)
-    text = response.content.text if response else ""
+async def reply_handler(ctx: ActionContext) -> ActionResult:
+    response = ctx.response
+    text = ctx.reply_text
     if response is None or response.content.providers or not text:
-        text = await _generate_reply(runtime, message, state)
-    if callback and text:
-        await callback(Content(text=text, actions=["REPLY"], thought=response.content.thought if response else None))
+        text = await _generate_reply(ctx.runtime, ctx.message, ctx.state)
+    if text:
+        await ctx.send(Content(text=text, actions=["REPLY"], thought=response.content.thought if response else None))
     return ActionResult(text=text)
 
 
-async def ignore_handler(runtime, message, state, options, callback, responses) -> ActionResult:
+async def ignore_handler(ctx: ActionContext) -> ActionResult:
     return ActionResult(text="", values={"ignored": True})
+
+
+async def _say(ctx: ActionContext, name: str) -> None:
+    """Send the reply the model wrote with the action (XML path); with native tool calls the
+    model writes its reply after reading the result instead."""
+    if ctx.reply_text:
+        await ctx.send(Content(text=ctx.reply_text, actions=[name]))
 
 
 def _state_action(name: str, state: RoomState | None, description: str, similes: list[str],
@@ -54,12 +57,10 @@ def _state_action(name: str, state: RoomState | None, description: str, similes:
     async def validate(runtime: AgentRuntime, message: Memory, _: State | None) -> bool:
         return await runtime.get_room_state(message.room_id) in valid_from
 
-    async def handler(runtime, message, st, options, callback: HandlerCallback | None, responses):
-        await runtime.set_room_state(message.room_id, state)
-        response = _response_of(options)
-        if callback and response and response.content.text:
-            await callback(Content(text=response.content.text, actions=[name]))
-        return ActionResult(values={"room_state": state})
+    async def handler(ctx: ActionContext) -> ActionResult:
+        await ctx.runtime.set_room_state(ctx.message.room_id, state)
+        await _say(ctx, name)
+        return ActionResult(text=f"done: {description[0].lower()}{description[1:]}", values={"room_state": state})
 
     return Action(name, description, handler, validate, similes, role=Role.ADMIN)  # a DM's asker is its admin
 
@@ -79,26 +80,28 @@ async def _other_rooms_exist(runtime: AgentRuntime, message: Memory, state: Stat
     return len(runtime.known_room_ids()) > 1
 
 
-async def send_message_handler(runtime, message, state, options, callback, responses) -> ActionResult:
+async def send_message_handler(ctx: ActionContext) -> ActionResult:
+    runtime, message = ctx.runtime, ctx.message
     rooms = {r.name or str(r.channel_id): r for r in await runtime.store.get_rooms(runtime.agent_id)
              if r.id != message.room_id}
-    found = await _extract(
-        runtime, message, state,
-        f"Which room should the message go to, and what exactly should it say? Rooms: {', '.join(rooms)}.",
-        '{"room": "room name", "text": "message to send"}',
-    )
+    found = dict(ctx.parameters)
+    if not found.get("room") or not found.get("text"):  # named without arguments (XML): ask for them
+        found = await _extract(
+            runtime, message, ctx.state,
+            f"Which room should the message go to, and what exactly should it say? Rooms: {', '.join(rooms)}.",
+            '{"room": "room name", "text": "message to send"}',
+        )
     room = rooms.get(str(found.get("room", "")))
     text = str(found.get("text", "")).strip()
     if room is None or not text:
-        return ActionResult(success=False, error="could not tell which room or what to send")
+        return ActionResult(success=False, error=f"could not tell which room or what to send; rooms: {', '.join(rooms)}")
     await runtime.send_message_to_room(room.id, Content(text=text, source=room.source, actions=["SEND_MESSAGE"]))
-    response = _response_of(options)
-    if callback and response and response.content.text:
-        await callback(Content(text=response.content.text, actions=["SEND_MESSAGE"]))
-    return ActionResult(text=text, data={"room_id": str(room.id)})
+    await _say(ctx, "SEND_MESSAGE")
+    return ActionResult(text=f"sent to {found['room']}: {text}", data={"room_id": str(room.id)})
 
 
-async def update_entity_handler(runtime, message, state, options, callback, responses) -> ActionResult:
+async def update_entity_handler(ctx: ActionContext) -> ActionResult:
+    runtime, message, state = ctx.runtime, ctx.message, ctx.state
     found = await _extract(
         runtime, message, state,
         "What does the last speaker say about themself (name they want to be called, pronouns, "
@@ -117,39 +120,47 @@ async def update_entity_handler(runtime, message, state, options, callback, resp
                                        "metadata": metadata})
     await runtime.store.upsert_entity(merged)
     runtime.remember_entity(merged)
-    response = _response_of(options)
-    if callback and response and response.content.text:
-        await callback(Content(text=response.content.text, actions=["UPDATE_ENTITY"]))
-    return ActionResult(values={"profile": profile, "name": name})
+    await _say(ctx, "UPDATE_ENTITY")
+    return ActionResult(text=f"remembered: {name or ''} {profile}".strip(), values={"profile": profile, "name": name})
 
 
 async def _can_make_images(runtime: AgentRuntime, message: Memory, state: State | None) -> bool:
     return runtime.has_model(ModelType.IMAGE)
 
 
-async def generate_image_handler(runtime, message, state, options, callback, responses) -> ActionResult:
-    response = _response_of(options)
-    prompt = (response.content.thought if response and response.content.thought else "") or message.content.text
-    images = await runtime.use_model(ModelType.IMAGE, {"prompt": message.content.text or prompt,
-                                                       "room_id": message.room_id, "entity_id": message.entity_id})
+async def generate_image_handler(ctx: ActionContext) -> ActionResult:
+    message = ctx.message
+    prompt = str(ctx.parameters.get("prompt") or "").strip() or message.content.text
+    images = await ctx.runtime.use_model(ModelType.IMAGE, {"prompt": prompt, "room_id": message.room_id,
+                                                           "entity_id": message.entity_id})
     for index, image in enumerate(images):
         image.id = image.id or str(uuid.uuid4())
         image.title = image.title or f"image-{index + 1}"
-    if callback:
-        text = response.content.text if response else ""
-        await callback(Content(text=text, attachments=list(images), actions=["GENERATE_IMAGE"]))
-    return ActionResult(data={"images": len(images)})
+    await ctx.send(Content(text=ctx.reply_text, attachments=list(images), actions=["GENERATE_IMAGE"]))
+    return ActionResult(text=f"sent {len(images)} image(s) to the chat", data={"images": len(images)})
 
 
-async def choose_option_handler(runtime, message, state, options, callback, responses) -> ActionResult:
+async def choose_option_handler(ctx: ActionContext) -> ActionResult:
     """Send the reply with one button per option the model offered (connectors render them)."""
-    response = _response_of(options)
-    choices = [str(c) for c in response.content.metadata.get("options", [])] if response else []
+    response = ctx.response
+    offered = ctx.parameters.get("options") or (response.content.metadata.get("options", []) if response else [])
+    choices = [str(c) for c in offered]
     buttons = [[Button(label=c[:80], value=c)] for c in choices[:10]]
-    text = response.content.text if response else ""
-    if callback and (text or buttons):
-        await callback(Content(text=text or "Choose one:", buttons=buttons, actions=["CHOOSE_OPTION"]))
-    return ActionResult(values={"options": choices})
+    text = str(ctx.parameters.get("text") or "") or ctx.reply_text
+    if text or buttons:
+        await ctx.send(Content(text=text or "Choose one:", buttons=buttons, actions=["CHOOSE_OPTION"]))
+    return ActionResult(text="the options were sent as buttons; the user's choice will come as their next message",
+                        values={"options": choices})
+
+
+def _object(required: tuple[str, ...] | None = None, **fields: tuple[str, str]) -> dict[str, Any]:
+    """A JSON schema object of described fields (all required unless `required` says otherwise)."""
+    properties: dict[str, Any] = {name: {"type": kind, "description": text} for name, (kind, text) in fields.items()}
+    for spec in properties.values():
+        if spec["type"] == "array":
+            spec["items"] = {"type": "string"}
+    return {"type": "object", "properties": properties,
+            "required": list(fields) if required is None else list(required)}
 
 
 ACTIONS = [
@@ -165,11 +176,16 @@ ACTIONS = [
     _state_action("UNFOLLOW_ROOM", None, "Go back to answering only when addressed.", ["UNFOLLOW"],
                   {RoomState.FOLLOWED}),
     Action("SEND_MESSAGE", "Send a message to another room you know.", send_message_handler,
-           _other_rooms_exist, ["MESSAGE_ROOM", "SEND_TO_ROOM"], role=Role.OWNER),
+           _other_rooms_exist, ["MESSAGE_ROOM", "SEND_TO_ROOM"], role=Role.OWNER,
+           parameters=_object(room=("string", "the room's name"), text=("string", "the message to send"),
+                              required=())),  # named bare in XML, it works them out from the conversation
     Action("UPDATE_ENTITY", "Remember what the speaker tells you about themself.", update_entity_handler,
            similes=["REMEMBER_USER", "UPDATE_PROFILE"]),
-    Action("GENERATE_IMAGE", "Create an image from a description.", generate_image_handler, _can_make_images,
-           ["DRAW", "CREATE_IMAGE", "IMAGE"], role=Role.MEMBER),  # paid per image: not for anonymous visitors
-    Action("CHOOSE_OPTION", "Offer choices as buttons; list them in <options>a|b|c</options>.",
-           choose_option_handler, similes=["OFFER_OPTIONS", "BUTTONS"]),
+    Action("GENERATE_IMAGE", "Create an image from a description and send it to the chat.", generate_image_handler,
+           _can_make_images, ["DRAW", "CREATE_IMAGE", "IMAGE"], role=Role.MEMBER,  # paid per image: not for visitors
+           parameters=_object(prompt=("string", "what the image should show"), required=()), timeout=180),
+    Action("CHOOSE_OPTION", "Offer choices as buttons (in XML, list them in <options>a|b|c</options>).",
+           choose_option_handler, similes=["OFFER_OPTIONS", "BUTTONS"],
+           parameters=_object(text=("string", "the question"),
+                              options=("array", "the choices, 2 to 10 short labels"), required=())),
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,8 @@ class ParsedResponse:
     actions: list[str] = field(default_factory=list)
     providers: list[str] = field(default_factory=list)
     options: list[str] = field(default_factory=list)
+    # Arguments per action name (upper case), from <params>.
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _tag(body: str, name: str) -> str | None:
@@ -26,10 +29,36 @@ def _tag(body: str, name: str) -> str | None:
     return None if match is None else html.unescape(match.group(1).strip())
 
 
+def _raw_tag(body: str, name: str) -> str | None:
+    """A tag's content as written (nested tags kept)."""
+    match = re.search(_TAG.format(name), body, re.DOTALL | re.IGNORECASE)
+    return None if match is None else match.group(1).strip()
+
+
 def _names(value: str | None) -> list[str]:
     if not value:
         return []
     return [part.strip().upper() for part in re.split(r"[,\n]", value) if part.strip()]
+
+
+def _scalar(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def parse_params(raw: str | None) -> dict[str, dict[str, Any]]:
+    """Arguments per action from <params>: JSON ({"ROLL_DIE": {"sides": 6}}), or elizaOS's nested
+    XML (<ROLL_DIE><sides>6</sides></ROLL_DIE>). Anything unreadable is no arguments."""
+    if not raw:
+        return {}
+    found = parse_json_object_or_none(raw)
+    if found is None:
+        found = {name: {key: _scalar(html.unescape(value.strip()))
+                        for key, value in re.findall(r"<(\w+)>(.*?)</\1>", inner, re.DOTALL)}
+                 for name, inner in re.findall(r"<(\w+)>(.*?)</\1>", raw, re.DOTALL)}
+    return {str(name).strip().upper(): value for name, value in found.items() if isinstance(value, dict)}
 
 
 def parse_response(raw: str) -> ParsedResponse | None:
@@ -45,6 +74,7 @@ def parse_response(raw: str) -> ParsedResponse | None:
         actions=_names(_tag(body, "actions")),
         providers=_names(_tag(body, "providers")),
         options=options,
+        params=parse_params(_raw_tag(body, "params")),
     )
 
 
@@ -64,3 +94,17 @@ def parse_json_object_or_none(raw: Any) -> dict[str, Any] | None:
         return parse_json_object(raw)
     except ValueError:
         return None
+
+
+_SPEAKER = re.compile(r"^\s*[\w .'-]{1,40}:\s")
+
+
+def clean_plain_reply(raw: str) -> str:
+    """The first turn of a small model's answer, without a leading "Name:" or later turns."""
+    text = _SPEAKER.sub("", raw.strip(), count=1) if _SPEAKER.match(raw.strip()) else raw.strip()
+    lines = []
+    for line in text.splitlines():
+        if lines and _SPEAKER.match(line):
+            break
+        lines.append(line)
+    return "\n".join(lines).strip() or raw.strip()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -15,9 +14,10 @@ from bot.settings import ShouldRespondMode
 from bot.types import DIRECT_CHANNELS, Content, EventType, Memory, ModelType, RoomState
 
 from .embeddings import EmbeddingQueue
-from .parsing import ParsedResponse, parse_decision, parse_response
+from .parsing import ParsedResponse, parse_decision
 from .recall import recall_statements
 from .templates import render, template_for
+from .turn import Turn, is_tool_memory
 
 if TYPE_CHECKING:
     from bot.runtime import AgentRuntime
@@ -48,20 +48,6 @@ class Decision:
     respond: bool
     status: str = "completed"  # when not responding: ignored | muted
     reason: str = ""
-
-
-_SPEAKER = re.compile(r"^\s*[\w .'-]{1,40}:\s")
-
-
-def clean_plain_reply(raw: str) -> str:
-    """The first turn of a small model's answer, without a leading "Name:" or later turns."""
-    text = _SPEAKER.sub("", raw.strip(), count=1) if _SPEAKER.match(raw.strip()) else raw.strip()
-    lines = []
-    for line in text.splitlines():
-        if lines and _SPEAKER.match(line):
-            break
-        lines.append(line)
-    return "\n".join(lines).strip() or raw.strip()
 
 
 class ReplySender:
@@ -122,24 +108,15 @@ class Pipeline:
         return Decision(decision == "RESPOND", "ignored", f"model said {decision}")
 
     # Generation -----------------------------------------------------------------------------------
-    async def _generate(self, message: Memory, state: State) -> ParsedResponse:
-        """One model call. Models that follow the XML format get the full template; plain local
-        models (first choice or fallback) get the conversation as chat turns instead."""
+    async def _generate(self, message: Memory, state: State, sender: ReplySender,
+                        run_id: uuid.UUID) -> ParsedResponse | None:
+        """The model's answer after any tool rounds (None: a tool sent the reply itself). Models
+        with native tool calling get tools; others the XML template; plain local models (first
+        choice or fallback) get the conversation as chat turns."""
         runtime = self.runtime
-        prompt = render(template_for(runtime.character.templates, "messageHandlerTemplate"), {
-            **state.values, "providers": state.text, "agentName": runtime.character.name,
-        })
-        params = {"prompt": prompt, "system": runtime.character.system, "room_id": message.room_id,
-                  "entity_id": message.entity_id}
         plain = await self._plain_params(message, state) if runtime.has_plain_model(ModelType.TEXT_LARGE) else None
-        for _attempt in range(2):  # one retry when the XML is malformed, then the raw text is the reply
-            output = await runtime.use_model_output(ModelType.TEXT_LARGE, params, plain=plain)
-            if not output.structured:
-                return ParsedResponse(text=clean_plain_reply(output.value), actions=["REPLY"])
-            parsed = parse_response(output.value)
-            if parsed is not None:
-                return parsed
-        return ParsedResponse(text=str(output.value).strip(), actions=["REPLY"])
+        turn = Turn(runtime, message, state, sender, run_id, plain)
+        return await (turn.native() if runtime.has_native_tools(ModelType.TEXT_LARGE) else turn.xml())
 
     async def _plain_params(self, message: Memory, state: State) -> dict:
         """For small local models: a short system prompt, the last few turns as chat turns, and
@@ -153,7 +130,7 @@ class Pipeline:
         system = "\n\n".join(p for p in (character.system or bio, context,
                                          f"Reply as {character.name} in one or two short sentences, in character.") if p)
         history = providers["RECENT_MESSAGES"].data.get("memories", []) if "RECENT_MESSAGES" in providers else []
-        history = [m for m in history if m.content.text and m.id != message.id][:PLAIN_TURNS]
+        history = [m for m in history if m.content.text and m.id != message.id and not is_tool_memory(m)][:PLAIN_TURNS]
         names = await runtime.entity_names({m.entity_id for m in history} | {message.entity_id})
         direct = message.content.channel_type in DIRECT_CHANNELS
 
@@ -212,21 +189,27 @@ class Pipeline:
     async def _respond(self, message: Memory, sender: ReplySender, run_id: uuid.UUID) -> RunOutcome:
         runtime = self.runtime
         state = await runtime.compose_state(message)
-        parsed = await self._generate(message, state)
+        parsed = await self._generate(message, state, sender, run_id)
+        if parsed is None:  # a tool delivered the reply
+            runtime.run_in_background(self._evaluate(message, state, True, None), f"evaluate-{message.id}")
+            return RunOutcome(status="completed", run_id=run_id, responses=sender.sent)
         actions = parsed.actions or ["REPLY"]
         if "IGNORE" in actions and len(actions) == 1:
             runtime.forget_state(message.id)
-            return RunOutcome(status="ignored", run_id=run_id)
+            return RunOutcome(status="ignored", run_id=run_id, responses=sender.sent)
         if TEXT_CARRIERS & set(actions):
             actions = [a for a in actions if a not in PLAIN_REPLY]  # they send the text themselves
         replies = [a for a in actions if a in PLAIN_REPLY]
-        others = [a for a in actions if a not in PLAIN_REPLY]
+        others = [a for a in actions if a not in PLAIN_REPLY and a != "IGNORE"]
         if parsed.providers:
             state = await runtime.compose_state(message, include=parsed.providers)
+        metadata = {"options": parsed.options} if parsed.options else {}
+        if parsed.params:
+            metadata["params"] = parsed.params
         response = Memory(
             entity_id=runtime.agent_id, agent_id=runtime.agent_id, room_id=message.room_id,
             content=Content(text=parsed.text, thought=parsed.thought, actions=actions, providers=parsed.providers,
-                            metadata={"options": parsed.options} if parsed.options else {}),
+                            metadata=metadata),
         )
         results = []
         if replies and not parsed.providers:
@@ -239,8 +222,9 @@ class Pipeline:
             # The reply text went out once already; the other actions must not send it again.
             rest = self._with(response, others, text="" if replies else None)
             results += await runtime.process_actions(message, [rest], state, sender, run_id=run_id)
-        if not sender.sent and any(not r.success for r in results):
-            # An action that could not run (unknown, unavailable, failed) never swallows the answer.
+        if not sender.sent and (not others or any(not r.success for r in results)):
+            # An action that could not run (unknown, unavailable, refused, failed) never swallows
+            # the answer: the text the model wrote goes out, or the apology.
             if parsed.text:
                 await sender(Content(text=parsed.text, thought=parsed.thought or None, actions=["REPLY"]))
             else:
@@ -256,9 +240,9 @@ class Pipeline:
             update["text"] = text
         return response.model_copy(update={"content": response.content.model_copy(update=update)})
 
-    async def _evaluate(self, message: Memory, state: State, responded: bool, response: Memory) -> None:
+    async def _evaluate(self, message: Memory, state: State, responded: bool, response: Memory | None) -> None:
         try:
-            await self.runtime.evaluate(message, state, responded, [response])
+            await self.runtime.evaluate(message, state, responded, [response] if response else [])
         finally:
             self.runtime.forget_state(message.id)
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from uuid import UUID
 
-from bot.plugin import Provider, ProviderResult, State
+from bot.plugin import Action, Provider, ProviderResult, State
 from bot.types import Memory, MemoryType, ModelType, Relationship
 
 if TYPE_CHECKING:
@@ -155,10 +155,22 @@ async def entities_provider(runtime: AgentRuntime, message: Memory, state: State
     return ProviderResult(text="People here: " + ", ".join(described))
 
 
+def _signature(action: Action) -> str:
+    """NAME(arg: type, ...): description — how the XML prompt shows an action."""
+    properties = (action.parameters or {}).get("properties") or {}
+    required = set((action.parameters or {}).get("required") or ())
+    args = ", ".join(f"{key}{'' if key in required else '?'}: {spec.get('type', 'any') if isinstance(spec, dict) else 'any'}"
+                     for key, spec in properties.items())
+    return f"- {action.name}({args}): {action.description}" if action.is_tool else f"- {action.name}: {action.description}"
+
+
 async def actions_provider(runtime: AgentRuntime, message: Memory, state: State) -> ProviderResult:
     """Only the actions this asker may use here: the model is never offered what would be refused."""
-    names = [action.name for action in await runtime.allowed_actions(message, state)]
-    return ProviderResult(values={"actionNames": ", ".join(names)}, data={"actions": names})
+    allowed = await runtime.allowed_actions(message, state)
+    names = [action.name for action in allowed]
+    return ProviderResult(values={"actionNames": ", ".join(names),
+                                  "actionList": "\n".join(_signature(a) for a in allowed)},
+                          data={"actions": names, "allowed": allowed})
 
 
 def facts_provider(recall: Recall):

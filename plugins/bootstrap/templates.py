@@ -23,14 +23,27 @@ MESSAGE_HANDLER_TEMPLATE = """\
 {{providers}}
 
 You are {{agentName}}. Write {{agentName}}'s next message in this conversation, in character.
-Available actions: {{actionNames}}. Use REPLY to answer; add another action only when it is needed.
+Actions you can take:
+{{actionList}}
+Use REPLY to answer; add another action only when it is needed. An action with arguments takes them
+in <params> as JSON, e.g. <params>{"NAME": {"arg": "value"}}</params>; its result comes back to you
+before your reply is sent.
+{{toolResults}}
 Answer in this XML format and nothing else:
 <response>
 <thought>a short private thought</thought>
 <actions>REPLY</actions>
+<params></params>
 <providers></providers>
 <text>the message to send</text>
 </response>"""
+
+TOOL_HANDLER_TEMPLATE = """\
+{{providers}}
+
+You are {{agentName}}. Write {{agentName}}'s next message in this conversation, in character.
+When the message needs one of your tools, call it; you will read its result before you reply.
+Reply with the message text only. If the message needs no answer from {{agentName}}, reply with just IGNORE."""
 
 REPLY_TEMPLATE = """\
 {{providers}}
@@ -62,6 +75,7 @@ Answer with JSON only: {{shape}}"""
 DEFAULTS = {
     "shouldRespondTemplate": SHOULD_RESPOND_TEMPLATE,
     "messageHandlerTemplate": MESSAGE_HANDLER_TEMPLATE,
+    "toolHandlerTemplate": TOOL_HANDLER_TEMPLATE,
     "replyTemplate": REPLY_TEMPLATE,
     "reflectionTemplate": REFLECTION_TEMPLATE,
     "extractTemplate": EXTRACT_TEMPLATE,
