@@ -96,13 +96,15 @@ def select_plugins(
     `models` replaces provider discovery (benchmarks and tests bring their own model).
     """
     from plugins.bootstrap import bootstrap_plugin
+    from plugins.features import feature_plugins
     from plugins.models import model_plugins
 
     notes: list[str] = []
     if models is None:
         models, notes = model_plugins(settings, character)
     extra, extra_notes = character_plugins(character, settings)
-    selection = PluginSelection([bootstrap_plugin(), *models, *extra], [*notes, *extra_notes])
+    features = feature_plugins(settings, character)
+    selection = PluginSelection([bootstrap_plugin(), *models, *features, *extra], [*notes, *extra_notes])
     for name, (setting, module_name) in CONNECTORS.items():
         if getattr(settings, setting) is None:
             continue
