@@ -103,10 +103,9 @@ class Turn:
             offered = tools if self._may_call_tools() else []
             params = {**self._base_params(), "prompt": prompt, "tools": offered, "tool_steps": list(self.steps)}
             output = await runtime.use_model_output(ModelType.TEXT_LARGE, params, plain=self.plain)
-            if not output.structured:
-                return None if output.value is None else _plain_answer(str(output.value))
             if not output.tool_calls or not offered:
-                return _native_answer(str(output.value or ""))
+                text = str(output.value or "")
+                return _native_answer(text) if output.structured else _plain_answer(text)
             sent_before = len(self.sender.sent)
             results = await self.call_tools(output.tool_calls)
             self.steps.append(ToolStep(calls=output.tool_calls, results=results, text=str(output.value or "")))
