@@ -226,6 +226,14 @@ class Store(ABC):
     @abstractmethod
     async def delete_task(self, task_id: uuid.UUID) -> None: ...
 
+    @abstractmethod
+    async def claim_task(self, task: Task, expected_updated_at: int) -> bool:
+        """Write `task` only if the stored row still has `expected_updated_at` (compare and swap).
+
+        True when this caller won: of several processes sharing a database that read the same row,
+        exactly one may fire it. `task.updated_at` must differ from `expected_updated_at`.
+        """
+
     # Cache (key/value with optional expiry) ----------------------------------------------------
     @abstractmethod
     async def get_cache(self, agent_id: uuid.UUID, key: str) -> Any | None:

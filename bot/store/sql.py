@@ -802,6 +802,16 @@ class SqlStore(Store):
     async def delete_task(self, task_id: uuid.UUID) -> None:
         await self._write(tasks.delete().where(tasks.c.id == str(task_id)))
 
+    async def claim_task(self, task: Task, expected_updated_at: int) -> bool:
+        """One conditional UPDATE: PostgreSQL re-checks the WHERE after a concurrent writer's row
+        lock is released, SQLite serialises writers, so a lost race is a row count of 0."""
+        if task.updated_at == expected_updated_at:
+            raise ValueError("a claim must change updated_at, or a second claim could not tell it lost")
+        values = self._task_values(task)
+        task_id = values.pop("id")
+        claimed = tasks.update().where(tasks.c.id == task_id, tasks.c.updated_at == expected_updated_at)
+        return await self._write(claimed.values(values)) == 1
+
     # Cache -----------------------------------------------------------------------------------
     def _unexpired(self) -> sa.ColumnElement[bool]:
         return sa.or_(cache.c.expires_at.is_(None), cache.c.expires_at > int(self.clock() * 1000))
