@@ -168,6 +168,7 @@ class ToolCall:
     id: str
     name: str
     arguments: dict[str, Any]
+    error: str = ""  # the arguments could not be read (not JSON): the model is told, nothing runs
 
 
 @dataclass

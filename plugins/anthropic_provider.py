@@ -7,9 +7,10 @@ the next provider that registers them.
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from bot.plugin import ModelHandler, ModelOutput, ModelRegistration, Plugin, Priority
+from bot.plugin import ModelHandler, ModelOutput, ModelRegistration, Plugin, Priority, ToolCall, ToolStep
 from bot.settings import Settings
 from bot.types import ModelType
 from plugins.models import (
@@ -49,6 +50,19 @@ def image_block(params: dict[str, Any]) -> dict[str, Any]:
             "source": {"type": "base64", "media_type": mime, "data": base64.b64encode(data).decode()}}
 
 
+def tool_turns(steps: Sequence[ToolStep]) -> list[dict[str, Any]]:
+    """Earlier tool rounds as Anthropic turns: the assistant's tool_use blocks, then the results."""
+    turns: list[dict[str, Any]] = []
+    for step in steps:
+        blocks: list[dict[str, Any]] = [{"type": "text", "text": step.text}] if step.text.strip() else []
+        blocks += [{"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments} for c in step.calls]
+        turns.append({"role": "assistant", "content": blocks})
+        turns.append({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": c.id, "content": result, "is_error": result.startswith("error:")}
+            for c, result in zip(step.calls, step.results, strict=True)]})
+    return turns
+
+
 class AnthropicProvider(SdkClient["anthropic.AsyncAnthropic"]):
     """Model handlers sharing one lazily created client."""
 
@@ -67,20 +81,25 @@ class AnthropicProvider(SdkClient["anthropic.AsyncAnthropic"]):
             options["temperature"] = float(params["temperature"])
         if params.get("stop"):
             options["stop_sequences"] = list(params["stop"])
+        if params.get("tools"):
+            options["tools"] = [{"name": t.name, "description": t.description, "input_schema": t.parameters}
+                                for t in params["tools"]]
         client = await self.client()
         try:
             response = await client.messages.create(
                 model=model,
                 max_tokens=int(params.get("max_tokens") or DEFAULT_MAX_TOKENS),
-                messages=[{"role": "user", "content": content}],
+                messages=[{"role": "user", "content": content}, *tool_turns(params.get("tool_steps") or ())],
                 **options,
             )
         except self.sdk.AnthropicError as error:
             raise provider_error(NAME, error, [self.api_key]) from None
         text = "".join(block.text for block in response.content if getattr(block, "type", "") == "text")
+        calls = [ToolCall(id=block.id, name=block.name, arguments=dict(block.input or {}))
+                 for block in response.content if getattr(block, "type", "") == "tool_use"]
         return ModelOutput(value=text, model=response.model or model,
                            prompt_tokens=response.usage.input_tokens,
-                           completion_tokens=response.usage.output_tokens)
+                           completion_tokens=response.usage.output_tokens, tool_calls=calls)
 
     def _text(self, model: str) -> ModelHandler:
         async def handler(runtime: AgentRuntime, params: dict[str, Any]) -> ModelOutput:
@@ -112,7 +131,9 @@ class AnthropicProvider(SdkClient["anthropic.AsyncAnthropic"]):
             ModelType.OBJECT_LARGE: self._object(large),
             ModelType.IMAGE_DESCRIPTION: self.describe_image,
         }
-        return [ModelRegistration(t, h, provider=NAME, priority=priority) for t, h in handlers.items()]
+        native = {ModelType.TEXT_SMALL, ModelType.TEXT_LARGE}
+        return [ModelRegistration(t, h, provider=NAME, priority=priority, native_tools=t in native)
+                for t, h in handlers.items()]
 
 
 def anthropic_plugin(settings: Settings, api_key: str | None, priority: int = 0) -> Plugin:

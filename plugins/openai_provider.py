@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from bot.plugin import ModelHandler, ModelOutput, ModelRegistration, Plugin, Priority
+from bot.plugin import ModelHandler, ModelOutput, ModelRegistration, Plugin, Priority, ToolCall
 from bot.settings import Settings
+from bot.tools import arguments_json
 from bot.types import Attachment, ModelType
 from plugins.models import (
     DESCRIBE_INSTRUCTION,
@@ -40,6 +42,18 @@ AUDIO_EXTENSIONS = {
     "audio/x-wav": "wav", "audio/wave": "wav", "audio/webm": "webm", "audio/mp4": "m4a", "audio/m4a": "m4a",
     "audio/x-m4a": "m4a", "audio/flac": "flac", "video/mp4": "mp4",
 }
+
+def _tool_call(call: Any) -> ToolCall:
+    """A function call from the API; arguments that are not a JSON object are reported, not run."""
+    try:
+        arguments = json.loads(call.function.arguments or "{}")
+    except ValueError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        return ToolCall(id=call.id, name=call.function.name, arguments={},
+                        error="the arguments were not a JSON object; call it again with valid JSON")
+    return ToolCall(id=call.id, name=call.function.name, arguments=arguments)
+
 
 def image_url_for(params: dict[str, Any]) -> str:
     """A URL the vision API accepts: the given URL, or the bytes as a data URL."""
@@ -83,22 +97,35 @@ class OpenAIProvider(SdkClient["openai.AsyncOpenAI"]):
             options["stop"] = list(params["stop"])[:4]
         if json_mode:
             options["response_format"] = {"type": "json_object"}
+        if params.get("tools"):
+            options["tools"] = [{"type": "function", "function": {
+                "name": t.name, "description": t.description, "parameters": t.parameters}} for t in params["tools"]]
         response = await self._call(lambda client: client.chat.completions.create(model=model, messages=messages, **options))
         if not response.choices:
             raise ValueError(f"{NAME}: the reply has no choices")
         usage = response.usage
+        message = response.choices[0].message
         return ModelOutput(
-            value=response.choices[0].message.content or "",
+            value=message.content or "",
             model=response.model or model,
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
+            tool_calls=[_tool_call(call) for call in message.tool_calls or () if call.type == "function"],
         )
 
     @staticmethod
     def _messages(params: dict[str, Any], extra_system: str | None = None) -> list[dict[str, Any]]:
+        """System, the prompt, then earlier tool rounds as assistant tool_calls and tool results."""
         system = "\n\n".join(s for s in (params.get("system"), extra_system) if s)
         messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": str(params["prompt"])})
+        for step in params.get("tool_steps") or ():
+            messages.append({"role": "assistant", "content": step.text or None, "tool_calls": [
+                {"id": call.id, "type": "function",
+                 "function": {"name": call.name, "arguments": arguments_json(call.arguments)}}
+                for call in step.calls]})
+            messages += [{"role": "tool", "tool_call_id": call.id, "content": result}
+                         for call, result in zip(step.calls, step.results, strict=True)]
         return messages
 
     def _text(self, model: str) -> ModelHandler:
@@ -209,7 +236,9 @@ class OpenAIProvider(SdkClient["openai.AsyncOpenAI"]):
             ModelType.IMAGE: self.image,
             ModelType.IMAGE_DESCRIPTION: self.describe_image,
         }
-        return [ModelRegistration(t, h, provider=NAME, priority=priority) for t, h in handlers.items()]
+        native = {ModelType.TEXT_SMALL, ModelType.TEXT_LARGE} if self.settings.openai_native_tools else set()
+        return [ModelRegistration(t, h, provider=NAME, priority=priority, native_tools=t in native)
+                for t, h in handlers.items()]
 
 
 def openai_plugin(settings: Settings, api_key: str | None, priority: int = 0) -> Plugin:

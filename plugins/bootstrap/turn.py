@@ -82,6 +82,9 @@ class Turn:
         runtime, results = self.runtime, []
         role = await runtime.role_of(self.message)
         for call in calls:
+            if call.error:
+                results.append(f"error: {call.error}")
+                continue
             _, result = await runtime.run_action(
                 call.name, self.message, self.state, parameters=call.arguments, callback=self.sender,
                 response=response, responses=[response] if response else [], run_id=self.run_id, role=role)

@@ -10,7 +10,7 @@ import json
 
 from aiohttp import web
 
-from tests.fakes.openai_server import FakeServer, count_tokens, has_image, message_text
+from tests.fakes.openai_server import FakeServer, ToolCalls, count_tokens, has_image, message_text
 
 ERROR_TYPES = {429: "rate_limit_error", 500: "api_error", 529: "overloaded_error", 401: "authentication_error"}
 
@@ -36,7 +36,14 @@ class FakeAnthropic(FakeServer):
             entry = self.image_description
         if entry is None:
             entry = self.reply_for(body)
-        text = entry if isinstance(entry, str) else json.dumps(entry)
+        if isinstance(entry, ToolCalls):
+            text = entry.text
+            content = ([{"type": "text", "text": text}] if text else []) + [
+                {"type": "tool_use", "id": entry.call_id(i), "name": name, "input": json.loads(entry.arguments(i))}
+                for i, (name, _) in enumerate(entry.calls)]
+        else:
+            text = entry if isinstance(entry, str) else json.dumps(entry)
+            content = [{"type": "text", "text": text}]
         system = body.get("system") or ""
         system_text = system if isinstance(system, str) else " ".join(b.get("text", "") for b in system)
         return web.json_response({
@@ -44,8 +51,8 @@ class FakeAnthropic(FakeServer):
             "type": "message",
             "role": "assistant",
             "model": body.get("model", "claude-fake"),
-            "content": [{"type": "text", "text": text}],
-            "stop_reason": "end_turn",
+            "content": content,
+            "stop_reason": "tool_use" if isinstance(entry, ToolCalls) else "end_turn",
             "stop_sequence": None,
             "usage": {"input_tokens": count_tokens(system_text + " " + message_text(messages)),
                       "output_tokens": count_tokens(text)},

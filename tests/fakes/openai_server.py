@@ -65,12 +65,28 @@ class Raw:
     content_type: str = "text/plain"
 
 
+@dataclass(frozen=True)
+class ToolCalls:
+    """A scripted tool-calling answer: (name, arguments) pairs, arguments as a dict or raw text
+    (to script malformed JSON), and any text the model writes alongside."""
+
+    calls: list[tuple[str, dict[str, Any] | str]]
+    text: str = ""
+
+    def call_id(self, index: int) -> str:
+        return f"call_{index}_{self.calls[index][0]}"
+
+    def arguments(self, index: int) -> str:
+        arguments = self.calls[index][1]
+        return arguments if isinstance(arguments, str) else json.dumps(arguments)
+
+
 RATE_LIMITED = Status(429, {"Retry-After": "1"}, {"error": {"message": "Rate limit reached", "type": "requests"}})
 SERVER_ERROR = Status(500, body={"error": {"message": "The server had an error", "type": "server_error"}})
 HANG = Hang()
 
-ScriptEntry = str | dict[str, Any] | list[Any] | Status | Hang | Raw
-Reply = str | Callable[[dict[str, Any]], str]
+ScriptEntry = str | dict[str, Any] | list[Any] | Status | Hang | Raw | ToolCalls
+Reply = str | Callable[[dict[str, Any]], str | ToolCalls]
 
 
 @dataclass
@@ -175,7 +191,7 @@ class FakeServer:
     def requests_to(self, path_suffix: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path.endswith(path_suffix)]
 
-    def reply_for(self, body: dict[str, Any]) -> str:
+    def reply_for(self, body: dict[str, Any]) -> str | ToolCalls:
         return self.reply(body) if callable(self.reply) else self.reply
 
     # Lifecycle --------------------------------------------------------------------------------
@@ -285,15 +301,23 @@ class FakeOpenAI(FakeServer):
             entry = self.reply_for(body)
             if wants_json and not _is_json(entry):
                 entry = {"text": entry}
-        text = entry if isinstance(entry, str) else json.dumps(entry)
+        if isinstance(entry, ToolCalls):
+            text = entry.text
+            message: dict[str, Any] = {"role": "assistant", "content": text or None, "refusal": None, "tool_calls": [
+                {"id": entry.call_id(i), "type": "function",
+                 "function": {"name": name, "arguments": entry.arguments(i)}}
+                for i, (name, _) in enumerate(entry.calls)]}
+        else:
+            text = entry if isinstance(entry, str) else json.dumps(entry)
+            message = {"role": "assistant", "content": text, "refusal": None}
         prompt_tokens, completion_tokens = count_tokens(message_text(messages)), count_tokens(text)
         return web.json_response({
             "id": f"chatcmpl-fake{len(self.requests)}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model", "fake-model"),
-            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                         "message": {"role": "assistant", "content": text, "refusal": None}}],
+            "choices": [{"index": 0, "finish_reason": "tool_calls" if isinstance(entry, ToolCalls) else "stop",
+                         "logprobs": None, "message": message}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         })
