@@ -10,18 +10,29 @@ and sampling controls (repetition penalty, DRY) are the upstream ones.
 
 It is small and weak, but it keeps the agent answering with no API key and no network. The model
 loads lazily on first use; calls run in a worker thread, one at a time.
+
+Tools: llama.cpp ignores OpenAI-style `tools`, so TEXT_LARGE calls them through a JSON-schema grammar
+(see `tool_call_schema`). A 135M model cannot be trusted to decide on its own whether a message
+needs a tool (offered every tool, it called one on "hello"), so a word gate (`candidate_tools`)
+asks it only when the message names a tool; then the model chooses the tool or "none" and fills
+the arguments, and numbers can only be numbers the user wrote. It does not repeat a tool's result
+reliably when asked to (it invented other dice rolls), so the reply after tools states the
+results as they came back (`results_reply`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 import platform
+import re
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bot.plugin import ModelHandler, ModelOutput, ModelRegistration, Plugin, Priority
+from bot.plugin import ModelHandler, ModelOutput, ModelRegistration, Plugin, Priority, ToolCall
 from bot.settings import Settings, SettingsError
 from bot.types import ModelType
 from plugins.models import json_instruction, parse_json_object
@@ -29,6 +40,7 @@ from plugins.models import json_instruction, parse_json_object
 if TYPE_CHECKING:
     from xllamacpp import Server
 
+    from bot.plugin import ToolSpec, ToolStep
     from bot.runtime import AgentRuntime
 
 NAME = "local"
@@ -43,6 +55,19 @@ TEMPLATE_TOKENS = 16  # the role markers the chat template wraps around each tur
 SAMPLING = {"temperature": 0.3, "top_p": 0.9, "min_p": 0.05, "repeat_penalty": 1.1, "repeat_last_n": 128,
             "dry_multiplier": 0.8, "dry_base": 1.75, "dry_allowed_length": 2,
             "seed": 42}  # the same prompt gets the same reply: reproducible benchmarks and bug reports
+# A tool call is JSON, not a reply: it gets its own bound (its grammar's indentation alone is ~10
+# tokens); cut short it does not parse and the message is answered without tools.
+TOOL_CALL_TOKENS = 96
+MAX_CANDIDATES = 3  # tools put before the model for one message
+# Words too common to show that a message is about a tool.
+STOPWORDS = frozenset("""
+a an the and or but if of to in on at for from with by as is are was be been it its this that these those
+i me my you your we our he she they them what which who how when where why can could would will should
+do does did done get gets set make give given please tell tells say says said some any all not no yes
+just about into out up down one more most very number
+""".split())
+_WORD = re.compile(r"[a-z0-9]+")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 
 class LocalModelError(RuntimeError):
@@ -108,6 +133,111 @@ def whole_sentences(text: str) -> str:
     """A reply cut at max_tokens, ended at its last complete sentence when one ends past halfway."""
     end = max(text.rfind(mark) for mark in (". ", "! ", "? ", ".\n", "!\n", "?\n"))
     return text[:end + 1] if end >= len(text) // 2 else text
+
+
+def _words(text: str) -> set[str]:
+    """Lower-case content words, with a plural -s dropped ("sides" matches "side")."""
+    found = set()
+    for word in _WORD.findall(text.lower()):
+        if word in STOPWORDS:
+            continue
+        found.add(word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word)
+    return found
+
+
+def candidate_tools(tools: list[ToolSpec], text: str) -> list[ToolSpec]:
+    """The tools the message is plausibly about, best first: every word of the tool's name is in
+    the message ("roll a die" for ROLL_DIE), or a name word and another word of its description
+    are. A cheap gate, so the small model is never asked about tools on ordinary chat."""
+    said = _words(text)
+    scored = []
+    for index, spec in enumerate(tools):
+        name = _words(spec.name.replace("_", " "))
+        named = name & said
+        hits = (name | _words(spec.description)) & said
+        if named and (named == name or len(hits) >= 2):
+            scored.append((-(2 * len(named) + len(hits)), index, spec))
+    return [spec for *_, spec in sorted(scored, key=lambda s: s[:2])][:MAX_CANDIDATES]
+
+
+def numbers_in(text: str) -> list[int | float]:
+    values = []
+    for match in _NUMBER.findall(text):
+        value = float(match) if "." in match else int(match)
+        if value not in values:
+            values.append(value)
+    return values
+
+
+def fit_numbers(schema: dict[str, Any], numbers: list[int | float]) -> dict[str, Any]:
+    """The tool's argument schema with its number fields limited to numbers the user wrote; an
+    optional number field the message gives no number for is left out (the tool's default applies)
+    rather than invented. A required one stays free: the model has to guess."""
+    properties = schema.get("properties")
+    if not isinstance(properties, dict):
+        return schema
+    required = set(schema.get("required") or ())
+    fitted: dict[str, Any] = {}
+    for key, spec in properties.items():
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if kind not in ("integer", "number"):
+            fitted[key] = spec
+            continue
+        allowed = [n for n in numbers if (kind == "number" or isinstance(n, int))
+                   and spec.get("minimum", n) <= n <= spec.get("maximum", n)]
+        if allowed:
+            fitted[key] = {**spec, "enum": allowed}
+        elif key in required:
+            fitted[key] = spec
+    return {**schema, "properties": fitted, "required": [k for k in schema.get("required") or () if k in fitted]}
+
+
+def tool_call_schema(candidates: list[ToolSpec], text: str) -> dict[str, Any]:
+    """One of the candidate tools with its arguments, or {"tool": "none"}: llama.cpp turns this into
+    a grammar, so whatever the model writes is a well-formed call or a refusal."""
+    numbers = numbers_in(text)
+    choices: list[dict[str, Any]] = [
+        {"type": "object", "properties": {"tool": {"const": spec.name},
+                                          "arguments": fit_numbers(spec.parameters, numbers)},
+         "required": ["tool", "arguments"]}
+        for spec in candidates]
+    choices.append({"type": "object", "properties": {"tool": {"const": "none"}}, "required": ["tool"]})
+    return {"anyOf": choices}
+
+
+def tool_call_prompt(candidates: list[ToolSpec]) -> str:
+    lines = []
+    for spec in candidates:
+        fields = spec.parameters.get("properties") or {}
+        arguments = "; ".join(f"{key} ({field.get('type', 'any')}): {field.get('description', '')}".rstrip(": ")
+                              for key, field in fields.items() if isinstance(field, dict))
+        lines.append(f"- {spec.name}: {spec.description}" + (f" Arguments: {arguments}." if arguments else ""))
+    return ("You can call these tools:\n" + "\n".join(lines) + "\nAnswer with JSON naming the tool and its "
+            "arguments taken from the user's message, or tool none if no tool is needed.")
+
+
+def parse_tool_call(raw: str, candidates: list[ToolSpec]) -> ToolCall | None:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None  # cut short at TOOL_CALL_TOKENS
+    names = {spec.name for spec in candidates}
+    if not isinstance(data, dict) or data.get("tool") not in names:
+        return None
+    arguments = data.get("arguments")
+    return ToolCall(id=f"local-{uuid.uuid4().hex[:12]}", name=data["tool"],
+                    arguments=arguments if isinstance(arguments, dict) else {})
+
+
+def results_reply(steps: list[ToolStep]) -> str:
+    """The reply after tool rounds: each result as it came back, one line per call."""
+    lines = []
+    for step in steps:
+        for call, result in zip(step.calls, step.results, strict=False):
+            text = result.strip() or "done"
+            lines.append(f"{call.name} failed: {text.removeprefix('error: ')}" if text.startswith("error:")
+                         else text[0].upper() + text[1:])
+    return "\n".join(lines)
 
 
 class LocalProvider:
@@ -186,6 +316,31 @@ class LocalProvider:
     async def text(self, runtime: AgentRuntime, params: dict[str, Any]) -> ModelOutput:
         return await self._run(params, str(params.get("system") or ""))
 
+    async def text_with_tools(self, runtime: AgentRuntime, params: dict[str, Any]) -> ModelOutput:
+        """TEXT_LARGE: a tool call when the message names a tool and the model picks it; after
+        tool rounds, their results; otherwise the ordinary reply."""
+        steps: list[ToolStep] = list(params.get("tool_steps") or [])
+        if steps:
+            return ModelOutput(value=results_reply(steps), model=self.model_name)
+        text = str(params.get("prompt") or "")
+        candidates = candidate_tools(list(params.get("tools") or []), text)
+        if candidates:
+            call = await self._tool_call(candidates, text)
+            if call.tool_calls:
+                return call
+        return await self.text(runtime, params)
+
+    async def _tool_call(self, candidates: list[ToolSpec], text: str) -> ModelOutput:
+        """The model's choice among the candidates (tool_calls empty when it chose none)."""
+        request = self._request({"messages": [{"role": "user", "content": text}], "max_tokens": TOOL_CALL_TOKENS,
+                                 "temperature": 0.0}, tool_call_prompt(candidates),
+                                tool_call_schema(candidates, text), want_json=True)
+        async with self._lock:
+            output = await asyncio.to_thread(self._complete, request)
+        call = parse_tool_call(output.value, candidates)
+        output.value, output.tool_calls = "", [call] if call else []
+        return output
+
     async def object(self, runtime: AgentRuntime, params: dict[str, Any]) -> ModelOutput:
         schema = params.get("schema")
         system = "\n\n".join(s for s in (params.get("system"), json_instruction(schema)) if s)
@@ -196,11 +351,12 @@ class LocalProvider:
     def registrations(self, priority: int) -> list[ModelRegistration]:
         handlers: dict[ModelType, ModelHandler] = {
             ModelType.TEXT_SMALL: self.text,
-            ModelType.TEXT_LARGE: self.text,
+            ModelType.TEXT_LARGE: self.text_with_tools,
             ModelType.OBJECT_SMALL: self.object,
             ModelType.OBJECT_LARGE: self.object,
         }
-        return [ModelRegistration(t, h, provider=NAME, priority=priority, structured=False)
+        return [ModelRegistration(t, h, provider=NAME, priority=priority, structured=False,
+                                  native_tools=t is ModelType.TEXT_LARGE)
                 for t, h in handlers.items()]
 
 
