@@ -167,6 +167,9 @@ class AgentRuntime:
         )
         for plugin in self.plugins:
             await self._register_plugin(plugin)
+        log.debug("plugins: %s", ", ".join(p.name for p in self.plugins))
+        log.debug("actions: %s; tools: %s; providers: %s", ", ".join(a.name for a in self.actions if not a.is_tool),
+                  ", ".join(a.name for a in self.actions if a.is_tool), ", ".join(p.name for p in self.providers))
         for plugin in self.plugins:
             for service_cls in plugin.services:
                 service = service_cls(self)

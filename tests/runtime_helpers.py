@@ -67,10 +67,12 @@ class ScriptedModel:
 
         return handle
 
-    def plugin(self, *types: ModelType, name: str = "scripted", structured: bool = True) -> Plugin:
+    def plugin(self, *types: ModelType, name: str = "scripted", structured: bool = True,
+               native_tools: bool = False) -> Plugin:
         types = types or (ModelType.TEXT_SMALL, ModelType.TEXT_LARGE)
         return Plugin(name=name, priority=Priority.MODEL, models=[
-            ModelRegistration(t, self.handler(t), provider=name, structured=structured) for t in types])
+            ModelRegistration(t, self.handler(t), provider=name, structured=structured, native_tools=native_tools)
+            for t in types])
 
 
 def make_character(**fields: Any) -> Character:

@@ -50,6 +50,10 @@ class Metrics:
         self.model_calls = Counter("parley_model_calls", "Model calls", ["provider", "type", "outcome"], registry=r)
         self.model_errors = Counter("parley_model_errors", "Failed model calls", ["provider", "type"], registry=r)
         self.model_tokens = Counter("parley_model_tokens", "Model tokens", ["provider", "type", "kind"], registry=r)
+        self.actions = Counter("parley_actions", "Actions and tool calls run, by outcome", ["action", "tool", "outcome"],
+                               registry=r)
+        self.action_duration = Histogram("parley_action_duration_seconds", "Time one action or tool call took",
+                                         ["action"], buckets=LATENCY_BUCKETS, registry=r)
         queue = Gauge("parley_queue_depth", "Messages waiting in room queues", registry=r)
         queue.set_function(self._queue_depth)
         sessions = Gauge("parley_active_sessions", "Open API chat sessions", registry=r)
@@ -61,6 +65,7 @@ class Metrics:
         runtime.on(EventType.RUN_STARTED, self._on_run_started)
         runtime.on(EventType.RUN_ENDED, self._on_run_ended)
         runtime.on(EventType.MODEL_USED, self._on_model_used)
+        runtime.on(EventType.ACTION_COMPLETED, self._on_action)
 
     def _queue_depth(self) -> float:
         handler = self.runtime.message_handler
@@ -105,6 +110,13 @@ class Metrics:
             tokens = int(payload.get(f"{kind}_tokens") or 0)
             if tokens:
                 self.model_tokens.labels(provider, model_type, kind).inc(tokens)
+
+    async def _on_action(self, payload: dict[str, Any]) -> None:
+        name, result = str(payload.get("action")), payload.get("result")
+        outcome = "ok" if result is None or result.success else "error"
+        self.actions.labels(name, "yes" if payload.get("tool") else "no", outcome).inc()
+        if payload.get("duration") is not None:
+            self.action_duration.labels(name).observe(float(payload["duration"]))
 
     async def handle(self, request: web.Request) -> web.Response:
         body = generate_latest(self.registry)

@@ -54,22 +54,40 @@ class MessageIn(Body):
     message_id: Key | None = Field(None, description="Optional client id; a repeat is refused with 409.")
 
 
+class ToolCallOut(BaseModel):
+    """A tool the agent called while answering, and what it returned."""
+
+    name: str
+    arguments: dict[str, Any]
+    result: str
+    success: bool
+
+    @classmethod
+    def of(cls, memory: Memory) -> ToolCallOut | None:
+        call = memory.content.metadata.get("tool_call")
+        return None if not isinstance(call, dict) else cls(
+            name=str(call.get("name", "")), arguments=dict(call.get("arguments") or {}),
+            result=str(call.get("result", "")), success=bool(call.get("success")))
+
+
 class MessageOut(BaseModel):
     id: uuid.UUID
     room_id: uuid.UUID
     entity_id: uuid.UUID
-    role: Literal["user", "agent"]
+    role: Literal["user", "agent", "tool"]
     text: str
     actions: list[str]
     in_reply_to: uuid.UUID | None = None
     created_at: int
+    tool_call: ToolCallOut | None = None
 
     @classmethod
     def of(cls, memory: Memory, agent_id: uuid.UUID) -> MessageOut:
-        return cls(id=memory.id, room_id=memory.room_id, entity_id=memory.entity_id,
-                   role="agent" if memory.entity_id == agent_id else "user", text=memory.content.text,
-                   actions=memory.content.actions, in_reply_to=memory.content.in_reply_to,
-                   created_at=memory.created_at)
+        tool_call = ToolCallOut.of(memory)
+        role = "tool" if tool_call else "agent" if memory.entity_id == agent_id else "user"
+        return cls(id=memory.id, room_id=memory.room_id, entity_id=memory.entity_id, role=role,
+                   text=memory.content.text, actions=memory.content.actions, in_reply_to=memory.content.in_reply_to,
+                   created_at=memory.created_at, tool_call=tool_call)
 
 
 class ReplyOut(BaseModel):

@@ -13,7 +13,7 @@ from .access import CALLER, Access, AccessPolicy
 from .api import RestApi, reply_timeout
 from .app import check_metadata, json_response, parse_body, parse_query
 from .conversation import converse, memory_page, room_id_for
-from .models import Key, Limit, ReplyOut, Text
+from .models import Key, Limit, ReplyOut, Text, ToolCallOut
 from .openapi import Operation
 from .sessions import MINUTE, EffectiveConfig, Session, SessionManager, TimeoutConfig
 
@@ -95,6 +95,7 @@ class SessionMessage(_Camel):
     actions: list[str]
     in_reply_to: uuid.UUID | None = Field(None, alias="inReplyTo")
     created_at: int = Field(alias="createdAt")
+    tool_call: ToolCallOut | None = Field(None, alias="toolCall")
 
 
 class SessionMessagesQuery(_Camel):
@@ -187,7 +188,8 @@ class SessionApi:
         return json_response(SessionMessagePage(
             messages=[SessionMessage(id=m.id, content=m.content.text, author_id=m.entity_id,
                                      is_agent=m.entity_id == agent_id, actions=m.content.actions,
-                                     in_reply_to=m.content.in_reply_to, created_at=m.created_at)
+                                     in_reply_to=m.content.in_reply_to, created_at=m.created_at,
+                                     tool_call=ToolCallOut.of(m))
                       for m in page],
             next_cursor=cursor, has_more=cursor is not None,
         ))

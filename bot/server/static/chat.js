@@ -62,7 +62,10 @@ async function newSession() {
 
 async function loadHistory() {
   const page = await api("GET", `/api/sessions/${encodeURIComponent(sessionId)}/messages?limit=50`);
-  for (const message of page.messages.reverse()) show(message.content, message.isAgent ? "agent" : "user");
+  // Tool calls are part of the history for the API; the chat shows only what was said.
+  for (const message of page.messages.reverse()) {
+    if (!message.toolCall) show(message.content, message.isAgent ? "agent" : "user");
+  }
 }
 
 async function start() {
