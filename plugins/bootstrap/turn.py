@@ -61,6 +61,7 @@ class Turn:
         self.runtime, self.message, self.state, self.sender = runtime, message, state, sender
         self.run_id, self.plain = run_id, plain
         self.steps: list[ToolStep] = []
+        self.refused = False
         self.deadline = time.monotonic() + runtime.settings.tool_time_budget
 
     def _may_call_tools(self) -> bool:
@@ -82,16 +83,18 @@ class Turn:
         runtime, results = self.runtime, []
         role = await runtime.role_of(self.message)
         for call in calls:
-            if call.error:
-                results.append(f"error: {call.error}")
-                continue
-            _, result = await runtime.run_action(
-                call.name, self.message, self.state, parameters=call.arguments, callback=self.sender,
-                response=response, responses=[response] if response else [], run_id=self.run_id, role=role)
-            if result.data.get("refused"):  # said to the asker plainly, and the turn ends there
-                await self.sender(Content(text=result.error or "", actions=["REFUSED"]))
-            text = cut(describe_result(result.text, result.error, result.success), runtime.settings.tool_result_chars)
-            await runtime.create_memory(tool_memory(runtime, self.message, call, text, result.success, self.run_id))
+            if call.error:  # unreadable arguments: nothing runs, the model is told why
+                success, text = False, f"error: {call.error}"
+            else:
+                _, result = await runtime.run_action(
+                    call.name, self.message, self.state, parameters=call.arguments, callback=self.sender,
+                    response=response, responses=[response] if response else [], run_id=self.run_id, role=role)
+                if result.data.get("refused") and not self.refused:  # said to the asker plainly; turn over
+                    self.refused = True
+                    await self.sender(Content(text=result.error or "", actions=["REFUSED"]))
+                success = result.success
+                text = cut(describe_result(result.text, result.error, success), runtime.settings.tool_result_chars)
+            await runtime.create_memory(tool_memory(runtime, self.message, call, text, success, self.run_id))
             results.append(text)
         return results
 
@@ -121,10 +124,13 @@ class Turn:
         template = template_for(runtime.character.templates, "messageHandlerTemplate")
         while True:
             may_call = self._may_call_tools()
+            results = self._results_text(may_call)
             prompt = render(template, {
                 **self.state.values, "providers": self.state.text, "agentName": runtime.character.name,
-                "toolResults": self._results_text(may_call),
+                "toolResults": results,
             })
+            if results and "toolResults" not in template:  # a character's own template: results go last
+                prompt = f"{prompt}\n\n{results}"
             parsed = await self._xml_round({**self._base_params(), "prompt": prompt})
             tools = [a for a in parsed.actions if (action := runtime.find_action(a)) is not None and action.is_tool]
             if not tools:
