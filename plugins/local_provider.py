@@ -67,7 +67,7 @@ do does did done get gets set make give given please tell tells say says said so
 just about into out up down one more most very number
 """.split())
 _WORD = re.compile(r"[a-z0-9]+")
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_TOKEN = re.compile(r"\d+(?:\.\d+)?|[a-z]+")
 
 
 class LocalModelError(RuntimeError):
@@ -160,30 +160,47 @@ def candidate_tools(tools: list[ToolSpec], text: str) -> list[ToolSpec]:
     return [spec for *_, spec in sorted(scored, key=lambda s: s[:2])][:MAX_CANDIDATES]
 
 
-def numbers_in(text: str) -> list[int | float]:
-    values = []
-    for match in _NUMBER.findall(text):
-        value = float(match) if "." in match else int(match)
-        if value not in values:
-            values.append(value)
-    return values
+def numbers_in(text: str, fields: dict[str, set[str]]) -> dict[str, list[int | float]]:
+    """The numbers the user wrote, by the number field they belong to: a number goes to the field
+    whose name or description shares a word with the word beside it ("a 20-sided die" -> sides,
+    "2 dice" -> count "how many dice"); numbers no field claims go to the first field no number
+    claimed, so two fields never both take the one number a message has."""
+    tokens = _TOKEN.findall(text.lower())
+    claimed: dict[str, list[int | float]] = {key: [] for key in fields}
+    loose: list[int | float] = []
+    for index, token in enumerate(tokens):
+        if not token[0].isdigit():
+            continue
+        value = float(token) if "." in token else int(token)
+        beside = _words(" ".join(tokens[max(index - 1, 0):index] + tokens[index + 1:index + 2]))
+        owners = [key for key, words in fields.items()
+                  if any(a.startswith(b) or b.startswith(a) for a in beside for b in words if min(len(a), len(b)) >= 3)]
+        for key in owners[:1] or ():
+            claimed[key].append(value)
+        if not owners and value not in loose:
+            loose.append(value)
+    if loose and (free := [key for key, values in claimed.items() if not values]):
+        claimed[free[0]] = loose
+    return claimed
 
 
-def fit_numbers(schema: dict[str, Any], numbers: list[int | float]) -> dict[str, Any]:
-    """The tool's argument schema with its number fields limited to numbers the user wrote; an
-    optional number field the message gives no number for is left out (the tool's default applies)
-    rather than invented. A required one stays free: the model has to guess."""
+def fit_numbers(schema: dict[str, Any], text: str) -> dict[str, Any]:
+    """The tool's argument schema with its number fields limited to numbers the user wrote (see
+    `numbers_in`); an optional number field the message gives no number for is left out (the
+    tool's default applies) rather than invented. A required one stays free: the model guesses."""
     properties = schema.get("properties")
     if not isinstance(properties, dict):
         return schema
+    fields = {key: _words(f"{key} {spec.get('description', '')}") for key, spec in properties.items()
+              if isinstance(spec, dict) and spec.get("type") in ("integer", "number")}
+    numbers = numbers_in(text, fields)
     required = set(schema.get("required") or ())
     fitted: dict[str, Any] = {}
     for key, spec in properties.items():
-        kind = spec.get("type") if isinstance(spec, dict) else None
-        if kind not in ("integer", "number"):
+        if key not in fields:
             fitted[key] = spec
             continue
-        allowed = [n for n in numbers if (kind == "number" or isinstance(n, int))
+        allowed = [n for n in numbers[key] if (spec["type"] == "number" or isinstance(n, int))
                    and spec.get("minimum", n) <= n <= spec.get("maximum", n)]
         if allowed:
             fitted[key] = {**spec, "enum": allowed}
@@ -195,10 +212,9 @@ def fit_numbers(schema: dict[str, Any], numbers: list[int | float]) -> dict[str,
 def tool_call_schema(candidates: list[ToolSpec], text: str) -> dict[str, Any]:
     """One of the candidate tools with its arguments, or {"tool": "none"}: llama.cpp turns this into
     a grammar, so whatever the model writes is a well-formed call or a refusal."""
-    numbers = numbers_in(text)
     choices: list[dict[str, Any]] = [
         {"type": "object", "properties": {"tool": {"const": spec.name},
-                                          "arguments": fit_numbers(spec.parameters, numbers)},
+                                          "arguments": fit_numbers(spec.parameters, text)},
          "required": ["tool", "arguments"]}
         for spec in candidates]
     choices.append({"type": "object", "properties": {"tool": {"const": "none"}}, "required": ["tool"]})
@@ -230,13 +246,14 @@ def parse_tool_call(raw: str, candidates: list[ToolSpec]) -> ToolCall | None:
 
 
 def results_reply(steps: list[ToolStep]) -> str:
-    """The reply after tool rounds: each result as it came back, one line per call."""
+    """The reply after tool rounds: each result as it came back, one line per call ("NAME → result":
+    no "Name: " lead a plain reply's cleaning would take for a speaker and cut)."""
     lines = []
     for step in steps:
         for call, result in zip(step.calls, step.results, strict=False):
             text = result.strip() or "done"
-            lines.append(f"{call.name} failed: {text.removeprefix('error: ')}" if text.startswith("error:")
-                         else text[0].upper() + text[1:])
+            lines.append(f"{call.name} failed → {text.removeprefix('error: ')}" if text.startswith("error:")
+                         else f"{call.name} → {text}")
     return "\n".join(lines)
 
 
