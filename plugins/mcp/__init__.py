@@ -1,0 +1,27 @@
+"""MCP servers as tools (issue #11): each configured server's tools become actions named
+`<server>__<tool>`, and its resources are readable through `<server>__read_resource`.
+
+Servers come from the character's `settings.mcp.servers` and the operator's MCP_SERVERS file
+(see config.py); nothing loads when neither names a server.
+"""
+
+from __future__ import annotations
+
+from bot.character import Character
+from bot.plugin import Plugin, Priority
+from bot.settings import Settings
+
+from .config import ServerConfig, configured_servers
+from .service import McpService, service_for
+
+
+def create_plugin(settings: Settings, character: Character) -> Plugin | None:
+    """The MCP plugin, or None when no server is configured; a bad MCP_SERVERS file raises SettingsError."""
+    servers = configured_servers(settings, character)
+    if not servers:
+        return None
+    return Plugin(name="mcp", description="MCP servers' tools and resources as actions",
+                  priority=Priority.FEATURE, services=[service_for(servers)])
+
+
+__all__ = ["McpService", "ServerConfig", "create_plugin"]
