@@ -12,7 +12,7 @@ from bot.character import Character
 from bot.plugin import Plugin
 from bot.settings import Settings
 
-FEATURES: list[str] = []
+FEATURES: list[str] = ["plugins.mcp"]
 
 
 def feature_plugins(settings: Settings, character: Character) -> list[Plugin]:
