@@ -67,6 +67,7 @@ class _EndWatch:
             raise
 
     async def __aenter__(self) -> _EndWatch:
+        await self._stream.__aenter__()
         return self
 
     async def __aexit__(self, *exc: Any) -> bool | None:
@@ -148,12 +149,13 @@ class McpServer:
                     tools, resources = await self._listings(client)
                     deadline.deadline = math.inf  # connected: the timeout was for getting here
                     self._offer(client, tools, resources)
-                    return await self._watch(client, timeout)
+                    try:
+                        return await self._watch(client, timeout)
+                    finally:
+                        self._withdraw()  # before the transport closes, which may take seconds
             return f"no answer within {timeout:g} s"
         except Exception as error:
             return self._describe(error)
-        finally:
-            self._withdraw()
 
     async def _transport(self, stack: AsyncExitStack) -> Transport:
         config = self.config
