@@ -264,6 +264,5 @@ async def test_xml_pipeline_calls_an_mcp_tool_and_the_model_reads_the_result(sta
     await chat.send("weather in Oslo?")
     first, second = model.prompts(ModelType.TEXT_LARGE)
     assert "weather__get_forecast" in first
-    # (the XML parser upper-cases action names)
-    assert '- WEATHER__GET_FORECAST {"city":"Oslo"} → It is sunny in Oslo for 1 day(s).' in second
+    assert '- weather__get_forecast {"city":"Oslo"} → It is sunny in Oslo for 1 day(s).' in second
     assert [c.text for c in chat.sent] == ["It is sunny"]

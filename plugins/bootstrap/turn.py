@@ -141,13 +141,18 @@ class Turn:
             response = Memory(entity_id=runtime.agent_id, agent_id=runtime.agent_id, room_id=self.message.room_id,
                               content=Content(text=parsed.text, thought=parsed.thought or None, actions=tools,
                                               metadata={"options": parsed.options} if parsed.options else {}))
-            calls = [ToolCall(id=f"xml-{len(self.steps)}-{i}", name=name,
+            calls = [ToolCall(id=f"xml-{len(self.steps)}-{i}", name=self._action_name(name),
                               arguments=parsed.params.get(name.upper(), {})) for i, name in enumerate(tools)]
             sent_before = len(self.sender.sent)
             results = await self.call_tools(calls, response)
             self.steps.append(ToolStep(calls=calls, results=results, text=parsed.text))
             if len(self.sender.sent) > sent_before:
                 return None  # a tool sent the reply itself, with the text the model wrote
+
+    def _action_name(self, written: str) -> str:
+        """The action's own name for what the model wrote (XML names are upper-cased, or a simile)."""
+        action = self.runtime.find_action(written)
+        return action.name if action is not None else written
 
     async def _xml_round(self, params: dict[str, Any]) -> ParsedResponse:
         output = None
