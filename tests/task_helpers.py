@@ -3,6 +3,7 @@ room, and a runtime with the tasks plugin on a SQLite file that outlives the run
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -53,6 +54,7 @@ class RoomConnector(Connector):
     delivered: ClassVar[list[tuple[str, str, float]]] = []
     owners: ClassVar[set[str]] = set()  # entity names the platform vouches for as owners
     failures: ClassVar[int] = 0  # the next this-many sends raise
+    arrived: ClassVar[asyncio.Event] = asyncio.Event()  # set on every delivery
 
     def sender_id(self, message: Any) -> str | None:
         return next((e.names[0] for e in self.runtime.room_entities(message.room_id)
@@ -70,11 +72,12 @@ class RoomConnector(Connector):
             RoomConnector.failures -= 1
             raise ConnectionError("platform said no")
         RoomConnector.delivered.append((room.name or "", content.text, self.runtime.clock()))
+        RoomConnector.arrived.set()
         return ["sent"]
 
     @classmethod
     def reset(cls) -> None:
-        cls.delivered, cls.owners, cls.failures = [], set(), 0
+        cls.delivered, cls.owners, cls.failures, cls.arrived = [], set(), 0, asyncio.Event()
 
 
 def connector_plugin() -> Plugin:
