@@ -13,9 +13,10 @@ import pytest
 
 from bot.plugin import State
 from bot.settings import LatePolicy
+from bot.store.factory import create_store
 from bot.types import ChannelType, ModelType
-from plugins.tasks.service import TASK_NAME
-from tests.runtime_helpers import ScriptedModel, make_chat, xml_reply
+from plugins.tasks.service import STALE_SENDING_SECONDS, TASK_NAME
+from tests.runtime_helpers import ScriptedModel, make_chat, make_settings, xml_reply
 from tests.task_helpers import FakeClock, RoomConnector, service, shutdown, task_runtime, tool_reply, utc
 
 START = utc(2026, 3, 27, 7, 30)  # Friday 08:30 in Berlin, two days before clocks go forward
@@ -240,4 +241,23 @@ async def test_a_due_task_waits_for_its_connector(tmp_path, model, clock):
     await tasks.settled()
     [task] = await runtime.store.get_tasks(agent_id=runtime.agent_id, name=TASK_NAME)
     assert task.metadata["state"] == "scheduled"  # not claimed, so not lost
+    await shutdown(runtime)
+
+
+async def test_a_message_left_mid_send_by_a_stopped_process_is_reported_not_sent_twice(tmp_path, model, clock,
+                                                                                        caplog):
+    runtime = await task_runtime(tmp_path, model, clock)
+    assert (await schedule(runtime, make_chat(runtime), text="maybe sent", in_seconds=10)).success
+    [task] = await service(runtime).tasks()
+    await shutdown(runtime)
+    store = create_store(make_settings(tmp_path))  # as a process that claimed it and died would leave it
+    claimed = {**task.metadata, "state": "sending", "claimed_at": START + 10}
+    assert await store.claim_task(task.model_copy(update={"metadata": claimed, "updated_at": task.updated_at + 1}),
+                                  task.updated_at)
+    clock.advance(10 + STALE_SENDING_SECONDS + 1)
+    with caplog.at_level(logging.WARNING, logger="plugins.tasks.service"):
+        runtime = await task_runtime(tmp_path, model, clock, store=store)
+        await service(runtime).settled()
+    assert RoomConnector.delivered == [] and await service(runtime).tasks() == []
+    assert "may not have been delivered" in caplog.records[-1].getMessage()
     await shutdown(runtime)

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 TASK_NAME = "scheduled_message"
 POLL_SECONDS = 30.0  # bound on how long a task created by another process waits to be seen
-NOT_READY_SECONDS = 2.0  # retry while a due task's platform connector has not started yet
+NOT_READY_SECONDS = 1.0  # first retry while a due task's connector is not connected yet (doubling)
 SEND_TIMEOUT = 30.0
 MAX_ATTEMPTS = 3  # a one-shot message that failed this often is given up (one error line)
 RETRY_SECONDS = 60.0  # times the attempt number
@@ -61,6 +61,7 @@ class TaskService(Service):
         self._blocked_now: set[uuid.UUID] = set()
         self._not_ready_delay = NOT_READY_SECONDS
         self._driven = callable(getattr(runtime.clock, "subscribe", None))
+        self._broken: set[uuid.UUID] = set()
         self._zones: LRU[uuid.UUID, str | None] = LRU(10_000)
 
     # Lifecycle -------------------------------------------------------------------------------
@@ -140,7 +141,13 @@ class TaskService(Service):
             if due > now:
                 next_due = due if next_due is None else min(next_due, due)
                 continue
-            again = await self._fire(task, now)
+            try:
+                again = await self._fire(task, now)
+            except Exception as error:  # one bad row must not stop the others; said once per row
+                if task.id not in self._broken:
+                    self._broken.add(task.id)
+                    log.error("scheduled message %s cannot be fired: %s: %s", task.id, type(error).__name__, error)
+                continue
             if again is not None:
                 next_due = again if next_due is None else min(next_due, again)
         self._blocked = self._blocked_now
@@ -154,7 +161,8 @@ class TaskService(Service):
             log.warning("scheduled message %s: its room is gone; deleting it", task.id)
             await runtime.store.delete_task(task.id)
             return None
-        if runtime.connector_for(room.source) is None:
+        connector = runtime.connector_for(room.source)
+        if connector is None or not connector.connected:  # starting, reconnecting or stopping: not claimed
             if task.id not in self._blocked:
                 log.info("scheduled message %s waits for the %s connector", task.id, room.source)
             self._blocked_now.add(task.id)
