@@ -174,7 +174,9 @@ def _id_schema(description: str) -> dict[str, Any]:
 
 ACTIONS = [
     Action("SCHEDULE_MESSAGE", "Remind the user or send a message in this chat later, once or repeating. Fill "
-           "text and exactly one of in_seconds, at (local time) or repeat; add timezone if the user said theirs.",
+           "text and exactly one of in_seconds, at (local YYYY-MM-DDTHH:MM or HH:MM) or repeat "
+           '({"every": "minutes"|"hour"|"day"|"weekday"|"week", "at": "HH:MM", "days": ["mon", ...], '
+           '"interval_minutes": n}); add timezone if the user said theirs.',
            schedule_handler, similes=["REMIND_ME", "SET_REMINDER", "SCHEDULE_TASK"], role=Role.MEMBER,
            parameters=SCHEDULE_PARAMETERS),
     Action("LIST_TASKS", "List the user's scheduled messages in this chat with their ids and next times "
