@@ -242,7 +242,8 @@ async def capabilities_provider(runtime: AgentRuntime, message: Memory, state: S
 def make_providers(recall: Recall) -> list[Provider]:
     return [
         Provider("CHARACTER", character_provider, "who the agent is", position=0),
-        Provider("TIME", time_provider, "the current time", position=10),
+        # Asked for by name only: LOCAL_TIME (the tasks plugin) puts the asker's local time in every prompt.
+        Provider("TIME", time_provider, "the current time in UTC", dynamic=True, position=10),
         Provider("ENTITIES", entities_provider, "people in the room", position=20),
         Provider("CAPABILITIES", capabilities_provider, "what the agent can do", position=25),
         Provider("ACTIONS", actions_provider, "actions the agent may take", position=30),
