@@ -76,6 +76,15 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+def mask_secrets(secrets: Iterable[str]) -> None:
+    """Mask secrets learned after start-up (an MCP server's env and headers) in every log line."""
+    for handler in logging.getLogger().handlers:
+        for found in handler.filters:
+            if isinstance(found, RedactingFilter):
+                for secret in secrets:
+                    found.add(secret)
+
+
 def configure_logging(settings: Settings) -> RedactingFilter:
     """Root logging to stderr with redaction; noisy HTTP client loggers kept at WARNING."""
     redactor = RedactingFilter(secret_values(settings))
@@ -87,6 +96,8 @@ def configure_logging(settings: Settings) -> RedactingFilter:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.log_level)  # validated by Settings: DEBUG, INFO, WARNING, ERROR or CRITICAL
-    for noisy in ("httpx", "httpcore", "discord.gateway", "discord.client", "telegram.ext", "aiosqlite"):
+    # HTTP clients log each request URL at INFO (httpx2 is the MCP SDK's); a URL can carry a key.
+    for noisy in ("httpx", "httpx2", "httpcore", "mcp", "discord.gateway", "discord.client", "telegram.ext",
+                  "aiosqlite"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return redactor

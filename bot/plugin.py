@@ -179,6 +179,7 @@ class ToolStep:
     calls: list[ToolCall]
     results: list[str]
     text: str = ""
+    success: list[bool] = field(default_factory=list)  # per call: False when `results` holds its error
 
 
 @dataclass

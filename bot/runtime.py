@@ -41,7 +41,7 @@ from bot.plugin import (
 )
 from bot.settings import Settings
 from bot.store.base import ModelUsage, Store
-from bot.tools import argument_problem
+from bot.tools import argument_problem, normalise_action
 from bot.types import (
     DIRECT_CHANNELS,
     Agent,
@@ -104,10 +104,6 @@ class MessageHandler:
 
     async def drain(self, timeout: float) -> None:
         """Stop taking new work and wait for runs in flight."""
-
-
-def _normalise_action(name: str) -> str:
-    return name.strip().upper().replace(" ", "_")
 
 
 class AgentRuntime:
@@ -541,25 +537,25 @@ class AgentRuntime:
 
     # Actions and evaluators -----------------------------------------------------------------------
     def find_action(self, name: str) -> Action | None:
-        wanted = _normalise_action(name)
+        wanted = normalise_action(name)
         for action in self.actions:
-            if _normalise_action(action.name) == wanted:
+            if normalise_action(action.name) == wanted:
                 return action
         for action in self.actions:
-            if any(_normalise_action(s) == wanted for s in action.similes):
+            if any(normalise_action(s) == wanted for s in action.similes):
                 return action
         return None
 
     def add_action(self, action: Action) -> None:
         """Offer an action from now on (an MCP server's tools as it connects)."""
-        if any(_normalise_action(a.name) == _normalise_action(action.name) for a in self.actions):
+        if any(normalise_action(a.name) == normalise_action(action.name) for a in self.actions):
             raise PluginError(f"action {action.name!r} is already registered")
         self.actions.append(action)
 
     def remove_action(self, name: str) -> None:
         """Stop offering an action (its MCP server went away)."""
-        wanted = _normalise_action(name)
-        self.actions = [a for a in self.actions if _normalise_action(a.name) != wanted]
+        wanted = normalise_action(name)
+        self.actions = [a for a in self.actions if normalise_action(a.name) != wanted]
 
     async def run_action(
         self,
@@ -573,10 +569,14 @@ class AgentRuntime:
         responses: Sequence[Memory] = (),
         run_id: uuid.UUID | None = None,
         role: Role | None = None,
+        time_limit: float | None = None,
     ) -> tuple[Action | None, ActionResult]:
         """Run one action the model asked for, checked again here (the asker's role, `validate`,
         the arguments against its schema): what the model names is a request, not a permission.
-        A refused, invalid, slow or failing action is reported in its result, never raised."""
+        A refused, invalid, slow or failing action is reported in its result, never raised.
+
+        A tool gets its `timeout` (or TOOL_TIMEOUT); `time_limit` (what is left of a reply's tool
+        budget) bounds any action called as a tool, and tightens that."""
         action = self.find_action(name)
         if action is None:
             log.warning("model asked for unknown action %r", name)
@@ -598,7 +598,9 @@ class AgentRuntime:
         await self.emit(EventType.ACTION_STARTED, payload)
         started = time.perf_counter()
         try:
-            limit = (action.timeout or self.settings.tool_timeout) if action.is_tool else None
+            limit = action.timeout or self.settings.tool_timeout if action.is_tool or time_limit is not None else None
+            if time_limit is not None:
+                limit = min(limit or time_limit, time_limit)
             async with asyncio.timeout(limit):
                 outcome = await action.handler(context)
             result = ActionResult(text=outcome) if isinstance(outcome, str) else outcome or ActionResult()
@@ -622,17 +624,16 @@ class AgentRuntime:
         run_id: uuid.UUID | None = None,
     ) -> list[ActionResult]:
         """Run every action named by the responses, in order, with the arguments the response
-        carries in `content.metadata["params"]`; a refusal is said to the asker."""
+        carries in `content.metadata["params"]`. A refusal is in its result (`data["refused"]`)
+        for the caller to say."""
         results: list[ActionResult] = []
         role = await self.role_of(message)
         for response in responses:
             arguments = response.content.metadata.get("params") or {}
             for name in response.content.actions:
                 _, result = await self.run_action(
-                    name, message, state, parameters=arguments.get(_normalise_action(name)), callback=callback,
+                    name, message, state, parameters=arguments.get(normalise_action(name)), callback=callback,
                     response=response, responses=responses, run_id=run_id, role=role)
-                if result.data.get("refused") and callback is not None:
-                    await callback(Content(text=result.error or "", actions=["REFUSED"]))
                 results.append(result)
         return results
 

@@ -15,12 +15,17 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from bot.plugin import Action, ToolSpec
+from bot.plugin import Action, ToolSpec, ToolStep
 
 EMPTY_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
 # OpenAI and Anthropic both accept function names of at most 64 of these characters.
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 NAME_LIMIT = 64
+
+
+def normalise_action(name: str) -> str:
+    """How action names compare: case, surrounding space and inner spaces do not matter."""
+    return name.strip().upper().replace(" ", "_")
 
 
 def tool_name(*parts: str) -> str:
@@ -62,3 +67,9 @@ def describe_result(result_text: str | None, error: str | None, success: bool) -
 
 def arguments_json(arguments: dict[str, Any]) -> str:
     return json.dumps(arguments, ensure_ascii=False, separators=(",", ":"))
+
+
+def steps_text(steps: list[ToolStep]) -> str:
+    """Earlier tool rounds as lines of text, for prompts that cannot carry tool turns."""
+    return "\n".join(f"- {call.name} {arguments_json(call.arguments)} → {result}"
+                     for step in steps for call, result in zip(step.calls, step.results, strict=True))

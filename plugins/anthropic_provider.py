@@ -58,8 +58,8 @@ def tool_turns(steps: Sequence[ToolStep]) -> list[dict[str, Any]]:
         blocks += [{"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments} for c in step.calls]
         turns.append({"role": "assistant", "content": blocks})
         turns.append({"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": c.id, "content": result, "is_error": result.startswith("error:")}
-            for c, result in zip(step.calls, step.results, strict=True)]})
+            {"type": "tool_result", "tool_use_id": c.id, "content": result, "is_error": not ok}
+            for c, result, ok in zip(step.calls, step.results, step.success, strict=True)]})
     return turns
 
 
@@ -84,6 +84,7 @@ class AnthropicProvider(SdkClient["anthropic.AsyncAnthropic"]):
         if params.get("tools"):
             options["tools"] = [{"name": t.name, "description": t.description, "input_schema": t.parameters}
                                 for t in params["tools"]]
+            options["tool_choice"] = {"type": params.get("tool_choice") or "auto"}
         client = await self.client()
         try:
             response = await client.messages.create(

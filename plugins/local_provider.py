@@ -340,7 +340,8 @@ class LocalProvider:
         if steps:
             return ModelOutput(value=results_reply(steps), model=self.model_name)
         text = str(params.get("prompt") or "")
-        candidates = candidate_tools(list(params.get("tools") or []), text)
+        offered = list(params.get("tools") or []) if params.get("tool_choice", "auto") != "none" else []
+        candidates = candidate_tools(offered, text)
         if candidates:
             call = await self._tool_call(candidates, text)
             if call.tool_calls:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.plugin import ModelHandler, ModelOutput, ModelRegistration, Plugin, Priority, ToolCall
 from bot.settings import Settings
-from bot.tools import arguments_json
+from bot.tools import arguments_json, steps_text
 from bot.types import Attachment, ModelType
 from plugins.models import (
     DESCRIBE_INSTRUCTION,
@@ -97,9 +97,10 @@ class OpenAIProvider(SdkClient["openai.AsyncOpenAI"]):
             options["stop"] = list(params["stop"])[:4]
         if json_mode:
             options["response_format"] = {"type": "json_object"}
-        if params.get("tools"):
+        if params.get("tools") and self.settings.openai_native_tools:
             options["tools"] = [{"type": "function", "function": {
                 "name": t.name, "description": t.description, "parameters": t.parameters}} for t in params["tools"]]
+            options["tool_choice"] = params.get("tool_choice") or "auto"
         response = await self._call(lambda client: client.chat.completions.create(model=model, messages=messages, **options))
         if not response.choices:
             raise ValueError(f"{NAME}: the reply has no choices")
@@ -113,13 +114,18 @@ class OpenAIProvider(SdkClient["openai.AsyncOpenAI"]):
             tool_calls=[_tool_call(call) for call in message.tool_calls or () if call.type == "function"],
         )
 
-    @staticmethod
-    def _messages(params: dict[str, Any], extra_system: str | None = None) -> list[dict[str, Any]]:
-        """System, the prompt, then earlier tool rounds as assistant tool_calls and tool results."""
+    def _messages(self, params: dict[str, Any], extra_system: str | None = None) -> list[dict[str, Any]]:
+        """System, the prompt, then earlier tool rounds as assistant tool_calls and tool results
+        (as text for a server without tool calling, when another model ran the tools)."""
         system = "\n\n".join(s for s in (params.get("system"), extra_system) if s)
         messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": str(params["prompt"])})
-        for step in params.get("tool_steps") or ():
+        steps = list(params.get("tool_steps") or ())
+        if steps and not self.settings.openai_native_tools:
+            messages.append({"role": "user", "content": f"Results of the tools used for this message:\n"
+                                                        f"{steps_text(steps)}\nReply using them."})
+            return messages
+        for step in steps:
             messages.append({"role": "assistant", "content": step.text or None, "tool_calls": [
                 {"id": call.id, "type": "function",
                  "function": {"name": call.name, "arguments": arguments_json(call.arguments)}}

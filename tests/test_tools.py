@@ -143,7 +143,8 @@ async def test_tool_rounds_stop_at_max_tool_steps(sqlite_store, tmp_path: Path) 
     outcome = await chat.send("echo forever")
     calls = [p for t, p in model.calls if t == ModelType.TEXT_LARGE]
     assert len(seen) == 3 and len(calls) == 4
-    assert [bool(p["tools"]) for p in calls] == [True, True, True, False]  # the last round may only answer
+    # The last round may only answer: the tools stay defined (APIs refuse tool turns without them).
+    assert [p["tool_choice"] for p in calls] == ["auto", "auto", "auto", "none"] and all(p["tools"] for p in calls)
     assert [len(p["tool_steps"]) for p in calls] == [0, 1, 2, 3]
     # It still asked for a tool with none offered, writing no text: the asker gets the apology, not silence.
     assert outcome.status == "completed" and [c.text for c in chat.sent] == [runtime.settings.error_reply]
@@ -156,7 +157,7 @@ async def test_the_time_budget_ends_tool_rounds(sqlite_store, tmp_path: Path) ->
     chat = make_chat(runtime)
     await chat.send("go")
     calls = [p for t, p in model.calls if t == ModelType.TEXT_LARGE]
-    assert len(seen) == 1 and not calls[1]["tools"]  # over budget: the next round gets no tools
+    assert len(seen) == 1 and calls[1]["tool_choice"] == "none"  # over budget: the next round may only answer
 
 
 async def test_bad_calls_go_back_to_the_model_and_never_reach_the_handler(sqlite_store, tmp_path: Path) -> None:
@@ -252,5 +253,99 @@ async def test_openai_native_tools_can_be_turned_off(tmp_path: Path, sqlite_stor
             body = fake.requests[-1].body
             assert "tools" not in body and "ROLL_DICE(sides?: integer, count?: integer)" in json.dumps(body)
             assert chat.sent[-1].text == "plain XML it is"
+        finally:
+            await runtime.stop()
+
+
+async def test_anthropic_last_round_keeps_tools_defined_but_forbids_calls(tmp_path: Path, sqlite_store) -> None:
+    """The real API refuses tool turns without tool definitions (the fake does too): the round
+    after MAX_TOOL_STEPS sends them with tool_choice none, and the reply arrives."""
+
+    def reply(body: dict[str, Any]) -> str | ToolCalls:
+        if body.get("tool_choice", {}).get("type") == "none":
+            return "Here is what I found."
+        return ToolCalls([("ROLL_DICE", {"sides": 6})])
+
+    async with FakeAnthropic(reply=reply) as fake:
+        settings = make_settings(tmp_path, anthropic_base_url=fake.base_url, max_tool_steps=1)
+        runtime = AgentRuntime(make_character(), settings, sqlite_store,
+                               [bootstrap_plugin(), anthropic_plugin(settings, "sk-ant-test"),
+                                Plugin("dice", actions=[ROLL_DICE])])
+        await runtime.initialize()
+        try:
+            chat = make_chat(runtime)
+            await chat.send("roll and roll and roll")
+            assert [c.text for c in chat.sent] == ["Here is what I found."]
+            last = fake.requests[-1].body
+            assert last["tools"] and last["tool_choice"] == {"type": "none"}
+        finally:
+            await runtime.stop()
+
+
+async def test_a_plain_models_reply_after_tools_is_not_cut_at_a_colon(sqlite_store, tmp_path: Path) -> None:
+    """A small local model's reply states the results; a result line like "High: 20 C" is kept."""
+    forecast = Action("FORECAST", "Forecast.", lambda ctx: _return("Berlin today\nHigh: 20 C\nLow: 10 C"),
+                      parameters={"type": "object", "properties": {}})
+
+    def answer(params: dict[str, Any]) -> Any:
+        if params["tool_steps"]:
+            return ModelOutput(value="FORECAST → " + params["tool_steps"][0].results[0])
+        return _calls(("FORECAST", {}))
+
+    model = ScriptedModel()
+    model.defaults[ModelType.TEXT_LARGE] = answer
+    plugin = model.plugin(structured=False, native_tools=True)
+    runtime = AgentRuntime(make_character(), make_settings(tmp_path), sqlite_store,
+                           [bootstrap_plugin(), plugin, Plugin("tools", actions=[forecast])])
+    await runtime.initialize()
+    chat = make_chat(runtime)
+    await chat.send("forecast?")
+    assert chat.sent[-1].text == "FORECAST → Berlin today\nHigh: 20 C\nLow: 10 C"
+
+
+async def _return(value: str) -> str:
+    return value
+
+
+async def test_the_time_budget_bounds_the_calls_inside_a_round(sqlite_store, tmp_path: Path) -> None:
+    """A call gets at most what is left of TOOL_TIME_BUDGET, whatever its own timeout; a call with
+    no time left does not start."""
+    started: list[str] = []
+
+    async def hang(ctx: ActionContext) -> str:
+        started.append(ctx.parameters["word"])
+        await asyncio.Event().wait()
+        return "never"
+
+    slow = Action("SLOW", "Slow.", hang, timeout=600,
+                  parameters={"type": "object", "properties": {"word": {"type": "string"}}})
+    model = _native(_calls(("SLOW", {"word": "a"}), ("SLOW", {"word": "b"})), "gave up")
+    runtime = await _runtime(sqlite_store, tmp_path, model, slow, tool_time_budget=0.3)
+    chat = make_chat(runtime)
+    await asyncio.wait_for(chat.send("go"), 10)
+    [step] = [p["tool_steps"] for t, p in model.calls if t == ModelType.TEXT_LARGE][1]
+    assert started == ["a"]
+    assert step.results == ["error: SLOW took too long and was stopped",
+                            "error: no time was left for this call (TOOL_TIME_BUDGET)"]
+    assert step.success == [False, False] and chat.sent[-1].text == "gave up"
+
+
+async def test_openai_without_native_tools_reads_earlier_results_as_text(tmp_path: Path, sqlite_store) -> None:
+    """OPENAI_NATIVE_TOOLS=false holds even when OpenAI is the fallback of a model that ran tools."""
+    from bot.plugin import ToolStep
+    from bot.tools import tool_spec
+
+    async with FakeOpenAI(reply="fine") as fake:
+        runtime = await _openai_runtime(sqlite_store, make_settings(tmp_path, openai_base_url=fake.base_url,
+                                                                    openai_native_tools=False))
+        try:
+            step = ToolStep(calls=[ToolCall(id="c1", name="ROLL_DICE", arguments={"sides": 6})],
+                            results=["rolled 1d6: 4"], success=[True])
+            await runtime.use_model(ModelType.TEXT_LARGE, {"prompt": "roll", "tools": [tool_spec(ROLL_DICE)],
+                                                           "tool_steps": [step], "tool_choice": "auto"})
+            body = fake.requests[-1].body
+            assert "tools" not in body and "tool_choice" not in body
+            assert not any(m.get("role") == "tool" or m.get("tool_calls") for m in body["messages"])
+            assert '- ROLL_DICE {"sides":6} → rolled 1d6: 4' in body["messages"][-1]["content"]
         finally:
             await runtime.stop()

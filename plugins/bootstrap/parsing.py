@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.jsontext import parse_json_object
+from bot.tools import normalise_action
 
 _TAG = r"<{0}>(.*?)</{0}>"
 
@@ -20,8 +21,11 @@ class ParsedResponse:
     actions: list[str] = field(default_factory=list)
     providers: list[str] = field(default_factory=list)
     options: list[str] = field(default_factory=list)
-    # Arguments per action name (upper case), from <params>.
+    # Arguments per action name (normalised), from <params>.
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def arguments_for(self, action: str) -> dict[str, Any]:
+        return self.params.get(normalise_action(action), {})
 
 
 def _tag(body: str, name: str) -> str | None:
@@ -58,7 +62,7 @@ def parse_params(raw: str | None) -> dict[str, dict[str, Any]]:
         found = {name: {key: _scalar(html.unescape(value.strip()))
                         for key, value in re.findall(r"<(\w+)>(.*?)</\1>", inner, re.DOTALL)}
                  for name, inner in re.findall(r"<(\w+)>(.*?)</\1>", raw, re.DOTALL)}
-    return {str(name).strip().upper(): value for name, value in found.items() if isinstance(value, dict)}
+    return {normalise_action(str(name)): value for name, value in found.items() if isinstance(value, dict)}
 
 
 def parse_response(raw: str) -> ParsedResponse | None:

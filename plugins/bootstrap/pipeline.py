@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from bot.ids import create_unique_uuid
-from bot.plugin import HandlerCallback, MessagePreparer, State
+from bot.plugin import ActionResult, HandlerCallback, MessagePreparer, State
 from bot.runtime import ModelError, RunOutcome
 from bot.settings import ShouldRespondMode
 from bot.types import DIRECT_CHANNELS, Content, EventType, Memory, ModelType, RoomState
@@ -57,6 +57,14 @@ class ReplySender:
                  run_id: uuid.UUID) -> None:
         self.runtime, self.message, self.callback, self.run_id = runtime, message, callback, run_id
         self.sent: list[Content] = []
+        self.refused = False
+
+    async def refuse(self, results: list[ActionResult]) -> None:
+        """Tell the asker, once per run, that an action they asked for is not theirs to use."""
+        refusal = next((r.error for r in results if r.data.get("refused")), None)
+        if refusal and not self.refused:
+            self.refused = True
+            await self(Content(text=refusal, actions=["REFUSED"]))
 
     async def __call__(self, content: Content) -> list[str]:
         content.in_reply_to = content.in_reply_to or self.message.id
@@ -222,6 +230,7 @@ class Pipeline:
             # The reply text went out once already; the other actions must not send it again.
             rest = self._with(response, others, text="" if replies else None)
             results += await runtime.process_actions(message, [rest], state, sender, run_id=run_id)
+            await sender.refuse(results)
         if not sender.sent and (not others or any(not r.success for r in results)):
             # An action that could not run (unknown, unavailable, refused, failed) never swallows
             # the answer: the text the model wrote goes out, or the apology.

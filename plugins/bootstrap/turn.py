@@ -15,7 +15,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from bot.plugin import Action, State, ToolCall, ToolStep
-from bot.tools import arguments_json, cut, describe_result, tool_spec
+from bot.tools import arguments_json, cut, describe_result, steps_text, tool_spec
 from bot.types import Content, Memory, ModelType
 
 from .parsing import ParsedResponse, clean_plain_reply, parse_response
@@ -61,11 +61,13 @@ class Turn:
         self.runtime, self.message, self.state, self.sender = runtime, message, state, sender
         self.run_id, self.plain = run_id, plain
         self.steps: list[ToolStep] = []
-        self.refused = False
         self.deadline = time.monotonic() + runtime.settings.tool_time_budget
 
     def _may_call_tools(self) -> bool:
-        return len(self.steps) < self.runtime.settings.max_tool_steps and time.monotonic() < self.deadline
+        return len(self.steps) < self.runtime.settings.max_tool_steps and self._time_left() > 0
+
+    def _time_left(self) -> float:
+        return self.deadline - time.monotonic()
 
     def _base_params(self) -> dict[str, Any]:
         return {"system": self.runtime.character.system, "room_id": self.message.room_id,
@@ -78,25 +80,31 @@ class Turn:
         return await self.runtime.allowed_actions(self.message, self.state)
 
     # Running tools -----------------------------------------------------------------------------
-    async def call_tools(self, calls: list[ToolCall], response: Memory | None = None) -> list[str]:
-        """Run one round's calls in order; each result (or error) as the model will read it."""
-        runtime, results = self.runtime, []
+    async def call_tools(self, calls: list[ToolCall], response: Memory | None = None) -> ToolStep:
+        """Run one round's calls in order, each within what is left of TOOL_TIME_BUDGET; the step
+        holds each result (or error) as the model will read it."""
+        runtime = self.runtime
+        step = ToolStep(calls=calls, results=[], text=response.content.text if response else "")
         role = await runtime.role_of(self.message)
         for call in calls:
+            left = self._time_left()
             if call.error:  # unreadable arguments: nothing runs, the model is told why
                 success, text = False, f"error: {call.error}"
+            elif left <= 0:
+                success, text = False, "error: no time was left for this call (TOOL_TIME_BUDGET)"
             else:
                 _, result = await runtime.run_action(
                     call.name, self.message, self.state, parameters=call.arguments, callback=self.sender,
-                    response=response, responses=[response] if response else [], run_id=self.run_id, role=role)
-                if result.data.get("refused") and not self.refused:  # said to the asker plainly; turn over
-                    self.refused = True
-                    await self.sender(Content(text=result.error or "", actions=["REFUSED"]))
+                    response=response, responses=[response] if response else [], run_id=self.run_id, role=role,
+                    time_limit=left)
+                await self.sender.refuse([result])  # said to the asker plainly: the turn is over
                 success = result.success
                 text = cut(describe_result(result.text, result.error, success), runtime.settings.tool_result_chars)
             await runtime.create_memory(tool_memory(runtime, self.message, call, text, success, self.run_id))
-            results.append(text)
-        return results
+            step.results.append(text)
+            step.success.append(success)
+        self.steps.append(step)
+        return step
 
     # Native tool calling -----------------------------------------------------------------------
     async def native(self) -> ParsedResponse | None:
@@ -106,15 +114,20 @@ class Turn:
             **self.state.values, "providers": self.state.text, "agentName": runtime.character.name,
         })
         while True:
-            offered = tools if self._may_call_tools() else []
-            params = {**self._base_params(), "prompt": prompt, "tools": offered, "tool_steps": list(self.steps)}
+            # The last round still defines the tools (APIs refuse earlier tool turns without them)
+            # but may not call them: tool_choice "none".
+            may_call = bool(tools) and self._may_call_tools()
+            params = {**self._base_params(), "prompt": prompt, "tools": tools, "tool_steps": list(self.steps),
+                      "tool_choice": "auto" if may_call else "none"}
             output = await runtime.use_model_output(ModelType.TEXT_LARGE, params, plain=self.plain)
-            if not output.tool_calls or not offered:
+            if not output.tool_calls or not may_call:
                 text = str(output.value or "")
-                return _native_answer(text) if output.structured else _plain_answer(text)
+                if output.structured:
+                    return _native_answer(text)
+                # A plain model's reply after tools states their results: nothing to clean from it.
+                return ParsedResponse(text=text.strip(), actions=["REPLY"]) if self.steps else _plain_answer(text)
             sent_before = len(self.sender.sent)
-            results = await self.call_tools(output.tool_calls)
-            self.steps.append(ToolStep(calls=output.tool_calls, results=results, text=str(output.value or "")))
+            await self.call_tools(output.tool_calls, _said(runtime, self.message, str(output.value or "")))
             if len(self.sender.sent) > sent_before:
                 return None  # a tool sent the reply itself (an image, buttons)
 
@@ -142,10 +155,9 @@ class Turn:
                               content=Content(text=parsed.text, thought=parsed.thought or None, actions=tools,
                                               metadata={"options": parsed.options} if parsed.options else {}))
             calls = [ToolCall(id=f"xml-{len(self.steps)}-{i}", name=self._action_name(name),
-                              arguments=parsed.params.get(name.upper(), {})) for i, name in enumerate(tools)]
+                              arguments=parsed.arguments_for(name)) for i, name in enumerate(tools)]
             sent_before = len(self.sender.sent)
-            results = await self.call_tools(calls, response)
-            self.steps.append(ToolStep(calls=calls, results=results, text=parsed.text))
+            await self.call_tools(calls, response)
             if len(self.sender.sent) > sent_before:
                 return None  # a tool sent the reply itself, with the text the model wrote
 
@@ -168,11 +180,17 @@ class Turn:
     def _results_text(self, may_call: bool) -> str:
         if not self.steps:
             return ""
-        lines = [f"- {call.name} {arguments_json(call.arguments)} → {result}"
-                 for step in self.steps for call, result in zip(step.calls, step.results, strict=True)]
         closing = ("Call another action only if these results are not enough; otherwise reply with them."
                    if may_call else "Write the reply now, using these results; call no more actions.")
-        return "# Results of the actions you took for this message\n" + "\n".join(lines) + "\n" + closing
+        return f"# Results of the actions you took for this message\n{steps_text(self.steps)}\n{closing}"
+
+
+def _said(runtime: AgentRuntime, message: Memory, text: str) -> Memory | None:
+    """What the model wrote alongside its native calls, as the response the tools may read."""
+    if not text.strip():
+        return None
+    return Memory(entity_id=runtime.agent_id, agent_id=runtime.agent_id, room_id=message.room_id,
+                  content=Content(text=text))
 
 
 def _plain_answer(raw: str) -> ParsedResponse:

@@ -8,6 +8,7 @@ Servers come from the character's `settings.mcp.servers` and the operator's MCP_
 from __future__ import annotations
 
 from bot.character import Character
+from bot.logging_setup import mask_secrets
 from bot.plugin import Plugin, Priority
 from bot.settings import Settings
 
@@ -20,6 +21,7 @@ def create_plugin(settings: Settings, character: Character) -> Plugin | None:
     servers = configured_servers(settings, character)
     if not servers:
         return None
+    mask_secrets(secret for server in servers for secret in server.secrets)
     return Plugin(name="mcp", description="MCP servers' tools and resources as actions",
                   priority=Priority.FEATURE, services=[service_for(servers)])
 

@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from bot.character import Character
 from bot.permissions import Role
@@ -49,8 +50,10 @@ class ServerConfig:
 
     @property
     def secrets(self) -> list[str]:
-        """Values that must never reach a log line (an error message may quote them)."""
-        return [v for v in (*self.env.values(), *self.headers.values()) if len(v) >= 4]
+        """Values that must never reach a log line (an error message may quote them): env and
+        header values, and the query values of the URL (hosted servers often take ?api_key=)."""
+        query = [value for _, value in parse_qsl(urlsplit(self.url).query)] if self.url else []
+        return [v for v in (*self.env.values(), *self.headers.values(), *query) if len(v) >= 4]
 
 
 class ConfigProblem(ValueError):

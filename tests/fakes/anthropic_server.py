@@ -32,6 +32,9 @@ class FakeAnthropic(FakeServer):
         if isinstance(entry, web.StreamResponse):
             return entry
         messages = body.get("messages", [])
+        if _tool_blocks(messages) and not body.get("tools"):  # as the real API answers
+            return web.json_response(anthropic_error(400, "Requests which include `tool_use` or `tool_result` "
+                                                          "blocks must define tools."), status=400)
         if entry is None and has_image(messages):
             entry = self.image_description
         if entry is None:
@@ -57,6 +60,12 @@ class FakeAnthropic(FakeServer):
             "usage": {"input_tokens": count_tokens(system_text + " " + message_text(messages)),
                       "output_tokens": count_tokens(text)},
         })
+
+
+def _tool_blocks(messages: list[dict[str, object]]) -> bool:
+    return any(isinstance(block, dict) and block.get("type") in ("tool_use", "tool_result")
+               for message in messages if isinstance(message.get("content"), list)
+               for block in message["content"])  # type: ignore[union-attr]
 
 
 def anthropic_error(code: int, message: str) -> dict[str, object]:
