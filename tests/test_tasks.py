@@ -207,6 +207,20 @@ async def test_the_time_zone_is_remembered_and_shown_to_the_model(tmp_path, mode
     await shutdown(runtime)
 
 
+async def test_only_setting_or_scheduling_with_a_zone_remembers_it(tmp_path, model, clock):
+    """A zone given to LIST_TASKS, or to a schedule that fails, changes nothing and raises nothing."""
+    runtime = await task_runtime(tmp_path, model, clock)
+    chat = make_chat(runtime)
+    tasks = service(runtime)
+    listed = await call(runtime, chat, "LIST_TASKS", timezone="Mars/Olympus")
+    assert listed.success and await tasks.user_zone(chat.user.id) is None
+    failed = await schedule(runtime, chat, text="x", at="2020-01-01T09:00", timezone="Asia/Tokyo")
+    assert not failed.success and await tasks.user_zone(chat.user.id) is None
+    assert (await schedule(runtime, chat, text="x", at="09:00", timezone="Asia/Tokyo")).success
+    assert await tasks.user_zone(chat.user.id) == "Asia/Tokyo"
+    await shutdown(runtime)
+
+
 async def test_a_failed_send_is_retried_then_given_up_with_one_line_each(tmp_path, model, clock, caplog):
     runtime = await task_runtime(tmp_path, model, clock)
     tasks = service(runtime)

@@ -60,15 +60,11 @@ def _service(ctx: ActionContext | AgentRuntime) -> TaskService:
 
 
 async def _zone_name(ctx: ActionContext) -> tuple[str, bool]:
-    """The zone to read times in, and whether the user gave it (else it is the configured default).
-    A `timezone` argument is checked and remembered for the user."""
-    service, given = _service(ctx), ctx.parameters.get("timezone")
-    if given:
-        name = zone(str(given)).key
-        await service.set_user_zone(ctx.message.entity_id, name)
-        return name, True
-    remembered = await service.user_zone(ctx.message.entity_id)
-    return (remembered, True) if remembered else (ctx.runtime.settings.timezone, False)
+    """The zone to read this call's times in (a `timezone` argument, checked, else the user's own
+    or the default) and whether the user gave it. Remembering it is the caller's decision."""
+    if given := ctx.parameters.get("timezone"):
+        return zone(str(given)).key, True
+    return await _service(ctx).zone_for(ctx.message.entity_id)
 
 
 async def schedule_handler(ctx: ActionContext) -> ActionResult:
@@ -91,6 +87,8 @@ async def schedule_handler(ctx: ActionContext) -> ActionResult:
         return ActionResult(success=False, error=f"this chat already has {here} scheduled messages, the most allowed")
     task = await service.create(text=text, first=when.first, repeat=when.repeat, tz_name=tz_name,
                                 room_id=message.room_id, world_id=message.world_id, entity_id=message.entity_id)
+    if params.get("timezone"):  # scheduled with it: remember the user's zone for next time
+        await service.set_user_zone(message.entity_id, tz_name)
     how = f", then {when.repeat.describe()}" if when.repeat else ""
     note = "" if given or "in_seconds" in params else (
         f" Times were read in {tz_name}, the default: the user has not said their time zone; ask if it differs.")
@@ -119,7 +117,7 @@ async def list_handler(ctx: ActionContext) -> ActionResult:
     tasks = await _visible(ctx, bool(ctx.parameters.get("everyone")))
     if not tasks:
         return ActionResult(text="no scheduled messages here", data={"tasks": []})
-    tz_name, _ = await _zone_name(ctx)
+    tz_name, _ = await _service(ctx).zone_for(ctx.message.entity_id)
     others = {t.entity_id for t in tasks if t.entity_id and t.entity_id != ctx.message.entity_id}
     names = await ctx.runtime.entity_names(others) if others else {}
     tasks.sort(key=lambda t: float(t.metadata["next_run"]))
@@ -149,19 +147,20 @@ async def set_timezone_handler(ctx: ActionContext) -> ActionResult:
         name, _ = await _zone_name(ctx)
     except ScheduleError as error:
         return ActionResult(success=False, error=str(error))
+    await _service(ctx).set_user_zone(ctx.message.entity_id, name)
     return ActionResult(text=f"time zone set to {name}; it is now {local_text(ctx.runtime.clock(), zone(name))}")
 
 
 async def local_time_provider(runtime: AgentRuntime, message: Memory, state: State) -> ProviderResult:
     """The current time in the asker's zone, so the model can fill "at 9:00" correctly."""
     service = runtime.get_service(TaskService)
-    remembered = await service.user_zone(message.entity_id) if service else None
-    tz = zone(remembered or runtime.settings.timezone)
+    tz_name, given = await service.zone_for(message.entity_id) if service else (runtime.settings.timezone, False)
+    tz = zone(tz_name)
     now = datetime.fromtimestamp(runtime.clock(), tz)
     names = await runtime.entity_names({message.entity_id})
     who = names.get(message.entity_id, "the user")
     text = f"Local time for {who}: {now:%A %Y-%m-%d %H:%M} ({tz.key})"
-    if remembered is None:
+    if not given:
         text += (f"; {who} has not said their time zone, this is the default. Before scheduling at a clock time, "
                  "ask for it unless it is clear.")
     return ProviderResult(text=text, values={"localTime": now.isoformat(), "timezone": tz.key})

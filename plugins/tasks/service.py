@@ -247,6 +247,11 @@ class TaskService(Service):
         self.wake()
         return task
 
+    async def zone_for(self, entity_id: uuid.UUID) -> tuple[str, bool]:
+        """The zone to read this user's times in, and whether they gave it (else TIMEZONE)."""
+        remembered = await self.user_zone(entity_id)
+        return (remembered, True) if remembered else (self.runtime.settings.timezone, False)
+
     async def user_zone(self, entity_id: uuid.UUID) -> str | None:
         """The zone this user gave (remembered in the cache table), or None if they never did."""
         if entity_id not in self._zones:
