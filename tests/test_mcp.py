@@ -19,7 +19,7 @@ from bot.plugin import ActionResult, State
 from bot.runtime import AgentRuntime
 from bot.types import Memory, ModelType
 from plugins.mcp import McpService, create_plugin
-from tests.mcp_helpers import HttpMcpServer, alive, eventually, stdio_entry
+from tests.mcp_helpers import FAKE_SERVER, HttpMcpServer, alive, eventually, stdio_entry
 from tests.runtime_helpers import (
     ScriptedModel,
     make_character,
@@ -226,6 +226,23 @@ async def test_start_up_does_not_wait_longer_than_the_connect_timeout(
     await eventually(lambda: bool(warnings_about(caplog, "silent")), what="the timeout warning")
     [warning] = warnings_about(caplog, "silent")
     assert "no answer within 3 s" in warning.getMessage()
+
+
+async def test_start_up_waits_at_most_a_few_seconds_for_a_slow_server(
+        start_mcp: Start, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A server slower than STARTUP_WAIT (an `npx` download, say) keeps connecting after start-up
+    and is not cut off before MCP_TIMEOUT."""
+    from plugins.mcp import service
+
+    monkeypatch.setattr(service, "STARTUP_WAIT", 0.2)
+    slow = {"type": "stdio", "command": sys.executable,
+            "args": ["-c", f"import time, runpy, sys; time.sleep(1.5); sys.argv = ['x', 'stdio']; "
+                           f"runpy.run_path({str(FAKE_SERVER)!r}, run_name='__main__')"]}
+    started = time.monotonic()
+    runtime = await start_mcp({"slow": slow}, mcp_timeout=20)
+    assert time.monotonic() - started < 1.5 and runtime.find_action("slow__get_forecast") is None
+    await eventually(lambda: runtime.find_action("slow__get_forecast") is not None, what="the late tools")
+    assert not warnings_about(caplog, "slow")
 
 
 async def test_secrets_in_env_and_headers_are_never_logged(

@@ -1,7 +1,9 @@
 """The MCP service: every configured server connects concurrently when the runtime starts.
 
-Start-up waits for the servers' first attempts at most MCP_TIMEOUT, so a slow or broken server
-never holds the bot back: it is one warning, and its tools appear when it connects later.
+Start-up waits for the servers' first attempts at most STARTUP_WAIT seconds (or MCP_TIMEOUT if
+shorter), so the first messages usually find the tools while a slow or broken server never holds
+the bot back long: its attempt goes on in the background (up to MCP_TIMEOUT, then one warning),
+and its tools appear when it connects.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from .config import ServerConfig
 
 if TYPE_CHECKING:
     from bot.runtime import AgentRuntime
+
+STARTUP_WAIT = 5.0
 
 
 class McpService(Service):
@@ -32,7 +36,7 @@ class McpService(Service):
         for server in self.servers.values():
             server.start()
         waits = [asyncio.create_task(server.attempted.wait()) for server in self.servers.values()]
-        _, pending = await asyncio.wait(waits, timeout=self.runtime.settings.mcp_timeout)
+        _, pending = await asyncio.wait(waits, timeout=min(self.runtime.settings.mcp_timeout, STARTUP_WAIT))
         for wait in pending:
             wait.cancel()
 
