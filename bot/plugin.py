@@ -93,8 +93,9 @@ class ActionContext:
     """Everything an action handler gets, in one typed object (PTB's `Update` plus `context`).
 
     `parameters` are the model's arguments, already checked against the action's schema.
-    `response` is the model's answer that named the action when it came as XML (its `text` is the
-    reply the model wrote); with native tool calls there is none yet: the reply comes after.
+    `response` is the model's answer that named the action: its `text` is the reply the model
+    wrote with it (XML), or what it wrote alongside native calls — usually nothing, the reply
+    comes after the results.
     """
 
     runtime: AgentRuntime
@@ -109,7 +110,7 @@ class ActionContext:
 
     @property
     def reply_text(self) -> str:
-        """The reply the model wrote alongside the action ("" with native tool calls)."""
+        """The reply the model wrote alongside the action ("" when it wrote none)."""
         return self.response.content.text if self.response is not None else ""
 
     async def send(self, content: Content | str) -> list[str]:
