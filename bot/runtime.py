@@ -17,17 +17,14 @@ from bot.character import Character
 from bot.events import EventBus
 from bot.history import MessageHistory
 from bot.lru import LRU
-from bot.permissions import Role, refusal
+from bot.permissions import Role
 from bot.plugin import (
     Action,
-    ActionContext,
-    ActionResult,
     Connector,
     Evaluator,
     EventHandler,
     HandlerCallback,
     MessagePreparer,
-    ModelOutput,
     ModelRegistration,
     Plugin,
     PluginError,
@@ -39,9 +36,10 @@ from bot.plugin import (
     check_unique_components,
     resolve_plugin_order,
 )
+from bot.runtime_actions import ActionsMixin
+from bot.runtime_models import ModelError, ModelsMixin
 from bot.settings import Settings
-from bot.store.base import ModelUsage, Store
-from bot.tools import argument_problem, normalise_action
+from bot.store.base import Store
 from bot.types import (
     DIRECT_CHANNELS,
     Agent,
@@ -60,7 +58,6 @@ S = TypeVar("S", bound=Service)
 
 STATE_CACHE_SIZE = 512
 CACHE_SIZE = 10_000
-USAGE_FLUSH_SECONDS = 1.0
 MEDIA_SLOTS = 2
 
 
@@ -72,11 +69,6 @@ class ShuttingDown(RuntimeError):
     """Raised by `receive_message` once shutdown has begun: the message was stored, not answered."""
 
 
-class ModelError(Exception):
-    """Every handler for a model type failed (or none is registered)."""
-
-
-@dataclass
 class RunOutcome:
     """How the pipeline ended for one message (`status`: completed, ignored, muted, error, duplicate)."""
 
@@ -106,7 +98,10 @@ class MessageHandler:
         """Stop taking new work and wait for runs in flight."""
 
 
-class AgentRuntime:
+class AgentRuntime(ModelsMixin, ActionsMixin):
+    """The public API plugins build on. Models (bot/runtime_models.py) and actions
+    (bot/runtime_actions.py) live in their own files; this one holds the rest."""
+
     def __init__(
         self,
         character: Character,
@@ -333,18 +328,6 @@ class AgentRuntime:
             return Role.ADMIN
         return Role.MEMBER
 
-    async def _valid(self, action: Action, message: Memory, state: State | None) -> bool:
-        try:
-            return bool(await action.validate(self, message, state))
-        except Exception:
-            log.exception("validate of action %s failed", action.name)
-            return False
-
-    async def allowed_actions(self, message: Memory, state: State | None) -> list[Action]:
-        """The actions this asker may use here now: their role suffices and `validate` passes."""
-        role = await self.role_of(message)
-        return [action for action in self.actions if action.role <= role and await self._valid(action, message, state)]
-
     # Messages -----------------------------------------------------------------------------------
     async def create_memory(self, memory: Memory) -> bool:
         """Store a memory (idempotent on id) and keep the room's recent history current."""
@@ -437,232 +420,6 @@ class AgentRuntime:
 
     def forget_state(self, message_id: uuid.UUID) -> None:
         self._state_cache.pop(message_id, None)
-
-    # Models -------------------------------------------------------------------------------------
-    def register_model(self, registration: ModelRegistration) -> None:
-        handlers = self._models.setdefault(registration.model_type, [])
-        handlers.append(registration)
-        handlers.sort(key=lambda r: r.priority)
-
-    def has_model(self, model_type: ModelType) -> bool:
-        return bool(self._models.get(model_type))
-
-    def has_plain_model(self, model_type: ModelType) -> bool:
-        """Whether any model for this type (first choice or fallback) needs the plain prompt."""
-        return any(not r.structured for r in self._models.get(model_type, ()))
-
-    def follows_formats(self, model_type: ModelType) -> bool:
-        """Whether the first model for this type can follow an output format (XML, JSON); small
-        local models cannot, and work that needs one (fact extraction) is skipped for them."""
-        handlers = self._models.get(model_type)
-        return bool(handlers) and handlers[0].structured
-
-    def has_native_tools(self, model_type: ModelType) -> bool:
-        """Whether the first model for this type takes tools natively (function calling)."""
-        handlers = self._models.get(model_type)
-        return bool(handlers) and handlers[0].native_tools
-
-    def model_providers(self, model_type: ModelType) -> list[str]:
-        return [r.provider for r in self._models.get(model_type, [])]
-
-    async def use_model(
-        self, model_type: ModelType, params: dict[str, Any], *, provider: str | None = None
-    ) -> Any:
-        """Call the best handler for `model_type`, falling back to the next one when it fails."""
-        return (await self.use_model_output(model_type, params, provider=provider)).value
-
-    async def use_model_output(
-        self, model_type: ModelType, params: dict[str, Any], *, provider: str | None = None,
-        plain: dict[str, Any] | None = None,
-    ) -> ModelOutput:
-        """Like `use_model`, but returns the whole output: which provider answered, and whether it
-        was given the structured prompt. `plain` is the prompt for handlers that cannot follow an
-        output format (small local models), so a fallback never receives a template it would echo.
-
-        A provider that fails while another answers is one warning; when all fail, ModelError
-        names each provider's error and nothing is logged here (the caller decides how loud).
-        """
-        handlers = [r for r in self._models.get(model_type, []) if provider is None or r.provider == provider]
-        if not handlers:
-            raise ModelError(f"no model is configured for {model_type}")
-        errors: list[str] = []
-        for registration in handlers:
-            call = params if registration.structured or plain is None else {**params, **plain}
-            started = time.perf_counter()
-            try:
-                output = await registration.handler(self, call)
-            except Exception as error:
-                errors.append(f"{registration.provider}: {type(error).__name__}: {error}")
-                await self.emit(EventType.MODEL_USED, {
-                    "runtime": self, "type": model_type, "provider": registration.provider, "ok": False,
-                    "error": type(error).__name__, "duration": time.perf_counter() - started,
-                })
-                continue
-            result = output if isinstance(output, ModelOutput) else ModelOutput(value=output)
-            result.provider, result.structured = registration.provider, registration.structured
-            if errors:
-                log.warning("model %s: %s; answered by %s", model_type, "; ".join(errors), registration.provider)
-            await self._record_usage(model_type, registration.provider, result, params,
-                                     time.perf_counter() - started)
-            return result
-        raise ModelError(f"every model for {model_type} failed: " + "; ".join(errors))
-
-    async def _record_usage(
-        self, model_type: ModelType, provider: str, result: ModelOutput, params: dict[str, Any], duration: float
-    ) -> None:
-        room_id, entity_id = params.get("room_id"), params.get("entity_id")
-        if result.prompt_tokens or result.completion_tokens:
-            self._usage.append(ModelUsage(
-                agent_id=self.agent_id, provider=provider, model_type=str(model_type), model=result.model,
-                prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-                room_id=room_id, entity_id=entity_id, created_at=int(self.clock() * 1000),
-            ))
-            if self._usage_task is None or self._usage_task.done():
-                self._usage_task = self.run_in_background(self._flush_usage_soon(), "usage")
-        await self.emit(EventType.MODEL_USED, {
-            "runtime": self, "type": model_type, "provider": provider, "model": result.model, "ok": True,
-            "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-            "duration": duration, "room_id": room_id, "entity_id": entity_id,
-        })
-
-    async def _flush_usage_soon(self) -> None:
-        await asyncio.sleep(USAGE_FLUSH_SECONDS)
-        await self.flush_usage()
-
-    async def flush_usage(self) -> None:
-        """Write buffered token usage in one batch: off the reply path, and flushed at stop."""
-        while self._usage:
-            batch, self._usage = self._usage, []
-            await self.store.record_model_usage(batch)
-
-    # Actions and evaluators -----------------------------------------------------------------------
-    def find_action(self, name: str) -> Action | None:
-        wanted = normalise_action(name)
-        for action in self.actions:
-            if normalise_action(action.name) == wanted:
-                return action
-        for action in self.actions:
-            if any(normalise_action(s) == wanted for s in action.similes):
-                return action
-        return None
-
-    def add_action(self, action: Action) -> None:
-        """Offer an action from now on (an MCP server's tools as it connects)."""
-        if any(normalise_action(a.name) == normalise_action(action.name) for a in self.actions):
-            raise PluginError(f"action {action.name!r} is already registered")
-        self.actions.append(action)
-
-    def remove_action(self, name: str) -> None:
-        """Stop offering an action (its MCP server went away)."""
-        wanted = normalise_action(name)
-        self.actions = [a for a in self.actions if normalise_action(a.name) != wanted]
-
-    async def run_action(
-        self,
-        name: str,
-        message: Memory,
-        state: State,
-        *,
-        parameters: dict[str, Any] | None = None,
-        callback: HandlerCallback | None = None,
-        response: Memory | None = None,
-        responses: Sequence[Memory] = (),
-        run_id: uuid.UUID | None = None,
-        role: Role | None = None,
-        time_limit: float | None = None,
-    ) -> tuple[Action | None, ActionResult]:
-        """Run one action the model asked for, checked again here (the asker's role, `validate`,
-        the arguments against its schema): what the model names is a request, not a permission.
-        A refused, invalid, slow or failing action is reported in its result, never raised.
-
-        A tool gets its `timeout` (or TOOL_TIMEOUT); `time_limit` (what is left of a reply's tool
-        budget) bounds any action called as a tool, and tightens that."""
-        action = self.find_action(name)
-        if action is None:
-            log.warning("model asked for unknown action %r", name)
-            return None, ActionResult(success=False, error=f"there is no action named {name}")
-        role = await self.role_of(message) if role is None else role
-        if action.role > role:
-            log.warning("refused %s for %s in room %s: needs %s, asker is %s", action.name,
-                        message.entity_id, message.room_id, action.role.name, role.name)
-            return action, ActionResult(success=False, error=refusal(action.role), data={"refused": True})
-        if not await self._valid(action, message, state):
-            log.info("action %s is not available for message %s", action.name, message.id)
-            return action, ActionResult(success=False, error=f"{action.name} is not available here")
-        parameters = dict(parameters or {})
-        if action.parameters is not None and (problem := argument_problem(action.parameters, parameters)):
-            return action, ActionResult(success=False, error=f"invalid arguments for {action.name}: {problem}")
-        context = ActionContext(self, message, state, parameters, callback, response, list(responses), role, run_id)
-        payload = {"runtime": self, "message": message, "action": action.name, "run_id": run_id,
-                   "tool": action.is_tool}
-        await self.emit(EventType.ACTION_STARTED, payload)
-        started = time.perf_counter()
-        try:
-            limit = action.timeout or self.settings.tool_timeout if action.is_tool or time_limit is not None else None
-            if time_limit is not None:
-                limit = min(limit or time_limit, time_limit)
-            async with asyncio.timeout(limit):
-                outcome = await action.handler(context)
-            result = ActionResult(text=outcome) if isinstance(outcome, str) else outcome or ActionResult()
-        except TimeoutError:
-            log.warning("action %s timed out (run %s)", action.name, run_id)
-            result = ActionResult(success=False, error=f"{action.name} took too long and was stopped")
-        except Exception as error:
-            log.exception("action %s failed (run %s)", action.name, run_id)
-            result = ActionResult(success=False, error=f"{type(error).__name__}: {error}")
-        await self.emit(EventType.ACTION_COMPLETED, {**payload, "result": result,
-                                                     "duration": time.perf_counter() - started})
-        return action, result
-
-    async def process_actions(
-        self,
-        message: Memory,
-        responses: Sequence[Memory],
-        state: State,
-        callback: HandlerCallback | None,
-        *,
-        run_id: uuid.UUID | None = None,
-    ) -> list[ActionResult]:
-        """Run every action named by the responses, in order, with the arguments the response
-        carries in `content.metadata["params"]`. A refusal is in its result (`data["refused"]`)
-        for the caller to say."""
-        results: list[ActionResult] = []
-        role = await self.role_of(message)
-        for response in responses:
-            arguments = response.content.metadata.get("params") or {}
-            for name in response.content.actions:
-                _, result = await self.run_action(
-                    name, message, state, parameters=arguments.get(normalise_action(name)), callback=callback,
-                    response=response, responses=responses, run_id=run_id, role=role)
-                results.append(result)
-        return results
-
-    async def evaluate(
-        self,
-        message: Memory,
-        state: State,
-        did_respond: bool,
-        responses: Sequence[Memory] = (),
-    ) -> list[str]:
-        """Run the evaluators whose validate passes, concurrently; return the names that ran."""
-        chosen: list[Evaluator] = []
-        for evaluator in self.evaluators:
-            if not (did_respond or evaluator.always):
-                continue
-            try:
-                if await evaluator.validate(self, message, state):
-                    chosen.append(evaluator)
-            except Exception:
-                log.exception("evaluator %s validate failed", evaluator.name)
-        results = await asyncio.gather(
-            *(e.handler(self, message, state, list(responses)) for e in chosen), return_exceptions=True
-        )
-        for evaluator, result in zip(chosen, results, strict=True):
-            if isinstance(result, BaseException):
-                trace = None if isinstance(result, ModelError) else (type(result), result, result.__traceback__)
-                log.error("evaluator %s failed: %s", evaluator.name, result, exc_info=trace)
-            await self.emit(EventType.EVALUATOR_COMPLETED, {"runtime": self, "evaluator": evaluator.name})
-        return [e.name for e in chosen]
 
     def run_in_background(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         """Start a task that logs its failure instead of losing it."""

@@ -1,0 +1,136 @@
+"""The model half of the runtime: registered handlers per model type, fallback between providers,
+and token usage written in batches off the reply path."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from bot.plugin import ModelOutput, ModelRegistration
+from bot.store.base import ModelUsage, Store
+from bot.types import EventType, ModelType
+
+log = logging.getLogger("bot.runtime")
+
+USAGE_FLUSH_SECONDS = 1.0
+
+
+class ModelError(Exception):
+    """Every handler for a model type failed (or none is registered)."""
+
+
+class ModelsMixin:
+    """Part of AgentRuntime (see bot/runtime.py), kept apart so each file reads in one sitting."""
+
+    agent_id: uuid.UUID
+    store: Store
+    clock: Callable[[], float]
+    _models: dict[ModelType, list[ModelRegistration]]
+    _usage: list[Any]
+    _usage_task: asyncio.Task[None] | None
+
+    if TYPE_CHECKING:  # provided by AgentRuntime
+        async def emit(self, event: EventType | str, payload: dict[str, Any]) -> None: ...
+
+        def run_in_background(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]: ...
+
+    def register_model(self, registration: ModelRegistration) -> None:
+        handlers = self._models.setdefault(registration.model_type, [])
+        handlers.append(registration)
+        handlers.sort(key=lambda r: r.priority)
+
+    def has_model(self, model_type: ModelType) -> bool:
+        return bool(self._models.get(model_type))
+
+    def has_plain_model(self, model_type: ModelType) -> bool:
+        """Whether any model for this type (first choice or fallback) needs the plain prompt."""
+        return any(not r.structured for r in self._models.get(model_type, ()))
+
+    def follows_formats(self, model_type: ModelType) -> bool:
+        """Whether the first model for this type can follow an output format (XML, JSON); small
+        local models cannot, and work that needs one (fact extraction) is skipped for them."""
+        handlers = self._models.get(model_type)
+        return bool(handlers) and handlers[0].structured
+
+    def has_native_tools(self, model_type: ModelType) -> bool:
+        """Whether the first model for this type takes tools natively (function calling)."""
+        handlers = self._models.get(model_type)
+        return bool(handlers) and handlers[0].native_tools
+
+    def model_providers(self, model_type: ModelType) -> list[str]:
+        return [r.provider for r in self._models.get(model_type, [])]
+
+    async def use_model(
+        self, model_type: ModelType, params: dict[str, Any], *, provider: str | None = None
+    ) -> Any:
+        """Call the best handler for `model_type`, falling back to the next one when it fails."""
+        return (await self.use_model_output(model_type, params, provider=provider)).value
+
+    async def use_model_output(
+        self, model_type: ModelType, params: dict[str, Any], *, provider: str | None = None,
+        plain: dict[str, Any] | None = None,
+    ) -> ModelOutput:
+        """Like `use_model`, but returns the whole output: which provider answered, and whether it
+        was given the structured prompt. `plain` is the prompt for handlers that cannot follow an
+        output format (small local models), so a fallback never receives a template it would echo.
+
+        A provider that fails while another answers is one warning; when all fail, ModelError
+        names each provider's error and nothing is logged here (the caller decides how loud).
+        """
+        handlers = [r for r in self._models.get(model_type, []) if provider is None or r.provider == provider]
+        if not handlers:
+            raise ModelError(f"no model is configured for {model_type}")
+        errors: list[str] = []
+        for registration in handlers:
+            call = params if registration.structured or plain is None else {**params, **plain}
+            started = time.perf_counter()
+            try:
+                output = await registration.handler(self, call)
+            except Exception as error:
+                errors.append(f"{registration.provider}: {type(error).__name__}: {error}")
+                await self.emit(EventType.MODEL_USED, {
+                    "runtime": self, "type": model_type, "provider": registration.provider, "ok": False,
+                    "error": type(error).__name__, "duration": time.perf_counter() - started,
+                })
+                continue
+            result = output if isinstance(output, ModelOutput) else ModelOutput(value=output)
+            result.provider, result.structured = registration.provider, registration.structured
+            if errors:
+                log.warning("model %s: %s; answered by %s", model_type, "; ".join(errors), registration.provider)
+            await self._record_usage(model_type, registration.provider, result, params,
+                                     time.perf_counter() - started)
+            return result
+        raise ModelError(f"every model for {model_type} failed: " + "; ".join(errors))
+
+    async def _record_usage(
+        self, model_type: ModelType, provider: str, result: ModelOutput, params: dict[str, Any], duration: float
+    ) -> None:
+        room_id, entity_id = params.get("room_id"), params.get("entity_id")
+        if result.prompt_tokens or result.completion_tokens:
+            self._usage.append(ModelUsage(
+                agent_id=self.agent_id, provider=provider, model_type=str(model_type), model=result.model,
+                prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+                room_id=room_id, entity_id=entity_id, created_at=int(self.clock() * 1000),
+            ))
+            if self._usage_task is None or self._usage_task.done():
+                self._usage_task = self.run_in_background(self._flush_usage_soon(), "usage")
+        await self.emit(EventType.MODEL_USED, {
+            "runtime": self, "type": model_type, "provider": provider, "model": result.model, "ok": True,
+            "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+            "duration": duration, "room_id": room_id, "entity_id": entity_id,
+        })
+
+    async def _flush_usage_soon(self) -> None:
+        await asyncio.sleep(USAGE_FLUSH_SECONDS)
+        await self.flush_usage()
+
+    async def flush_usage(self) -> None:
+        """Write buffered token usage in one batch: off the reply path, and flushed at stop."""
+        while self._usage:
+            batch, self._usage = self._usage, []
+            await self.store.record_model_usage(batch)
+
