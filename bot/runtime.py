@@ -69,6 +69,7 @@ class ShuttingDown(RuntimeError):
     """Raised by `receive_message` once shutdown has begun: the message was stored, not answered."""
 
 
+@dataclass
 class RunOutcome:
     """How the pipeline ended for one message (`status`: completed, ignored, muted, error, duplicate)."""
 
