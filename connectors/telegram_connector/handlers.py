@@ -14,6 +14,7 @@ from collections.abc import Awaitable
 from datetime import datetime
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 from telegram import Chat, Message, MessageEntity, Update, User
 from telegram.constants import ChatType
@@ -22,7 +23,7 @@ from telegram.ext import BaseUpdateProcessor, ContextTypes
 from bot.ids import create_unique_uuid
 from bot.plugin import HandlerCallback, MessagePreparer
 from bot.runtime import ShuttingDown
-from bot.types import ChannelType, Content, Entity, Memory, MentionContext, Room, World
+from bot.types import ChannelType, Content, Entity, EventType, Memory, MentionContext, Room, World
 
 from .intake import is_id, message_text, name_of, text_of
 from .outbox import Target, Typing, message_key
@@ -38,24 +39,31 @@ EXPIRED_BUTTON = "This button has expired."
 
 
 class ChatOrderedProcessor(BaseUpdateProcessor):
-    """Concurrent across chats, sequential within one, so a chat's messages are stored in order."""
+    """Concurrent across chats, sequential within one, so a chat's messages are stored in order.
+
+    An update waits for its chat's turn before it takes one of the shared slots, so a flooded
+    chat's backlog waits without holding the slots every other chat needs.
+    """
 
     def __init__(self, max_concurrent_updates: int = 64) -> None:
         super().__init__(max_concurrent_updates)
         self._locks: dict[int, asyncio.Lock] = {}
 
-    async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
+    async def process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
         chat = update.effective_chat if isinstance(update, Update) else None
         if chat is None:
-            await coroutine
+            await super().process_update(update, coroutine)
             return
         lock = self._locks.setdefault(chat.id, asyncio.Lock())
         try:
-            async with lock:
-                await coroutine
+            async with lock:  # FIFO: the chat's updates keep their order
+                await super().process_update(update, coroutine)
         finally:
             if not lock.locked() and self._locks.get(chat.id) is lock:
                 del self._locks[chat.id]
+
+    async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
+        await coroutine
 
     async def initialize(self) -> None:
         """Nothing to set up."""
@@ -110,6 +118,10 @@ class Inbound:
         self.media = MediaReader(connector.runtime)
         self._ignored_chats: set[int] = set()
         self._told_voice_unavailable: set[int] = set()
+        # "typing…" waits for its message's run: a chat with a backlog shows it for the message
+        # being answered, not for every queued one (a flood of indicators would starve replies).
+        self._typing: dict[UUID, Typing] = {}
+        self.runtime.on(EventType.RUN_STARTED, self._run_started)
 
     # Identity ---------------------------------------------------------------------------------
     def _uuid(self, key: str) -> Any:
@@ -288,22 +300,31 @@ class Inbound:
 
     # Pipeline -----------------------------------------------------------------------------------
     async def _submit(self, memory: Memory, target: Target, *, prepare: MessagePreparer | None = None) -> None:
-        addressed = self.runtime.is_addressed(memory)
-        typing = Typing(self.connector.bot, target, self.connector.typing_interval).start() if addressed else None
+        typing = None
+        if self.runtime.is_addressed(memory):
+            typing = self._typing[memory.id] = Typing(self.connector.bot, target, self.connector.typing_interval)
         try:
             ticket = await self.runtime.receive_message(memory, self._reply_callback(target, typing), prepare=prepare)
         except ShuttingDown:
             # The dispatcher stored the message before refusing it: nothing is lost, it is just not answered.
-            if typing is not None:
-                typing.stop()
+            self._typing_done(memory.id)
             log.info("shutting down: message %s in chat %s stored, not answered", memory.id, target.chat_id)
             return
         except BaseException:
-            if typing is not None:
-                typing.stop()
+            self._typing_done(memory.id)
             raise
         if typing is not None:
-            ticket.outcome.add_done_callback(lambda _: typing.stop())
+            ticket.outcome.add_done_callback(lambda _: self._typing_done(memory.id))
+
+    async def _run_started(self, payload: dict[str, Any]) -> None:
+        typing = self._typing.get(payload["message"].id)
+        if typing is not None:
+            typing.start()
+
+    def _typing_done(self, message_id: UUID) -> None:
+        typing = self._typing.pop(message_id, None)
+        if typing is not None:
+            typing.stop()
 
     def _reply_callback(self, target: Target, typing: Typing | None) -> HandlerCallback:
         async def reply(content: Content) -> list[str]:
