@@ -37,22 +37,24 @@ async def eventually(condition: Callable[[], bool], timeout: float = 15.0, what:
 class HttpMcpServer:
     """The fake server over streamable HTTP in a subprocess on a fixed port, so it can go and come back."""
 
-    def __init__(self, port: int | None = None, key: str | None = None) -> None:
+    def __init__(self, port: int | None = None, key: str | None = None, transport: str = "http") -> None:
         self.port = port or free_port()
         self.key = key
+        self.transport = transport  # "http" (streamable HTTP) or "sse"
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/mcp"
+        return f"http://127.0.0.1:{self.port}/{'mcp' if self.transport == 'http' else 'sse'}"
 
     def entry(self, **extra: Any) -> dict[str, Any]:
         headers = {"X-Api-Key": self.key} if self.key else {}
-        return {"type": "streamable-http", "url": self.url, "headers": headers, **extra}
+        kind = "streamable-http" if self.transport == "http" else "sse"
+        return {"type": kind, "url": self.url, "headers": headers, **extra}
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         env = {**os.environ, **({"FAKE_MCP_KEY": self.key} if self.key else {})}
-        return subprocess.Popen([sys.executable, str(FAKE_SERVER), "http", str(self.port)], env=env,
+        return subprocess.Popen([sys.executable, str(FAKE_SERVER), self.transport, str(self.port)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     async def start(self) -> None:

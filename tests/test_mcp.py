@@ -127,6 +127,20 @@ async def test_streamable_http_server_with_headers(start_mcp: Start, http_server
     assert result.text == "It is sunny in Bergen for 1 day(s)."
 
 
+async def test_sse_server_tools_and_resources(start_mcp: Start) -> None:
+    """The older SSE transport (plugin-mcp's "type": "sse") against the SDK's own SSE server."""
+    server = HttpMcpServer(transport="sse")
+    await server.start()
+    try:
+        runtime = await start_mcp({"legacy": server.entry()})
+        result = await call(runtime, "legacy__get_forecast", city="Tromsø")
+        assert result.text == "It is sunny in Tromsø for 1 day(s)."
+        note = await call(runtime, "legacy__read_resource", uri="note://today")
+        assert note.success and note.text
+    finally:
+        server.stop()
+
+
 async def test_role_from_config_is_enforced(start_mcp: Start) -> None:
     runtime = await start_mcp({"weather": stdio_entry(), "admin": stdio_entry(role="admin")})
     refused = await call(runtime, "weather__get_forecast", role=Role.VISITOR, city="Oslo")

@@ -87,10 +87,10 @@ def _keyed(app: Any, key: str) -> Any:
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["http"]:
+    if sys.argv[1:2] in (["http"], ["sse"]):
         import uvicorn
 
-        app = server.streamable_http_app()
+        app = server.streamable_http_app() if sys.argv[1] == "http" else server.sse_app()
         key = os.environ.get("FAKE_MCP_KEY")
         uvicorn.run(_keyed(app, key) if key else app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning",
                     lifespan="on")
