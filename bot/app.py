@@ -181,6 +181,7 @@ class App:
             if isinstance(error, StartupError | asyncio.CancelledError):
                 raise
             raise StartupError(f"start-up failed: {type(error).__name__}: {error}") from error
+        await self._resume()
         self.server.mark_started()
         # Start-up objects live for the whole process: keep them out of every future GC pass.
         gc.freeze()
@@ -201,6 +202,17 @@ class App:
                 f"DATA_DIR: cannot open the SQLite database {self.settings.sqlite_path} ({error}). "
                 "Fix: set DATA_DIR to a writable directory"
             ) from None
+
+    async def _resume(self) -> None:
+        """Answer what the last process stored but never answered, now that connectors can send."""
+        from plugins.bootstrap.dispatcher import MessageDispatcher
+
+        handler = self.runtime.message_handler
+        if isinstance(handler, MessageDispatcher):
+            try:
+                await handler.resume(self.settings.resume_window)
+            except Exception:  # the bot still serves new messages; those stay queued for the next start
+                log.exception("could not resume unanswered messages")
 
     def request_stop(self) -> None:
         self._stopping.set()

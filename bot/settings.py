@@ -162,6 +162,9 @@ class Settings(BaseSettings):
     # Platform user ids of the bot's owners: telegram:123,discord:456 (actions that reach other rooms).
     owner_ids: StrList = Field(default_factory=list)
     shutdown_timeout: float = Field(25, gt=0)
+    # Messages stored but not answered (the process stopped first) are answered on the next start
+    # when at most this many seconds old; older ones are marked expired, not answered out of context.
+    resume_window: float = Field(300, ge=0)
 
     @field_validator("model_providers", "telegram_allowed_chats", "channel_ids", "owner_ids", mode="before")
     @classmethod

@@ -66,11 +66,13 @@ async def test_ping_and_init_is_idempotent(store: SqlStore, agent_id: uuid.UUID)
 
 
 async def test_upgrade_from_previous_version_keeps_data(raw_store: SqlStore) -> None:
-    assert await raw_store.migrate(LATEST_VERSION - 1) == LATEST_VERSION - 1
+    assert await raw_store.migrate(2) == 2
     agent, room, entity = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     async with raw_store.engine.begin() as conn:
-        # The previous release's memories table had no is_unique column.
+        # Release 2's memories table had neither is_unique (v3) nor run_state and its index (v4).
+        await conn.exec_driver_sql("DROP INDEX ix_memories_pending")
         await conn.exec_driver_sql("ALTER TABLE memories DROP COLUMN is_unique")
+        await conn.exec_driver_sql("ALTER TABLE memories DROP COLUMN run_state")
         await conn.execute(
             memories.insert().values(
                 id=str(uuid.uuid4()), agent_id=str(agent), room_id=str(room), entity_id=str(entity),

@@ -10,7 +10,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from bot.types import (
     Agent,
@@ -24,6 +24,10 @@ from bot.types import (
     Task,
     World,
 )
+
+# A received message's processing (see MessageDispatcher): queued → running → done | failed;
+# expired when it waited past RESUME_WINDOW and is not answered out of context.
+RunState = Literal["queued", "running", "done", "failed", "expired"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,11 +125,24 @@ class Store(ABC):
 
     # Memories --------------------------------------------------------------------------------
     @abstractmethod
-    async def create_memory(self, memory: Memory) -> bool:
+    async def create_memory(self, memory: Memory, *, queued: bool = False) -> bool:
         """Store a memory; idempotent on id. Returns True when the row is new, False if it existed.
 
-        A memory with an embedding also stores it; text search indexes `content.text`.
+        A memory with an embedding also stores it; text search indexes `content.text`. `queued`
+        stores it with run state "queued" in the same statement: a message to be processed.
         """
+
+    @abstractmethod
+    async def set_run_states(self, states: Sequence[tuple[uuid.UUID, RunState]]) -> None:
+        """Record how far received messages' processing got, in one batch."""
+
+    @abstractmethod
+    async def unfinished_messages(self, agent_id: uuid.UUID, *, since: int) -> list[Memory]:
+        """Messages queued or running, created at or after `since` (ms), oldest first."""
+
+    @abstractmethod
+    async def expire_unfinished(self, agent_id: uuid.UUID, *, before: int) -> int:
+        """Mark messages queued or running created before `before` (ms) "expired"; returns how many."""
 
     @abstractmethod
     async def update_memory(self, memory: Memory) -> bool:

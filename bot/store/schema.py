@@ -95,10 +95,20 @@ memories = sa.Table(
     sa.Column("meta", sa.JSON, nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("is_unique", sa.Boolean, nullable=False, server_default=sa.false()),
+    # A received message's processing: queued → running → done | failed, or expired when it waited
+    # longer than RESUME_WINDOW. NULL for everything the dispatcher never took (replies, facts).
+    sa.Column("run_state", sa.String(16)),
     sa.Index("ix_memories_room", "agent_id", "room_id", "type", "created_at"),
     sa.Index("ix_memories_type", "agent_id", "type", "created_at"),
     sa.Index("ix_memories_entity", "entity_id", "type", "created_at"),
 )
+
+UNFINISHED = ("queued", "running")
+_unfinished = sa.column("run_state").in_(UNFINISHED)
+# Partial: only messages not yet answered are in it, so start-up finds them without a scan and
+# the hot path's state changes touch a tiny index.
+pending_index = sa.Index("ix_memories_pending", memories.c.agent_id, memories.c.created_at,
+                         sqlite_where=_unfinished, postgresql_where=_unfinished)
 
 embeddings = sa.Table(
     "embeddings",
@@ -231,6 +241,11 @@ async def _v3_usage_and_unique(conn: AsyncConnection) -> None:
     )
 
 
+async def _v4_run_state(conn: AsyncConnection) -> None:
+    await add_column(conn, "memories", sa.Column("run_state", sa.String(16)))
+    await conn.run_sync(lambda sync: pending_index.create(sync, checkfirst=True))
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     version: int
@@ -242,6 +257,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _v1_core),
     Migration(2, "full-text search on memory text", _v2_text_search),
     Migration(3, "model usage accounting; memories.is_unique", _v3_usage_and_unique),
+    Migration(4, "durable processing state of received messages", _v4_run_state),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

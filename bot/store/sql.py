@@ -1,8 +1,8 @@
 """`SqlStore`: the Store contract on SQLAlchemy 2 async, for SQLite (aiosqlite) and PostgreSQL (asyncpg).
 
 Hot paths are single statements built once in `__init__` (SQLAlchemy then reuses their compiled
-form): `create_memory` is one INSERT .. ON CONFLICT DO NOTHING (two with an embedding) and
-`get_memories` one SELECT. Embedding search runs in process over `VectorIndex` (see vector.py);
+form): `create_memory` is one INSERT .. ON CONFLICT DO NOTHING (two with an embedding),
+`set_run_states` one batched UPDATE and `get_memories` one SELECT. Embedding search runs in process over `VectorIndex` (see vector.py);
 text search uses FTS5 on SQLite and a tsvector GIN index on PostgreSQL.
 """
 
@@ -25,11 +25,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from bot.store.base import ModelUsage, ScoredMemory, Store, UsageTotals
+from bot.store.base import ModelUsage, RunState, ScoredMemory, Store, UsageTotals
 from bot.store.schema import (
     LATEST_VERSION,
     MIGRATIONS,
     PG_TSVECTOR,
+    UNFINISHED,
     agents,
     cache,
     embeddings,
@@ -183,11 +184,16 @@ class SqlStore(Store):
         if self._sqlite:
             sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         self._insert_memory = self._insert(memories).on_conflict_do_nothing(index_elements=["id"])
+        self._set_state = (memories.update().where(memories.c.id == sa.bindparam("memory_id"))
+                           .values(run_state=sa.bindparam("state")))
         database = engine.url.database
-        self._fast_insert = (
-            SqliteAutocommitWriter(database, self._insert_memory, engine.dialect, self._checkpoint_soon)
+        self._fast = (
+            SqliteAutocommitWriter(database, engine.dialect, self._checkpoint_soon)
             if self._sqlite and database and database != ":memory:" else None
         )
+        if self._fast is not None:
+            self._fast_insert_memory = self._fast.prepare(self._insert_memory)
+            self._fast_set_state = self._fast.prepare(self._set_state)
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._ready = False
         upsert_embedding = self._insert(embeddings)
@@ -211,7 +217,7 @@ class SqlStore(Store):
     @property
     def direct_statements(self) -> int:
         """Statements run outside the engine (the SQLite insert fast path), for statement counts."""
-        return self._fast_insert.statements if self._fast_insert is not None else 0
+        return self._fast.statements if self._fast is not None else 0
 
     @classmethod
     def from_url(cls, url: str, **engine_options: Any) -> SqlStore:
@@ -253,8 +259,8 @@ class SqlStore(Store):
     async def close(self) -> None:
         if self._checkpoint_task is not None:
             await self._checkpoint_task
-        if self._fast_insert is not None:
-            await self._fast_insert.close()
+        if self._fast is not None:
+            await self._fast.close()
         await self.engine.dispose()
 
     async def ping(self) -> bool:
@@ -443,10 +449,11 @@ class SqlStore(Store):
             "is_unique": memory.unique,
         }
 
-    async def create_memory(self, memory: Memory) -> bool:
+    async def create_memory(self, memory: Memory, *, queued: bool = False) -> bool:
         values = self._memory_values(memory)
-        if self._fast_insert is not None and not memory.embedding:
-            return await self._fast_insert.insert(values) == 1
+        values["run_state"] = "queued" if queued else None
+        if self._fast is not None and not memory.embedding:
+            return await self._fast.run(self._fast_insert_memory, values) == 1
         async with self.engine.begin() as conn:
             inserted = (await conn.execute(self._insert_memory, values)).rowcount == 1
             if inserted and memory.embedding:
@@ -478,6 +485,35 @@ class SqlStore(Store):
             self._index_remove([values["id"]])
             self._index_add(memory, memory.embedding)
         return updated
+
+    async def set_run_states(self, states: Sequence[tuple[uuid.UUID, RunState]]) -> None:
+        values = [{"memory_id": str(memory_id), "state": state} for memory_id, state in states]
+        if not values:
+            return
+        if self._fast is not None:
+            await self._fast.run_many(self._fast_set_state, values)
+        else:
+            await self._write(self._set_state, values)
+
+    @staticmethod
+    def _unfinished(agent_id: uuid.UUID) -> list[sa.ColumnElement[bool]]:
+        # Literal states, so the planner can see the partial index ix_memories_pending applies.
+        states = [sa.literal_column(f"'{state}'") for state in UNFINISHED]
+        return [memories.c.agent_id == str(agent_id), memories.c.run_state.in_(states)]
+
+    async def unfinished_messages(self, agent_id: uuid.UUID, *, since: int) -> list[Memory]:
+        rows = await self._rows(
+            sa.select(*_MEMORY_COLUMNS).select_from(_MEMORY_FROM)
+            .where(*self._unfinished(agent_id), memories.c.created_at >= since)
+            .order_by(memories.c.created_at, memories.c.id)
+        )
+        return [_memory(row) for row in rows]
+
+    async def expire_unfinished(self, agent_id: uuid.UUID, *, before: int) -> int:
+        return await self._write(
+            memories.update().where(*self._unfinished(agent_id), memories.c.created_at < before)
+            .values(run_state="expired")
+        )
 
     async def get_memory(self, memory_id: uuid.UUID) -> Memory | None:
         found = await self._memories_by_id([str(memory_id)])

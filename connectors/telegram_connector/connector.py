@@ -276,7 +276,15 @@ class TelegramConnector(Connector):
         return await self.admins.is_admin(int(info["chat_id"]), int(info["user_id"]))
 
     async def send_to_room(self, room: Room, content: Content) -> list[str]:
+        """Send to the room's chat; content answering a stored Telegram message replies to it (a
+        message answered after a restart, when its original callback is gone)."""
         chat_id = room.metadata.get("chat_id") or room.channel_id
         if chat_id is None:
             raise LookupError(f"room {room.id} has no Telegram chat id")
-        return await self.send(Target(int(chat_id), room.metadata.get("thread_id")), content)
+        reply_to = None
+        if content.in_reply_to is not None:
+            original = await self.runtime.store.get_memory(content.in_reply_to)
+            info = original.metadata.get("telegram", {}) if original is not None else {}
+            if info.get("chat_id") == int(chat_id):
+                reply_to = info.get("message_id")
+        return await self.send(Target(int(chat_id), room.metadata.get("thread_id"), reply_to), content)

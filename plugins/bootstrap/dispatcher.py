@@ -3,6 +3,9 @@
 elizaOS drops a quarter to a half of a burst in one room because a new message cancels the run
 in progress. Here every message waits its turn in its room's queue, so every DM and every
 mention gets an answer, and each run sees every message stored before it started.
+
+Each accepted message carries a durable run state in the store (queued → running → done |
+failed), so a restart answers what the last process stored but never answered (`resume`).
 """
 
 from __future__ import annotations
@@ -11,16 +14,18 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
+from functools import partial
 from typing import TYPE_CHECKING
 from uuid import UUID
 
 from bot.lru import LRU
 from bot.plugin import HandlerCallback, MessagePreparer
 from bot.runtime import SLOW_DOWN, MessageHandler, MessageTicket, RunOutcome, ShuttingDown
-from bot.types import Content, EventType, Memory
+from bot.types import Content, EventType, Memory, now_ms
 
 from .embeddings import EmbeddingQueue
 from .pipeline import Job, Pipeline
+from .run_states import RunStates
 
 if TYPE_CHECKING:
     from bot.runtime import AgentRuntime
@@ -69,6 +74,7 @@ class MessageDispatcher(MessageHandler):
         self.runtime = runtime
         self.embeddings = EmbeddingQueue(runtime)
         self.pipeline = Pipeline(runtime, self.embeddings)
+        self.run_states = RunStates(runtime.store)
         self.rate_limiter = RateLimiter(runtime.settings.rate_limit_per_minute)
         self._queues: dict[UUID, deque[tuple[Job, asyncio.Future[RunOutcome]]]] = {}
         self._workers: dict[UUID, asyncio.Task[None]] = {}
@@ -90,9 +96,9 @@ class MessageDispatcher(MessageHandler):
     async def receive(self, message: Memory, callback: HandlerCallback | None,
                       prepare: MessagePreparer | None = None) -> MessageTicket:
         if not self._accepting:
-            # Stored all the same, so nothing received is lost; it is not answered in this process.
+            # Stored as queued all the same: nothing received is lost, the next start answers it.
             if message.entity_id != self.runtime.agent_id:
-                await self.runtime.create_memory(message)
+                await self._store(message)
             raise ShuttingDown("shutting down: message stored, not answered")
         self._receiving += 1
         self._idle.clear()
@@ -110,7 +116,7 @@ class MessageDispatcher(MessageHandler):
         if message.entity_id == self.runtime.agent_id:
             future.set_result(RunOutcome(status="ignored", error="own message"))
             return MessageTicket(message, duplicate=False, outcome=future)
-        if not await self.runtime.create_memory(message):
+        if not await self._store(message):
             future.set_result(RunOutcome(status="duplicate"))
             return MessageTicket(message, duplicate=True, outcome=future)
         await self.runtime.emit(EventType.MESSAGE_RECEIVED, {"runtime": self.runtime, "message": message})
@@ -118,13 +124,65 @@ class MessageDispatcher(MessageHandler):
             self.embeddings.add(message)
         if not self.rate_limiter.allow(message.entity_id):
             future.set_result(await self._slow_down(message, callback if self.runtime.is_addressed(message) else None))
+            self.run_states.mark(message.id, "done")
             return MessageTicket(message, duplicate=False, outcome=future)
         self._queues.setdefault(message.room_id, deque()).append((Job(message, callback, prepare), future))
-        if message.room_id not in self._workers:
-            self._workers[message.room_id] = asyncio.create_task(
-                self._drain_room(message.room_id), name=f"room-{message.room_id}"
-            )
+        self._start_worker(message.room_id)
         return MessageTicket(message, duplicate=False, outcome=future)
+
+    async def _store(self, message: Memory) -> bool:
+        """Store the message with run state "queued" in one statement; False for a duplicate."""
+        created = await self.runtime.store.create_memory(message, queued=True)
+        if created:
+            self.runtime.history.add(message)
+        return created
+
+    def _start_worker(self, room_id: UUID) -> None:
+        if room_id not in self._workers:
+            self._workers[room_id] = asyncio.create_task(self._drain_room(room_id), name=f"room-{room_id}")
+
+    async def resume(self, window: float) -> None:
+        """Answer what an earlier process stored but never answered, oldest first in each room.
+
+        Messages that waited longer than `window` seconds are marked expired instead: an answer
+        that late would be out of context. One with a stored reply is done already (the process
+        ended between storing the reply and marking it), so no message is answered twice.
+        Replies go out through the connector that owns the room; the original callback is gone.
+        """
+        store, agent_id = self.runtime.store, self.runtime.agent_id
+        cutoff = now_ms() - int(window * 1000)
+        expired = await store.expire_unfinished(agent_id, before=cutoff)
+        if expired:
+            log.info("%d unanswered message(s) older than RESUME_WINDOW (%.0fs) expired, not answered", expired, window)
+        known = {job.message.id for queue in self._queues.values() for job, _ in queue}
+        known |= {job.message.id for job, _ in self._running.values()}
+        pending = [m for m in await store.unfinished_messages(agent_id, since=cutoff) if m.id not in known]
+        answered = await self._answered(pending)
+        by_room: dict[UUID, list[tuple[Job, asyncio.Future[RunOutcome]]]] = {}
+        loop = asyncio.get_running_loop()
+        for message in pending:
+            if message.id in answered:
+                self.run_states.mark(message.id, "done")
+                continue
+            callback = partial(self.runtime.send_message_to_room, message.room_id)
+            by_room.setdefault(message.room_id, []).append((Job(message, callback), loop.create_future()))
+        for room_id, jobs in by_room.items():
+            # Ahead of anything that arrived since start-up: they are older.
+            self._queues.setdefault(room_id, deque()).extendleft(reversed(jobs))
+            self._start_worker(room_id)
+        if by_room:
+            log.info("resuming %d unanswered message(s) in %d room(s)", sum(map(len, by_room.values())), len(by_room))
+
+    async def _answered(self, messages: list[Memory]) -> set[UUID]:
+        """Ids among `messages` that already have a stored reply from the agent."""
+        answered: set[UUID] = set()
+        for room_id in {m.room_id for m in messages}:
+            oldest = min(m.created_at for m in messages if m.room_id == room_id)
+            replies = await self.runtime.store.get_memories(
+                agent_id=self.runtime.agent_id, room_id=room_id, entity_id=self.runtime.agent_id,
+                after=oldest - 1, count=None)
+            answered |= {r.content.in_reply_to for r in replies if r.content.in_reply_to is not None}
+        return answered
 
     async def _slow_down(self, message: Memory, callback: HandlerCallback | None) -> RunOutcome:
         """Over the limit: say "slow down" (only to someone talking to the bot), skip the run."""
@@ -144,11 +202,13 @@ class MessageDispatcher(MessageHandler):
                     # A later message is waiting: its run sees this one, so one decision covers both.
                     if job.prepare is not None:
                         job.message = await self.pipeline.prepare(job)  # so that run sees its transcript
+                    self.run_states.mark(job.message.id, "done")
                     future.set_result(RunOutcome(status="ignored", run_id=job.run_id, error="superseded"))
                     continue
                 async with self._slots:
                     self._running[room_id] = (job, future)
                     try:
+                        self.run_states.mark(job.message.id, "running")
                         outcome = await self.pipeline.run(job)
                     except Exception as error:  # run() handles its own errors; this is a last guard
                         log.exception("pipeline crashed for message %s", job.message.id)
@@ -157,6 +217,7 @@ class MessageDispatcher(MessageHandler):
                         self._running.pop(room_id, None)
                 if not future.done():
                     future.set_result(outcome)
+                self.run_states.mark(job.message.id, "failed" if outcome.status == "error" else "done")
         finally:
             self._workers.pop(room_id, None)
             if not queue:
@@ -185,8 +246,10 @@ class MessageDispatcher(MessageHandler):
             await asyncio.gather(*self._workers.values(), return_exceptions=True)
             for job, future in unfinished:
                 await self._store_shutdown_error(job)
+                self.run_states.mark(job.message.id, "failed")
                 if not future.done():
                     future.set_result(RunOutcome(status="error", run_id=job.run_id, error="shutdown"))
+        await self.run_states.flush()
         try:
             async with asyncio.timeout_at(max(deadline, loop.time() + 1)):
                 await self.embeddings.close()

@@ -1,0 +1,72 @@
+"""Durable processing (#12): messages stored but not answered before a stop are answered on the
+next start, at most once; messages older than RESUME_WINDOW are expired, not answered."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from bot.plugin import Connector, Plugin
+from bot.runtime import ShuttingDown
+from bot.types import Content, ModelType, Room, now_ms
+from tests.runtime_helpers import ScriptedModel, make_chat, make_settings, start_runtime, xml_reply
+
+
+class RoomSender(Connector):
+    """Owns the "test" rooms: the only way a resumed message's reply can go out."""
+
+    source = "test"
+    sent: ClassVar[list[Content]] = []
+
+    async def send_to_room(self, room: Room, content: Content) -> list[str]:
+        self.sent.append(content)
+        return [f"test:{len(self.sent)}"]
+
+
+@pytest.fixture
+def model() -> ScriptedModel:
+    m = ScriptedModel()
+    m.defaults[ModelType.TEXT_LARGE] = xml_reply("Back now!")
+    return m
+
+
+def _states(db: Path) -> dict[str, str | None]:
+    with sqlite3.connect(db) as conn:
+        return {text: state for text, state in conn.execute(
+            "SELECT json_extract(content, '$.text'), run_state FROM memories")}
+
+
+async def test_messages_refused_at_shutdown_are_answered_once_on_the_next_start(
+    sqlite_store, tmp_path: Path, model: ScriptedModel
+) -> None:
+    RoomSender.sent = []
+    plugin = Plugin(name="room-sender", description="test", services=[RoomSender])
+    first = await start_runtime(sqlite_store, make_settings(tmp_path), model, plugin)
+    chat = make_chat(first)
+    await first.ensure_connection(chat.user, chat.room, chat.world)
+    answered = await first.receive_message(chat.message("answered before the stop"), chat.callback)
+    await answered.outcome
+    await first.message_handler.drain(1)
+    late = [chat.message(f"late {n}") for n in range(3)]
+    stale = chat.message("from long ago", created_at=now_ms() - 3_600_000)
+    for message in [stale, *late]:
+        with pytest.raises(ShuttingDown):
+            await first.receive_message(message, chat.callback)
+    await first.stop()
+    db = make_settings(tmp_path).sqlite_path
+    assert {_states(db)[m.content.text] for m in [stale, *late]} == {"queued"}
+
+    for _ in range(2):  # a second restart must not answer anything again
+        runtime = await start_runtime(sqlite_store, make_settings(tmp_path, resume_window=300), model, plugin)
+        await runtime.message_handler.resume(runtime.settings.resume_window)
+        await runtime.message_handler.drain(5)
+        await runtime.stop()
+    # Same-millisecond messages have no stored order yet (see the report on #12): compare as sets.
+    assert sorted(c.in_reply_to for c in RoomSender.sent) == sorted(m.id for m in late)
+    assert len(chat.sent) == 1
+    states = _states(db)
+    assert [states[m.content.text] for m in late] == ["done"] * 3
+    assert states["from long ago"] == "expired" and states["answered before the stop"] == "done"
