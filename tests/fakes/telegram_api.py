@@ -128,6 +128,7 @@ class FakeTelegram:
         self.reported_sizes: dict[str, int] = {}  # file_id -> the file_size getFile claims, if not the real one
         self.webhook: dict[str, Any] = {}
         self.polls = 0  # getUpdates calls (not in `calls`: there are too many)
+        self.fetches = 0  # getUpdates answers that handed over updates (the bot will confirm them)
         self._updates: list[dict[str, Any]] = []
         self._update_ids = itertools.count(1)
         self._message_ids: defaultdict[int, itertools.count[int]] = defaultdict(lambda: itertools.count(1000))
@@ -365,6 +366,8 @@ class FakeTelegram:
                     await asyncio.wait_for(self._changed.wait_for(ready), timeout)
             except TimeoutError:
                 pass
+        if self._updates:
+            self.fetches += 1
         return list(self._updates)
 
     async def _api_deleteWebhook(self, params: dict[str, Any]) -> Any:
