@@ -205,14 +205,14 @@ class App:
 
     async def _resume(self) -> None:
         """Answer what the last process stored but never answered, now that connectors can send."""
-        from plugins.bootstrap.dispatcher import MessageDispatcher
-
         handler = self.runtime.message_handler
-        if isinstance(handler, MessageDispatcher):
-            try:
-                await handler.resume(self.settings.resume_window)
-            except Exception:  # the bot still serves new messages; those stay queued for the next start
-                log.exception("could not resume unanswered messages")
+        if handler is None:
+            return
+        try:
+            await handler.resume(self.settings.resume_window)
+        except Exception as error:  # the bot still serves new messages; those stay queued for the next start
+            log.error("could not resume unanswered messages (%s: %s); they stay queued for the next start",
+                      type(error).__name__, error)
 
     def request_stop(self) -> None:
         self._stopping.set()

@@ -98,6 +98,10 @@ class MessageHandler:
     async def drain(self, timeout: float) -> None:
         """Stop taking new work and wait for runs in flight."""
 
+    async def resume(self, window: float) -> None:
+        """At start: answer messages an earlier process stored but did not answer (at most
+        `window` seconds old)."""
+
 
 class AgentRuntime(ModelsMixin, ActionsMixin):
     """The public API plugins build on. Models (bot/runtime_models.py) and actions
