@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -13,6 +14,27 @@ from sqlalchemy.engine import make_url
 
 from bot.store.sql import SqlStore
 from bot.types import Agent
+
+# Loggers that configure_logging quiets and tests turn up again to prove nothing secret is written.
+NOISY_LOGGERS = ("discord", "discord.http", "discord.gateway", "discord.client", "discord.webhook.async_",
+                 "httpx2", "mcp")
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """configure_logging replaces the root handlers and levels; put pytest's back afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    levels = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+    for name, saved in levels.items():
+        logging.getLogger(name).setLevel(saved)
+
 
 # --- store fixtures ----------------------------------------------------------------------------
 STORE_BACKENDS = ["sqlite", "postgres"]

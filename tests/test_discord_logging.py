@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from bot.logging_setup import configure_logging
 from tests.fakes.discord_api import TOKEN, FakeDiscord
@@ -17,23 +14,6 @@ from tests.test_discord import ALICE, GENERAL, Bot, discord_fake, fast_ready, mo
 
 # A well-formed bot token that is not in the settings: only its shape can catch it.
 FOREIGN_BOT_TOKEN = "MTA1MjM0NTY3ODkwMTIzNDU2Nw.GaBcDe.abcdefghijklmnopqrstuvwxyz0123456789AB"
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """configure_logging replaces the root handlers and levels; put pytest's back afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    levels = {name: logging.getLogger(name).level for name in ("discord", "discord.http", "discord.gateway",
-                                                               "discord.client", "discord.webhook.async_")}
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
-    for name, saved in levels.items():
-        logging.getLogger(name).setLevel(saved)
 
 
 async def test_debug_logs_of_a_slash_command_and_button_presses_carry_no_tokens(

@@ -3,6 +3,7 @@ streamable HTTP, connected by the MCP plugin inside a real runtime."""
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from bot.logging_setup import configure_logging
 from bot.permissions import Role, refusal
 from bot.plugin import ActionResult, State
 from bot.runtime import AgentRuntime
@@ -300,37 +302,21 @@ async def test_xml_pipeline_calls_an_mcp_tool_and_the_model_reads_the_result(sta
 
 
 async def test_a_key_in_the_url_or_headers_never_reaches_the_process_log(
-        start_mcp: Start, http_server: HttpMcpServer, tmp_path: Path) -> None:
+        start_mcp: Start, http_server: HttpMcpServer, tmp_path: Path, restore_logging: None) -> None:
     """With the process's own logging at DEBUG, and the MCP SDK's HTTP client turned up to DEBUG
     too, a key in an MCP server's URL query or headers is masked in every line written."""
-    import io
-
-    from bot.logging_setup import configure_logging
-
-    root = logging.getLogger()
-    saved_handlers, saved_level = list(root.handlers), root.level
-    noisy = {name: logging.getLogger(name).level for name in ("httpx2", "mcp")}
+    configure_logging(make_settings(tmp_path, log_level="DEBUG"))
+    [handler] = logging.getLogger().handlers
+    output = io.StringIO()
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(output)
+    for name in ("httpx2", "mcp"):
+        logging.getLogger(name).setLevel(logging.DEBUG)
     query_key = "query-secret-value-777"
-    try:
-        configure_logging(make_settings(tmp_path, log_level="DEBUG"))
-        [handler] = root.handlers
-        output = io.StringIO()
-        assert isinstance(handler, logging.StreamHandler)
-        handler.setStream(output)
-        for name in noisy:
-            logging.getLogger(name).setLevel(logging.DEBUG)
-        entry = {**http_server.entry(), "url": f"{http_server.url}?api_key={query_key}"}
-        runtime = await start_mcp({"remote": entry})
-        assert (await call(runtime, "remote__get_forecast", city="Oslo")).success
-        logging.getLogger("httpx2").debug("HTTP Request: POST %s", entry["url"])
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in saved_handlers:
-            root.addHandler(handler)
-        root.setLevel(saved_level)
-        for name, level in noisy.items():
-            logging.getLogger(name).setLevel(level)
+    entry = {**http_server.entry(), "url": f"{http_server.url}?api_key={query_key}"}
+    runtime = await start_mcp({"remote": entry})
+    assert (await call(runtime, "remote__get_forecast", city="Oslo")).success
+    logging.getLogger("httpx2").debug("HTTP Request: POST %s", entry["url"])
     text = output.getvalue()
     assert "MCP server remote connected" in text and "api_key=***" in text  # written, and masked
     assert query_key not in text and "test-api-key-123" not in text

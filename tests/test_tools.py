@@ -86,10 +86,7 @@ async def test_anthropic_tool_use_round_trip(tmp_path: Path, sqlite_store) -> No
 
     async with FakeAnthropic(reply=reply) as fake:
         settings = make_settings(tmp_path, anthropic_base_url=fake.base_url)
-        runtime = AgentRuntime(make_character(), settings, sqlite_store,
-                               [bootstrap_plugin(), anthropic_plugin(settings, "sk-ant-test"),
-                                Plugin("dice", actions=[ROLL_DICE])])
-        await runtime.initialize()
+        runtime = await _dice_runtime(sqlite_store, settings, anthropic_plugin(settings, "sk-ant-test"))
         try:
             chat = make_chat(runtime)
             await chat.send("roll 2d20")
@@ -237,8 +234,13 @@ async def test_openai_bad_json_arguments_are_reported_to_the_model(tmp_path: Pat
 
 
 async def _openai_runtime(store, settings) -> AgentRuntime:
-    runtime = AgentRuntime(make_character(), settings, store,
-                           [bootstrap_plugin(), openai_plugin(settings, None), Plugin("dice", actions=[ROLL_DICE])])
+    return await _dice_runtime(store, settings, openai_plugin(settings, None))
+
+
+async def _dice_runtime(store, settings, model: Plugin) -> AgentRuntime:
+    """A runtime answered by a real provider plugin (against a fake API), with the dice tool."""
+    runtime = AgentRuntime(make_character(), settings, store, [bootstrap_plugin(), model,
+                                                               Plugin("dice", actions=[ROLL_DICE])])
     await runtime.initialize()
     return runtime
 
@@ -268,10 +270,7 @@ async def test_anthropic_last_round_keeps_tools_defined_but_forbids_calls(tmp_pa
 
     async with FakeAnthropic(reply=reply) as fake:
         settings = make_settings(tmp_path, anthropic_base_url=fake.base_url, max_tool_steps=1)
-        runtime = AgentRuntime(make_character(), settings, sqlite_store,
-                               [bootstrap_plugin(), anthropic_plugin(settings, "sk-ant-test"),
-                                Plugin("dice", actions=[ROLL_DICE])])
-        await runtime.initialize()
+        runtime = await _dice_runtime(sqlite_store, settings, anthropic_plugin(settings, "sk-ant-test"))
         try:
             chat = make_chat(runtime)
             await chat.send("roll and roll and roll")
