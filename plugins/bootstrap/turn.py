@@ -4,12 +4,11 @@ Models with native tool calling (OpenAI `tool_calls`, Anthropic `tool_use`) get 
 actions as function definitions; the others name actions in the XML answer with arguments in
 <params>. Either way a round's tools run through `runtime.run_action` (role, validate, schema,
 timeout), each call is stored as a memory of the room, and the loop is bounded by MAX_TOOL_STEPS
-rounds and TOOL_TIME_BUDGET seconds: after that the model is asked for its reply without tools.
+rounds and TOOL_TIME_BUDGET seconds: after that the model must answer without calling more.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -25,8 +24,6 @@ if TYPE_CHECKING:
     from bot.runtime import AgentRuntime
 
     from .pipeline import ReplySender
-
-log = logging.getLogger(__name__)
 
 # Ways to answer, never offered as tools: the final text is the answer.
 ANSWERS = {"REPLY", "NONE", "IGNORE"}
@@ -53,8 +50,8 @@ def is_tool_memory(memory: Memory) -> bool:
 
 
 class Turn:
-    """One message's model rounds; `reply()` returns the final answer, or None when a tool
-    already delivered the reply itself (an image, buttons)."""
+    """One message's model rounds: `native()` or `xml()` returns the final answer, or None when a
+    tool already delivered the reply itself (an image, buttons)."""
 
     def __init__(self, runtime: AgentRuntime, message: Memory, state: State, sender: ReplySender,
                  run_id: uuid.UUID, plain: dict[str, Any] | None) -> None:
