@@ -58,10 +58,10 @@ def cut(text: str, limit: int) -> str:
     return text[:limit] + f"\n[cut: {len(text) - limit} more characters]"
 
 
-def describe_result(result_text: str | None, error: str | None, success: bool) -> str:
+def result_for_model(text: str | None, error: str | None, success: bool) -> str:
     """What the model reads back for one call."""
     if success:
-        return result_text or "done"
+        return text or "done"
     return f"error: {error or 'the tool failed'}"
 
 

@@ -14,7 +14,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from bot.plugin import Action, State, ToolCall, ToolStep
-from bot.tools import arguments_json, cut, describe_result, steps_text, tool_spec
+from bot.tools import arguments_json, cut, result_for_model, steps_text, tool_spec
 from bot.types import Content, Memory, ModelType
 
 from .parsing import ParsedResponse, clean_plain_reply, parse_response
@@ -96,7 +96,7 @@ class Turn:
                     time_limit=left)
                 await self.sender.refuse([result])  # said to the asker plainly: the turn is over
                 success = result.success
-                text = cut(describe_result(result.text, result.error, success), runtime.settings.tool_result_chars)
+                text = cut(result_for_model(result.text, result.error, success), runtime.settings.tool_result_chars)
             await runtime.create_memory(tool_memory(runtime, self.message, call, text, success, self.run_id))
             step.results.append(text)
             step.success.append(success)
