@@ -64,8 +64,8 @@ async def test_messages_refused_at_shutdown_are_answered_once_on_the_next_start(
         await runtime.message_handler.resume(runtime.settings.resume_window)
         await runtime.message_handler.drain(5)
         await runtime.stop()
-    # Same-millisecond messages have no stored order yet (see the report on #12): compare as sets.
-    assert sorted(c.in_reply_to for c in RoomSender.sent) == sorted(m.id for m in late)
+    # Stored in the same millisecond, resumed in the order they arrived.
+    assert [c.in_reply_to for c in RoomSender.sent] == [m.id for m in late]
     assert len(chat.sent) == 1
     states = _states(db)
     assert [states[m.content.text] for m in late] == ["done"] * 3

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 MAX_TRACKED_USERS = 10_000
 
 
+SAME_SECOND = 1000  # ms: the resolution of the coarsest platform timestamps (Telegram)
+
+
 class RateLimiter:
     """Per-user token bucket shared by every entry point (API, Telegram, Discord).
 
@@ -79,6 +82,7 @@ class MessageDispatcher(MessageHandler):
         self._queues: dict[UUID, deque[tuple[Job, asyncio.Future[RunOutcome]]]] = {}
         self._workers: dict[UUID, asyncio.Task[None]] = {}
         self._running: dict[UUID, tuple[Job, asyncio.Future[RunOutcome]]] = {}
+        self._latest: LRU[UUID, int] = LRU(MAX_TRACKED_USERS)  # newest created_at stored per room
         self._slots = asyncio.Semaphore(runtime.settings.max_concurrent_rooms)
         self._accepting = True
         self._receiving = 0  # receives past the accepting check, not yet queued
@@ -131,7 +135,16 @@ class MessageDispatcher(MessageHandler):
         return MessageTicket(message, duplicate=False, outcome=future)
 
     async def _store(self, message: Memory) -> bool:
-        """Store the message with run state "queued" in one statement; False for a duplicate."""
+        """Store the message with run state "queued" in one statement; False for a duplicate.
+
+        Messages of a room stamped within the same second as the one before (Telegram dates are
+        whole seconds) get strictly increasing times in the order they arrive, so a burst keeps
+        its order in history and when resumed after a restart. Older stamps stay as they are.
+        """
+        latest = self._latest.get(message.room_id)
+        if latest is not None and latest - SAME_SECOND < message.created_at <= latest:
+            message.created_at = latest + 1
+        self._latest[message.room_id] = message.created_at
         created = await self.runtime.store.create_memory(message, queued=True)
         if created:
             self.runtime.history.add(message)
