@@ -465,12 +465,15 @@ async def test_rate_limit_never_scolds_people_not_talking_to_the_bot(sqlite_stor
     assert chat.sent == []
 
 
-async def test_shutdown_stores_late_messages_and_errors_for_unfinished_runs(sqlite_store, tmp_path, model):
+async def test_shutdown_leaves_unfinished_and_late_messages_for_the_next_start(sqlite_store, tmp_path, model):
+    """Runs cut off by the drain timeout and messages arriving after it stay unfinished in the
+    store, in order, with no reply stored: the next start answers them (tests/test_resume.py)."""
     from plugins.bootstrap import ShuttingDown
 
-    never = asyncio.Event()
+    never, called = asyncio.Event(), asyncio.Event()
 
     async def hang(params):
+        called.set()
         await never.wait()
 
     model.defaults[ModelType.TEXT_LARGE] = hang
@@ -479,16 +482,17 @@ async def test_shutdown_stores_late_messages_and_errors_for_unfinished_runs(sqli
     await runtime.ensure_connection(chat.user, chat.room)
     running = await runtime.receive_message(chat.message("first"), chat.callback)
     queued = await runtime.receive_message(chat.message("second"), chat.callback)
-    await asyncio.sleep(0.05)
+    await called.wait()  # the first run is in its model call
     await runtime.message_handler.drain(0.2)
     assert (await running.outcome).status == "error" and (await queued.outcome).status == "error"
     late = chat.message("too late")
     with pytest.raises(ShuttingDown):
         await runtime.receive_message(late, chat.callback)
-    assert await sqlite_store.get_memory(late.id) is not None
+    await runtime.stop()
+    pending = await sqlite_store.unfinished_messages(runtime.agent_id, since=0)
+    assert [m.id for m in pending] == [running.message.id, queued.message.id, late.id]  # in order
     rows = await sqlite_store.get_memories(agent_id=runtime.agent_id, room_id=chat.room.id, count=None)
-    errors = {r.content.in_reply_to for r in rows if r.content.actions == ["ERROR"]}
-    assert errors == {running.message.id, queued.message.id}
+    assert not [r for r in rows if r.entity_id == runtime.agent_id] and chat.sent == []
 
 
 async def test_superseded_voice_note_is_still_transcribed_for_the_next_run(sqlite_store, tmp_path, model):

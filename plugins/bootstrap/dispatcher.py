@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_TRACKED_USERS = 10_000
+MAX_TRACKED_ROOMS = 10_000
 
 
 SAME_SECOND = 1000  # ms: the resolution of the coarsest platform timestamps (Telegram)
@@ -82,7 +83,7 @@ class MessageDispatcher(MessageHandler):
         self._queues: dict[UUID, deque[tuple[Job, asyncio.Future[RunOutcome]]]] = {}
         self._workers: dict[UUID, asyncio.Task[None]] = {}
         self._running: dict[UUID, tuple[Job, asyncio.Future[RunOutcome]]] = {}
-        self._latest: LRU[UUID, int] = LRU(MAX_TRACKED_USERS)  # newest created_at stored per room
+        self._latest: LRU[UUID, int] = LRU(MAX_TRACKED_ROOMS)  # newest created_at stored per room
         self._slots = asyncio.Semaphore(runtime.settings.max_concurrent_rooms)
         self._accepting = True
         self._receiving = 0  # receives past the accepting check, not yet queued
@@ -239,8 +240,8 @@ class MessageDispatcher(MessageHandler):
     async def drain(self, timeout: float) -> None:
         """Stop accepting, let queued and running messages finish (up to `timeout`), flush embeddings.
 
-        A message whose run could not finish in time gets a stored error in its place, so every
-        accepted message ends with a stored reply or a stored error.
+        A message whose run could not finish in time stays queued (or running) in the store: the
+        next start answers it, unless a reply to it was stored already.
         """
         self._accepting = False
         loop = asyncio.get_running_loop()
@@ -258,8 +259,6 @@ class MessageDispatcher(MessageHandler):
                 task.cancel()
             await asyncio.gather(*self._workers.values(), return_exceptions=True)
             for job, future in unfinished:
-                await self._store_shutdown_error(job)
-                self.run_states.mark(job.message.id, "failed")
                 if not future.done():
                     future.set_result(RunOutcome(status="error", run_id=job.run_id, error="shutdown"))
         await self.run_states.flush()
@@ -268,12 +267,3 @@ class MessageDispatcher(MessageHandler):
                 await self.embeddings.close()
         except TimeoutError:
             log.warning("shutdown: embeddings not flushed in time; those messages stay searchable by text")
-
-    async def _store_shutdown_error(self, job: Job) -> None:
-        message = job.message
-        await self.runtime.create_memory(Memory(
-            entity_id=self.runtime.agent_id, agent_id=self.runtime.agent_id, room_id=message.room_id,
-            world_id=message.world_id, content=Content(
-                text="", actions=["ERROR"], in_reply_to=message.id, source=message.content.source,
-                metadata={"error": "shutdown before the reply was ready", "run_id": str(job.run_id)}),
-        ))
