@@ -11,7 +11,7 @@ import pytest
 
 from bot.plugin import Connector, Plugin
 from bot.runtime import ShuttingDown
-from bot.types import Content, ModelType, Room, now_ms
+from bot.types import Content, EventType, ModelType, Room, now_ms
 from tests.runtime_helpers import ScriptedModel, make_chat, make_settings, start_runtime, xml_reply
 
 
@@ -70,3 +70,24 @@ async def test_messages_refused_at_shutdown_are_answered_once_on_the_next_start(
     states = _states(db)
     assert [states[m.content.text] for m in late] == ["done"] * 3
     assert states["from long ago"] == "expired" and states["answered before the stop"] == "done"
+
+
+async def test_a_message_arriving_while_resume_runs_is_answered_once(
+    sqlite_store, tmp_path: Path, model: ScriptedModel
+) -> None:
+    """Connectors receive before `resume` runs at start-up: a message stored by this process but
+    not yet queued when resume reads the store is not resumed as well (it would be answered twice)."""
+    RoomSender.sent = []
+    plugin = Plugin(name="room-sender", description="test", services=[RoomSender])
+    runtime = await start_runtime(sqlite_store, make_settings(tmp_path), model, plugin)
+    chat = make_chat(runtime)
+    await runtime.ensure_connection(chat.user, chat.room, chat.world)
+
+    async def resume_now(payload: dict) -> None:  # resume runs between storing and queueing
+        await runtime.message_handler.resume(300)
+
+    runtime.on(EventType.MESSAGE_RECEIVED, resume_now)
+    outcome = await (await runtime.receive_message(chat.message("hello during start-up"), chat.callback)).outcome
+    await runtime.message_handler.drain(5)
+    await runtime.stop()
+    assert outcome.status == "completed" and len(chat.sent) == 1 and RoomSender.sent == []

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 MAX_TRACKED_USERS = 10_000
 MAX_TRACKED_ROOMS = 10_000
+MAX_STORED_BEFORE_RESUME = 100_000
 
 
 SAME_SECOND = 1000  # ms: the resolution of the coarsest platform timestamps (Telegram)
@@ -84,6 +85,8 @@ class MessageDispatcher(MessageHandler):
         self._workers: dict[UUID, asyncio.Task[None]] = {}
         self._running: dict[UUID, tuple[Job, asyncio.Future[RunOutcome]]] = {}
         self._latest: LRU[UUID, int] = LRU(MAX_TRACKED_ROOMS)  # newest created_at stored per room
+        # What this process stored before `resume` ran: never resumed, it is being answered already.
+        self._stored_here: LRU[UUID, bool] | None = LRU(MAX_STORED_BEFORE_RESUME)
         self._slots = asyncio.Semaphore(runtime.settings.max_concurrent_rooms)
         self._accepting = True
         self._receiving = 0  # receives past the accepting check, not yet queued
@@ -146,6 +149,8 @@ class MessageDispatcher(MessageHandler):
         if latest is not None and latest - SAME_SECOND < message.created_at <= latest:
             message.created_at = latest + 1
         self._latest[message.room_id] = message.created_at
+        if self._stored_here is not None:
+            self._stored_here[message.id] = True
         created = await self.runtime.store.create_memory(message, queued=True)
         if created:
             self.runtime.history.add(message)
@@ -168,9 +173,10 @@ class MessageDispatcher(MessageHandler):
         expired = await store.expire_unfinished(agent_id, before=cutoff)
         if expired:
             log.info("%d unanswered message(s) older than RESUME_WINDOW (%.0fs) expired, not answered", expired, window)
-        known = {job.message.id for queue in self._queues.values() for job, _ in queue}
-        known |= {job.message.id for job, _ in self._running.values()}
-        pending = [m for m in await store.unfinished_messages(agent_id, since=cutoff) if m.id not in known]
+        unfinished = await store.unfinished_messages(agent_id, since=cutoff)
+        # Messages this process stored (connectors run already) are on their way through _accept.
+        here, self._stored_here = self._stored_here, None
+        pending = [m for m in unfinished if here is None or m.id not in here]
         answered = await self._answered(pending)
         by_room: dict[UUID, list[tuple[Job, asyncio.Future[RunOutcome]]]] = {}
         loop = asyncio.get_running_loop()
