@@ -587,3 +587,28 @@ async def test_plain_models_get_the_speakers_earlier_statement_with_a_question(s
     assert last.startswith("Context: My dog is called Rex.") and last.endswith(
         "Question: What is my dog called?\nAnswer from the context.")
     assert all("Rex" not in t["content"] for t in model.calls[-1][1]["messages"][:-1]), "too far back for turns"
+
+
+async def test_a_rooms_queue_holds_addressed_messages_and_at_most_one_other(sqlite_store, tmp_path, model):
+    """While a slow run holds the room, group chatter collapses as it arrives: the queue stays
+    short, every addressed message is kept, and the last chatter is still decided."""
+    gate = gated(model)
+    model.defaults[ModelType.TEXT_SMALL] = "RESPOND"
+    runtime = await _runtime(sqlite_store, tmp_path, model)
+    chat = make_chat(runtime, channel=ChannelType.GROUP)
+    await runtime.ensure_connection(chat.user, chat.room)
+    first = await runtime.receive_message(chat.message("ava?", mention=True), chat.callback)
+    tickets = []
+    for i in range(100):
+        tickets.append(await runtime.receive_message(chat.message(f"chat {i}"), chat.callback))
+        if i % 25 == 0:
+            tickets.append(await runtime.receive_message(chat.message(f"ava, question {i}", mention=True),
+                                                         chat.callback))
+    assert runtime.message_handler.queue_depth <= 4 + 1  # 4 addressed + the newest chatter
+    gate.set()
+    assert (await first.outcome).status == "completed"
+    outcomes = {t.message.content.text: (await t.outcome).status for t in tickets}
+    assert [text for text, status in outcomes.items() if status == "completed"] == [
+        "ava, question 0", "ava, question 25", "ava, question 50", "ava, question 75", "chat 99"]
+    decisions = [p for p in model.prompts(ModelType.TEXT_SMALL) if "RESPOND, IGNORE or STOP" in p]
+    assert len(decisions) == 1 and "chat 99" in decisions[0]  # one decision, for the newest chatter

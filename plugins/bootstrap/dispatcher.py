@@ -134,9 +134,20 @@ class MessageDispatcher(MessageHandler):
             future.set_result(await self._slow_down(message, callback if self.runtime.is_addressed(message) else None))
             self.run_states.mark(message.id, "done")
             return MessageTicket(message, duplicate=False, outcome=future)
-        self._queues.setdefault(message.room_id, deque()).append((Job(message, callback, prepare), future))
+        queue = self._queues.setdefault(message.room_id, deque())
+        self._supersede_tail(queue)
+        queue.append((Job(message, callback, prepare), future))
         self._start_worker(message.room_id)
         return MessageTicket(message, duplicate=False, outcome=future)
+
+    def _supersede_tail(self, queue: deque[tuple[Job, asyncio.Future[RunOutcome]]]) -> None:
+        """A waiting message not addressed to the bot is covered by the one arriving after it (its
+        run sees both), so a room's queue holds its addressed messages and at most one other:
+        group chatter cannot pile up while a slow run holds the room."""
+        if queue and queue[-1][0].prepare is None and not self.runtime.is_addressed(queue[-1][0].message):
+            job, future = queue.pop()
+            self.run_states.mark(job.message.id, "done")
+            future.set_result(RunOutcome(status="ignored", run_id=job.run_id, error="superseded"))
 
     async def _store(self, message: Memory) -> bool:
         """Store the message with run state "queued" in one statement; False for a duplicate.
