@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
 import random
 import resource
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from sqlalchemy import event  # noqa: E402
 
+from bench.report import print_figures  # noqa: E402
 from bot.character import load_character  # noqa: E402
 from bot.ids import create_unique_uuid  # noqa: E402
 from bot.plugin import ModelOutput, ModelRegistration, Plugin, Priority  # noqa: E402
@@ -209,11 +209,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         figures = asyncio.run(run(args.messages, Path(tmp)))
         figures["cold_start_s"] = min(cold_start(Path(tmp)) for _ in range(3))
-    width = max(len(k) for k in figures)
-    for key, value in figures.items():
-        print(f"{key:<{width}}  {value}")
-    if args.json:
-        print(json.dumps(figures))
+    print_figures(figures, args.json)
 
 
 if __name__ == "__main__":

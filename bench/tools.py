@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import random
 import statistics
 import sys
@@ -33,6 +32,7 @@ import numpy as np  # noqa: E402
 from sqlalchemy import event  # noqa: E402
 
 from bench.pipeline import Rooms, percentile, sentence  # noqa: E402
+from bench.report import print_figures  # noqa: E402
 from bot.character import load_character  # noqa: E402
 from bot.plugin import Action, ActionContext, ModelOutput, ModelRegistration, Plugin, Priority, ToolCall  # noqa: E402
 from bot.runtime import AgentRuntime  # noqa: E402
@@ -153,11 +153,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         figures = asyncio.run(run(args.messages, Path(tmp)))
-    width = max(len(k) for k in figures)
-    for key, value in figures.items():
-        print(f"{key:<{width}}  {value}")
-    if args.json:
-        print(json.dumps(figures))
+    print_figures(figures, args.json)
 
 
 if __name__ == "__main__":

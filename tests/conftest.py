@@ -36,6 +36,14 @@ def restore_logging() -> Iterator[None]:
         logging.getLogger(name).setLevel(saved)
 
 
+@pytest.fixture
+def no_model_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys or model settings in the developer's environment must not change what is tested."""
+    for name in list(os.environ):
+        if name.upper().startswith(("OPENAI_", "ANTHROPIC_", "MODEL_", "LOCAL_")):
+            monkeypatch.delenv(name)
+
+
 # --- store fixtures ----------------------------------------------------------------------------
 STORE_BACKENDS = ["sqlite", "postgres"]
 

@@ -3,7 +3,6 @@ skip: the test command installs the `local` extra), and its configuration errors
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,8 @@ from plugins import local_provider
 from plugins.local_provider import BUNDLED_MODEL, fit_turns, local_model_file, local_plugin
 from plugins.models import model_plugins
 
-
-@pytest.fixture(autouse=True)
-def no_model_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keys or model settings in the developer's environment must not change what is tested."""
-    for name in list(os.environ):
-        if name.upper().startswith(("OPENAI_", "ANTHROPIC_", "MODEL_", "LOCAL_")):
-            monkeypatch.delenv(name)
+# Keys or model settings in the developer's environment must not change what is tested.
+pytestmark = pytest.mark.usefixtures("no_model_environment")
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:

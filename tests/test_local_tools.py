@@ -3,7 +3,6 @@ grammar, the pipeline runs it, and the result reaches the reply; ordinary chat c
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from collections.abc import AsyncIterator
@@ -114,12 +113,8 @@ class Dice:
         return Plugin("dice", actions=[Action("ROLL_DIE", ROLL.description, self.roll, parameters=SIDES)])
 
 
-@pytest.fixture(autouse=True)
-def no_model_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keys or model settings in the developer's environment must not change what is tested."""
-    for name in list(os.environ):
-        if name.upper().startswith(("OPENAI_", "ANTHROPIC_", "MODEL_", "LOCAL_")):
-            monkeypatch.delenv(name)
+# Keys or model settings in the developer's environment must not change what is tested.
+pytestmark = pytest.mark.usefixtures("no_model_environment")
 
 
 @pytest.fixture

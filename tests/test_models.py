@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import os
 import sys
 import time
 import uuid
@@ -41,12 +40,8 @@ ANTHROPIC_KEY = "sk-ant-test-456-secret"
 MakeRuntime = Callable[..., Awaitable[AgentRuntime]]
 
 
-@pytest.fixture(autouse=True)
-def no_model_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keys or model settings in the developer's environment must not change what is tested."""
-    for name in list(os.environ):
-        if name.upper().startswith(("OPENAI_", "ANTHROPIC_", "MODEL_", "LOCAL_")):
-            monkeypatch.delenv(name)
+# Keys or model settings in the developer's environment must not change what is tested.
+pytestmark = pytest.mark.usefixtures("no_model_environment")
 
 
 @pytest.fixture
