@@ -107,9 +107,9 @@ class ActionsMixin:
         await self.emit(EventType.ACTION_STARTED, payload)
         started = time.perf_counter()
         try:
-            limit = action.timeout or self.settings.tool_timeout if action.is_tool or time_limit is not None else None
-            if time_limit is not None:
-                limit = min(limit or time_limit, time_limit)
+            limit = None  # an action run after the reply (not as a tool) has no limit of its own
+            if action.is_tool or time_limit is not None:
+                limit = min(action.timeout or self.settings.tool_timeout, time_limit or float("inf"))
             async with asyncio.timeout(limit):
                 outcome = await action.handler(context)
             result = ActionResult(text=outcome) if isinstance(outcome, str) else outcome or ActionResult()
