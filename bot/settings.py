@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     character_path: Path = Path("characters/default.json")
     data_dir: Path = Path("./data")
     database_url: str | None = None
+    database_pool_size: int = Field(5, ge=1, le=100)  # connections per process (PostgreSQL), plus one for coordination
     log_level: str = "INFO"
     port: int = Field(3000, ge=0, le=65535)  # 0: any free port (tests)
     host: str = "0.0.0.0"
@@ -141,6 +142,9 @@ class Settings(BaseSettings):
     discord_ignore_bots: bool = True
     discord_guild_id: int | None = None
     discord_voice_channel_id: int | None = None
+    # Sharding across processes: every process sets the same SHARD_COUNT and its own SHARD_IDS.
+    shard_count: int | None = Field(None, ge=1, le=1000)
+    shard_ids: IntList = Field(default_factory=list)
 
     # HTTP service
     api_key: SecretStr | None = None
@@ -165,8 +169,12 @@ class Settings(BaseSettings):
     # Messages stored but not answered (the process stopped first) are answered on the next start
     # when at most this many seconds old; older ones are marked expired, not answered out of context.
     resume_window: float = Field(300, ge=0)
+    # PostgreSQL with several processes: how often each looks for rooms no live process is running
+    # (one whose process died is taken over within this many seconds).
+    cluster_sweep_seconds: float = Field(2, gt=0, le=300)
 
-    @field_validator("model_providers", "telegram_allowed_chats", "channel_ids", "owner_ids", mode="before")
+    @field_validator("model_providers", "telegram_allowed_chats", "channel_ids", "owner_ids", "shard_ids",
+                     mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)
@@ -200,7 +208,7 @@ class Settings(BaseSettings):
     @field_validator(
         "database_url", "openai_base_url", "anthropic_base_url", "telegram_webhook_url",
         "discord_application_id", "discord_guild_id", "discord_voice_channel_id", "local_model_path",
-        "openai_embedding_dimensions", "mcp_servers", mode="before",
+        "openai_embedding_dimensions", "mcp_servers", "shard_count", mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
@@ -230,6 +238,15 @@ class Settings(BaseSettings):
             raise ValueError("use a postgresql:// (or postgres://) URL, or leave it empty for SQLite")
         return value
 
+    @model_validator(mode="after")
+    def _shards(self) -> Settings:
+        if self.shard_ids and self.shard_count is None:
+            raise ValueError("SHARD_IDS needs SHARD_COUNT: set SHARD_COUNT to the total number of shards")
+        bad = [i for i in self.shard_ids if not 0 <= i < (self.shard_count or 0)]
+        if bad:
+            raise ValueError(f"shard id {bad[0]} is not between 0 and SHARD_COUNT-1 ({(self.shard_count or 1) - 1})")
+        return self
+
     @property
     def sqlite_path(self) -> Path:
         return self.data_dir / "parley.db"
@@ -242,12 +259,14 @@ class SettingsError(Exception):
 def describe_validation_error(error: ValidationError) -> str:
     """Turn pydantic's multi-line report into one line: variable, problem, fix."""
     first = error.errors()[0]
-    name = str(first["loc"][0]).upper() if first["loc"] else "settings"
+    more = len(error.errors()) - 1
+    suffix = f" [and {more} more bad setting{'s' if more > 1 else ''}]" if more else ""
+    if not first["loc"]:  # a check across settings already says what to set
+        return f"{first['msg'].removeprefix('Value error, ')} (see .env.example).{suffix}"
+    name = str(first["loc"][0]).upper()
     value = first.get("input")
     secret = any(word in name for word in ("TOKEN", "KEY", "SECRET", "PASSWORD", "DATABASE_URL"))
     shown = "" if secret or value is None or isinstance(value, dict) else f" (got {str(value)[:60]!r})"
-    more = len(error.errors()) - 1
-    suffix = f" [and {more} more bad setting{'s' if more > 1 else ''}]" if more else ""
     return (
         f"{name}: {first['msg']}{shown}. Fix: set {name} to a valid value in the environment or .env "
         f"(see .env.example).{suffix}"
