@@ -10,7 +10,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from bot.types import (
     Agent,
@@ -25,9 +25,13 @@ from bot.types import (
     World,
 )
 
+if TYPE_CHECKING:
+    from bot.store.coordination import PgCoordinator, SoloCoordinator
+
 # A received message's processing (see MessageDispatcher): queued → running → done | failed;
+# "preparing" while another process of a cluster runs the room and this one enriches the message;
 # expired when it waited past RESUME_WINDOW and is not answered out of context.
-RunState = Literal["queued", "running", "done", "failed", "expired"]
+RunState = Literal["preparing", "queued", "running", "done", "failed", "expired"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,11 +129,11 @@ class Store(ABC):
 
     # Memories --------------------------------------------------------------------------------
     @abstractmethod
-    async def create_memory(self, memory: Memory, *, queued: bool = False) -> bool:
+    async def create_memory(self, memory: Memory, *, run_state: RunState | None = None) -> bool:
         """Store a memory; idempotent on id. Returns True when the row is new, False if it existed.
 
-        A memory with an embedding also stores it; text search indexes `content.text`. `queued`
-        stores it with run state "queued" in the same statement: a message to be processed.
+        A memory with an embedding also stores it; text search indexes `content.text`. `run_state`
+        ("queued" for a message to be processed) is stored in the same statement.
         """
 
     @abstractmethod
@@ -137,8 +141,29 @@ class Store(ABC):
         """Record how far received messages' processing got, in one batch."""
 
     @abstractmethod
-    async def unfinished_messages(self, agent_id: uuid.UUID, *, since: int) -> list[Memory]:
-        """Messages queued or running, created at or after `since` (ms), oldest first."""
+    async def unfinished_messages(self, agent_id: uuid.UUID, *, since: int, room_id: uuid.UUID | None = None,
+                                  limit: int | None = None) -> list[Memory]:
+        """Messages queued or running, created at or after `since` (ms), oldest first (in one room)."""
+
+    @abstractmethod
+    def coordinator(self) -> SoloCoordinator | PgCoordinator:
+        """How this process shares rooms with other processes on the same database."""
+
+    @abstractmethod
+    async def rooms_with_unfinished(self, agent_id: uuid.UUID, *, since: int) -> list[uuid.UUID]:
+        """Rooms with messages queued or running created at or after `since`, oldest first."""
+
+    @abstractmethod
+    async def run_states_of(self, memory_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str | None]:
+        """The stored run state of each of these memories that exists."""
+
+    @abstractmethod
+    async def requeue_preparing(self, agent_id: uuid.UUID, *, before: int) -> int:
+        """Queue messages left "preparing" (their process died) created before `before`; returns how many."""
+
+    @abstractmethod
+    async def latest_message_time(self, agent_id: uuid.UUID, room_id: uuid.UUID) -> int | None:
+        """The newest message's created_at in the room, or None."""
 
     @abstractmethod
     async def expire_unfinished(self, agent_id: uuid.UUID, *, before: int) -> int:

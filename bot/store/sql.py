@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bot.store.base import ModelUsage, RunState, ScoredMemory, Store, UsageTotals
+from bot.store.coordination import PgCoordinator, SoloCoordinator
 from bot.store.schema import (
     LATEST_VERSION,
     MIGRATIONS,
@@ -449,9 +450,9 @@ class SqlStore(Store):
             "is_unique": memory.unique,
         }
 
-    async def create_memory(self, memory: Memory, *, queued: bool = False) -> bool:
+    async def create_memory(self, memory: Memory, *, run_state: RunState | None = None) -> bool:
         values = self._memory_values(memory)
-        values["run_state"] = "queued" if queued else None
+        values["run_state"] = run_state
         if self._fast is not None and not memory.embedding:
             return await self._fast.run(self._fast_insert_memory, values) == 1
         async with self.engine.begin() as conn:
@@ -501,13 +502,50 @@ class SqlStore(Store):
         states = [sa.literal_column(f"'{state}'") for state in UNFINISHED]
         return [memories.c.agent_id == str(agent_id), memories.c.run_state.in_(states)]
 
-    async def unfinished_messages(self, agent_id: uuid.UUID, *, since: int) -> list[Memory]:
+    async def unfinished_messages(self, agent_id: uuid.UUID, *, since: int, room_id: uuid.UUID | None = None,
+                                  limit: int | None = None) -> list[Memory]:
+        where = [*self._unfinished(agent_id), memories.c.created_at >= since]
+        if room_id is not None:
+            where.append(memories.c.room_id == str(room_id))
         rows = await self._rows(
-            sa.select(*_MEMORY_COLUMNS).select_from(_MEMORY_FROM)
-            .where(*self._unfinished(agent_id), memories.c.created_at >= since)
-            .order_by(memories.c.created_at, memories.c.id)
+            sa.select(*_MEMORY_COLUMNS).select_from(_MEMORY_FROM).where(*where)
+            .order_by(memories.c.created_at, memories.c.id).limit(limit)
         )
         return [_memory(row) for row in rows]
+
+    async def rooms_with_unfinished(self, agent_id: uuid.UUID, *, since: int) -> list[uuid.UUID]:
+        rows = await self._rows(
+            sa.select(memories.c.room_id).where(*self._unfinished(agent_id), memories.c.created_at >= since)
+            .group_by(memories.c.room_id).order_by(sa.func.min(memories.c.created_at))
+        )
+        return [uuid.UUID(row.room_id) for row in rows]
+
+    async def run_states_of(self, memory_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str | None]:
+        if not memory_ids:
+            return {}
+        rows = await self._rows(
+            sa.select(memories.c.id, memories.c.run_state).where(memories.c.id.in_([str(i) for i in memory_ids]))
+        )
+        return {uuid.UUID(row.id): row.run_state for row in rows}
+
+    async def requeue_preparing(self, agent_id: uuid.UUID, *, before: int) -> int:
+        return await self._write(
+            memories.update().where(memories.c.agent_id == str(agent_id),
+                                    memories.c.run_state == sa.literal_column("'preparing'"),
+                                    memories.c.created_at < before)
+            .values(run_state="queued")
+        )
+
+    async def latest_message_time(self, agent_id: uuid.UUID, room_id: uuid.UUID) -> int | None:
+        return (await self._rows(
+            sa.select(sa.func.max(memories.c.created_at))
+            .where(memories.c.agent_id == str(agent_id), memories.c.room_id == str(room_id),
+                   memories.c.type == MemoryType.MESSAGE.value)
+        ))[0][0]
+
+    def coordinator(self) -> SoloCoordinator | PgCoordinator:
+        """How this process shares rooms with others on the same database (see coordination.py)."""
+        return SoloCoordinator() if self._sqlite else PgCoordinator(self.engine)
 
     async def expire_unfinished(self, agent_id: uuid.UUID, *, before: int) -> int:
         return await self._write(

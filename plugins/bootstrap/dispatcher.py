@@ -26,6 +26,7 @@ from bot.types import Content, EventType, Memory, now_ms
 from .embeddings import EmbeddingQueue
 from .pipeline import Job, Pipeline
 from .run_states import RunStates
+from .shared_rooms import SharedRooms
 
 if TYPE_CHECKING:
     from bot.runtime import AgentRuntime
@@ -83,11 +84,14 @@ class MessageDispatcher(MessageHandler):
         self.rate_limiter = RateLimiter(runtime.settings.rate_limit_per_minute)
         self._queues: dict[UUID, deque[tuple[Job, asyncio.Future[RunOutcome]]]] = {}
         self._workers: dict[UUID, asyncio.Task[None]] = {}
-        self._running: dict[UUID, tuple[Job, asyncio.Future[RunOutcome]]] = {}
+        self._running: dict[UUID, tuple[Job, asyncio.Future[RunOutcome] | None]] = {}
         self._latest: LRU[UUID, int] = LRU(MAX_TRACKED_ROOMS)  # newest created_at stored per room
         # What this process stored before `resume` ran: never resumed, it is being answered already.
         self._stored_here: LRU[UUID, bool] | None = LRU(MAX_STORED_BEFORE_RESUME)
         self._slots = asyncio.Semaphore(runtime.settings.max_concurrent_rooms)
+        coordinator = runtime.store.coordinator()
+        # Several processes on one database: rooms are run where they are claimed (shared_rooms.py).
+        self.shared = SharedRooms(self, coordinator) if coordinator.shared else None
         self._accepting = True
         self._receiving = 0  # receives past the accepting check, not yet queued
         self._idle = asyncio.Event()
@@ -95,11 +99,17 @@ class MessageDispatcher(MessageHandler):
 
     @property
     def queue_depth(self) -> int:
+        if self.shared is not None:
+            return len(self.shared.local)
         return sum(len(q) for q in self._queues.values())
 
     @property
     def active_rooms(self) -> int:
-        return len(self._workers)
+        return len(self.shared.workers if self.shared is not None else self._workers)
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
 
     async def receive(self, message: Memory, callback: HandlerCallback | None,
                       prepare: MessagePreparer | None = None) -> MessageTicket:
@@ -124,7 +134,7 @@ class MessageDispatcher(MessageHandler):
         if message.entity_id == self.runtime.agent_id:
             future.set_result(RunOutcome(status="ignored", error="own message"))
             return MessageTicket(message, duplicate=False, outcome=future)
-        if not await self._store(message):
+        if not await self._store(message, prepare):
             future.set_result(RunOutcome(status="duplicate"))
             return MessageTicket(message, duplicate=True, outcome=future)
         await self.runtime.emit(EventType.MESSAGE_RECEIVED, {"runtime": self.runtime, "message": message})
@@ -133,6 +143,9 @@ class MessageDispatcher(MessageHandler):
         if not self.rate_limiter.allow(message.entity_id):
             future.set_result(await self._slow_down(message, callback if self.runtime.is_addressed(message) else None))
             self.run_states.mark(message.id, "done")
+            return MessageTicket(message, duplicate=False, outcome=future)
+        if self.shared is not None:
+            self.shared.accept(Job(message, callback, prepare), future)
             return MessageTicket(message, duplicate=False, outcome=future)
         queue = self._queues.setdefault(message.room_id, deque())
         self._supersede_tail(queue)
@@ -149,20 +162,26 @@ class MessageDispatcher(MessageHandler):
             self.run_states.mark(job.message.id, "done")
             future.set_result(RunOutcome(status="ignored", run_id=job.run_id, error="superseded"))
 
-    async def _store(self, message: Memory) -> bool:
+    async def _store(self, message: Memory, prepare: MessagePreparer | None = None) -> bool:
         """Store the message with run state "queued" in one statement; False for a duplicate.
 
         Messages of a room stamped within the same second as the one before (Telegram dates are
         whole seconds) get strictly increasing times in the order they arrive, so a burst keeps
         its order in history and when resumed after a restart. Older stamps stay as they are.
+        With several processes the room's newest message may have come through another one, so
+        the store says which is newest.
         """
-        latest = self._latest.get(message.room_id)
+        if self.shared is not None:
+            latest = await self.runtime.store.latest_message_time(self.runtime.agent_id, message.room_id)
+        else:
+            latest = self._latest.get(message.room_id)
         if latest is not None and latest - SAME_SECOND < message.created_at <= latest:
             message.created_at = latest + 1
         self._latest[message.room_id] = message.created_at
         if self._stored_here is not None:
             self._stored_here[message.id] = True
-        created = await self.runtime.store.create_memory(message, queued=True)
+        state = "preparing" if self.shared is not None and prepare is not None else "queued"
+        created = await self.runtime.store.create_memory(message, run_state=state)
         if created:
             self.runtime.history.add(message)
         return created
@@ -179,6 +198,10 @@ class MessageDispatcher(MessageHandler):
         ended between storing the reply and marking it), so no message is answered twice.
         Replies go out through the connector that owns the room; the original callback is gone.
         """
+        if self.shared is not None:
+            self._stored_here = None
+            await self.shared.start()
+            return
         store, agent_id = self.runtime.store, self.runtime.agent_id
         cutoff = now_ms() - int(window * 1000)
         expired = await store.expire_unfinished(agent_id, before=cutoff)
@@ -188,7 +211,7 @@ class MessageDispatcher(MessageHandler):
         # Messages this process stored (connectors run already) are on their way through _accept.
         here, self._stored_here = self._stored_here, None
         pending = [m for m in unfinished if here is None or m.id not in here]
-        answered = await self._answered(pending)
+        answered = await self.answered(pending)
         by_room: dict[UUID, list[tuple[Job, asyncio.Future[RunOutcome]]]] = {}
         loop = asyncio.get_running_loop()
         for message in pending:
@@ -204,7 +227,7 @@ class MessageDispatcher(MessageHandler):
         if by_room:
             log.info("resuming %d unanswered message(s) in %d room(s)", sum(map(len, by_room.values())), len(by_room))
 
-    async def _answered(self, messages: list[Memory]) -> set[UUID]:
+    async def answered(self, messages: list[Memory]) -> set[UUID]:
         """Ids among `messages` that already have a stored reply from the agent."""
         answered: set[UUID] = set()
         for room_id in {m.room_id for m in messages}:
@@ -237,15 +260,8 @@ class MessageDispatcher(MessageHandler):
                     future.set_result(RunOutcome(status="ignored", run_id=job.run_id, error="superseded"))
                     continue
                 async with self._slots:
-                    self._running[room_id] = (job, future)
-                    try:
-                        self.run_states.mark(job.message.id, "running")
-                        outcome = await self.pipeline.run(job)
-                    except Exception as error:  # run() handles its own errors; this is a last guard
-                        log.exception("pipeline crashed for message %s", job.message.id)
-                        outcome = RunOutcome(status="error", run_id=job.run_id, error=str(error))
-                    finally:
-                        self._running.pop(room_id, None)
+                    self.run_states.mark(job.message.id, "running")
+                    outcome = await self.run_job(room_id, job, future)
                 if not future.done():
                     future.set_result(outcome)
                 self.run_states.mark(job.message.id, "failed" if outcome.status == "error" else "done")
@@ -254,6 +270,17 @@ class MessageDispatcher(MessageHandler):
             if not queue:
                 self._queues.pop(room_id, None)
 
+    async def run_job(self, room_id: UUID, job: Job, future: asyncio.Future[RunOutcome] | None) -> RunOutcome:
+        """One message's run, tracked so a shutdown that cannot wait for it knows it is unfinished."""
+        self._running[room_id] = (job, future)
+        try:
+            return await self.pipeline.run(job)
+        except Exception as error:  # run() handles its own errors; this is a last guard
+            log.exception("pipeline crashed for message %s", job.message.id)
+            return RunOutcome(status="error", run_id=job.run_id, error=str(error))
+        finally:
+            self._running.pop(room_id, None)
+
     async def drain(self, timeout: float) -> None:
         """Stop accepting, let queued and running messages finish (up to `timeout`), flush embeddings.
 
@@ -261,24 +288,29 @@ class MessageDispatcher(MessageHandler):
         next start answers it, unless a reply to it was stored already.
         """
         self._accepting = False
+        if self.shared is not None:
+            await self.shared.stop_sweeping()
+        workers = self.shared.workers if self.shared is not None else self._workers
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
             async with asyncio.timeout_at(deadline):
                 await self._idle.wait()  # messages being stored right now still get their run
-                while self._workers:
-                    await asyncio.wait(list(self._workers.values()))
+                while workers:
+                    await asyncio.wait(list(workers.values()))
         except TimeoutError:
-            log.warning("shutdown: %d room(s) still busy after %.0fs", len(self._workers), timeout)
+            log.warning("shutdown: %d room(s) still busy after %.0fs", len(workers), timeout)
             unfinished = [pair for queue in self._queues.values() for pair in queue]
             unfinished += list(self._running.values())
-            for task in list(self._workers.values()):
+            for task in list(workers.values()):
                 task.cancel()
-            await asyncio.gather(*self._workers.values(), return_exceptions=True)
+            await asyncio.gather(*workers.values(), return_exceptions=True)
             for job, future in unfinished:
-                if not future.done():
+                if future is not None and not future.done():
                     future.set_result(RunOutcome(status="error", run_id=job.run_id, error="shutdown"))
         await self.run_states.flush()
+        if self.shared is not None:
+            await self.shared.close()
         try:
             async with asyncio.timeout_at(max(deadline, loop.time() + 1)):
                 await self.embeddings.close()

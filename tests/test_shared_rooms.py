@@ -1,0 +1,145 @@
+"""Two runtimes on one PostgreSQL database, as two processes would be (plugins/bootstrap/shared_rooms.py).
+
+Each has its own engine (its own connections, so its own room claims); messages of one room are
+received alternately by both. The database is the room's queue: every message is answered once,
+in order, by whichever runtime holds the room; a runtime whose connection dies leaves its rooms to
+the other. The subprocess version of this over Telegram webhooks is tests/test_cluster.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+from bot.runtime import AgentRuntime
+from bot.store.sql import SqlStore
+from bot.types import Memory, ModelType
+from tests.runtime_helpers import Chat, ScriptedModel, make_chat, make_settings, start_runtime, xml_reply
+
+DATABASE = os.environ.get("TEST_DATABASE_URL", "")
+pytestmark = pytest.mark.skipif(not DATABASE, reason="set TEST_DATABASE_URL to run the shared-room tests")
+
+
+@pytest.fixture
+async def schema() -> AsyncIterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(make_url(DATABASE).set(drivername="postgresql").render_as_string(hide_password=False))
+    await admin.execute(f"CREATE SCHEMA {name}")
+    try:
+        yield name
+    finally:
+        await admin.execute(f"DROP SCHEMA {name} CASCADE")
+        await admin.close()
+
+
+def slow_model(delay: float) -> ScriptedModel:
+    """Replies after `delay` seconds (a model call in progress is what a claim must cover)."""
+    model = ScriptedModel()
+
+    async def reply(params: dict[str, Any]) -> str:
+        await asyncio.sleep(delay)
+        return xml_reply("noted")
+
+    model.defaults = {ModelType.TEXT_SMALL: reply, ModelType.TEXT_LARGE: reply}
+    return model
+
+
+async def start(schema: str, tmp_path: Path, name: str, model: ScriptedModel) -> AgentRuntime:
+    store = SqlStore.from_url(DATABASE, connect_args={"server_settings": {"search_path": schema}})
+    await store.init()
+    settings = make_settings(tmp_path / name, database_url=DATABASE, cluster_sweep_seconds=0.2)
+    runtime = await start_runtime(store, settings, model)
+    await runtime.message_handler.resume(settings.resume_window)
+    return runtime
+
+
+async def replies_to(runtime: AgentRuntime, messages: list[Memory]) -> dict[uuid.UUID, list[Memory]]:
+    stored = await runtime.store.get_memories(agent_id=runtime.agent_id, room_id=messages[0].room_id,
+                                              entity_id=runtime.agent_id, count=None)
+    found: dict[uuid.UUID, list[Memory]] = {m.id: [] for m in messages}
+    for reply in sorted(stored, key=lambda m: m.created_at):
+        if reply.content.in_reply_to in found:
+            found[reply.content.in_reply_to].append(reply)
+    return found
+
+
+async def wait_answered(runtime: AgentRuntime, messages: list[Memory], timeout: float = 20) -> dict:
+    async with asyncio.timeout(timeout):
+        while True:
+            found = await replies_to(runtime, messages)
+            if all(found.values()):
+                return found
+            await asyncio.sleep(0.05)
+
+
+async def send_alternately(chats: list[Chat], count: int) -> list[Memory]:
+    messages = []
+    for i in range(count):
+        chat = chats[i % len(chats)]
+        await chat.runtime.ensure_connection(chat.user, chat.room, chat.world)
+        message = chat.message(f"line {i}")
+        ticket = await chat.runtime.receive_message(message, chat.callback)
+        assert not ticket.duplicate
+        messages.append(message)
+    return messages
+
+
+async def test_one_room_received_by_two_is_answered_once_each_in_order(schema: str, tmp_path: Path) -> None:
+    models = slow_model(0.05), slow_model(0.05)
+    first, second = await start(schema, tmp_path, "a", models[0]), await start(schema, tmp_path, "b", models[1])
+    try:
+        chats = [make_chat(first, "shared"), make_chat(second, "shared")]
+        messages = await send_alternately(chats, 12)
+        found = await wait_answered(first, messages)
+        for handler in (first.message_handler, second.message_handler):
+            async with asyncio.timeout(10):
+                while handler.shared.workers or handler.shared.local:
+                    await asyncio.sleep(0.02)
+        found = await replies_to(first, messages)
+        assert [len(r) for r in found.values()] == [1] * 12
+        times = [found[m.id][0].created_at for m in messages]
+        assert times == sorted(times), "replies out of message order"
+        states = await first.store.run_states_of([m.id for m in messages])
+        assert set(states.values()) == {"done"}
+        # One reply per message in all (a second run would have called a model again), and each
+        # runtime answered messages the other received: the room goes to whoever holds it.
+        assert sum(m.count(ModelType.TEXT_LARGE) for m in models) == 12
+        assert len(chats[0].sent) + len(chats[1].sent) < 12  # some ran where they were not received
+    finally:
+        await asyncio.gather(first.stop(), second.stop())
+
+
+async def test_a_dead_runtime_s_room_is_taken_over(schema: str, tmp_path: Path) -> None:
+    slow = asyncio.Event()
+
+    async def stuck(params: dict[str, Any]) -> str:
+        slow.set()
+        await asyncio.Event().wait()  # never answers: the process "hangs" mid-run, then dies
+        return ""
+
+    dying_model = ScriptedModel()
+    dying_model.defaults = {ModelType.TEXT_SMALL: stuck, ModelType.TEXT_LARGE: stuck}
+    dying = await start(schema, tmp_path, "dying", dying_model)
+    survivor = await start(schema, tmp_path, "survivor", slow_model(0.01))
+    chat = make_chat(dying, "orphan")
+    messages = await send_alternately([chat], 3)
+    async with asyncio.timeout(10):
+        await slow.wait()
+    # kill -9: the coordination connection drops, and with it the room's claim.
+    await dying.message_handler.shared.coordinator._raw.close()
+    try:
+        found = await wait_answered(survivor, messages)
+        assert [len(r) for r in found.values()] == [1, 1, 1]
+    finally:
+        await survivor.stop()
+        for task in [t for t in asyncio.all_tasks() if t.get_name().startswith("room-")]:
+            task.cancel()
+        await dying.store.close()
