@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import logging
-import sys
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import discord
-import yarl
 from aiolimiter import AsyncLimiter
 
 from bot.lru import LRU
@@ -29,14 +26,13 @@ from bot.sanitize import clean_text
 from bot.types import Content, Memory, MentionContext, Room
 
 from .chunking import split_message
-from .commands import build_tree, sync_tree
+from .client import SAFE_MENTIONS, configure_endpoints, make_client, shard_plan
 from .events import SOURCE, Mapper, message_key
-from .views import PayloadButton, build_view, cache_key
+from .views import build_view, cache_key
 from .voice import VoiceManager
 
 log = logging.getLogger(__name__)
 
-SAFE_MENTIONS = discord.AllowedMentions(everyone=False, roles=False, users=True, replied_user=True)
 CHANNEL_PACE = (5, 5.0)  # messages per seconds per channel: Discord's documented per-channel limit
 MAX_PACED_CHANNELS = 4096  # per-channel state (pace, "403 logged") is kept for this many channels
 TYPING_LIMIT = 120.0  # never show "typing…" longer than this, whatever happens to the run
@@ -46,72 +42,6 @@ NOTHING_TO_ADD = "I've nothing to add to that one."
 INACTIVE = "This button is no longer active."
 
 SendOne = Callable[..., Awaitable[discord.Message]]
-
-
-def configure_endpoints(api_base: str, gateway_url: str) -> None:
-    """Point discord.py at the REST base and gateway (a proxy, or the fake in tests); process-wide."""
-    discord.http.Route.BASE = api_base.rstrip("/")
-    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
-    discord.utils._from_json = _from_json  # type: ignore[assignment]
-
-
-_strict_from_json = discord.utils._from_json
-
-
-def _from_json(data: str | bytes) -> Any:
-    """discord.py's JSON decoding, except that a lone surrogate escape (which orjson rejects, and which
-    would end the gateway connection) decodes as the standard library does; intake then cleans it."""
-    try:
-        return _strict_from_json(data)
-    except ValueError:
-        return json.loads(data)
-
-
-class ParleyClient(discord.Client):
-    """discord.Client that hands every event to the connector."""
-
-    def __init__(self, connector: DiscordConnector, **options: Any) -> None:
-        intents = discord.Intents.none()
-        intents.guilds = intents.guild_messages = intents.message_content = True
-        intents.dm_messages = intents.voice_states = True
-        intents.guild_reactions = intents.dm_reactions = True
-        super().__init__(intents=intents, allowed_mentions=SAFE_MENTIONS, **options)
-        self.connector = connector
-        self.tree = build_tree(self, connector)
-
-    async def setup_hook(self) -> None:
-        self.add_dynamic_items(PayloadButton)
-        await sync_tree(self.tree, self.connector.runtime.settings.discord_guild_id)
-
-    async def on_ready(self) -> None:
-        await self.connector.on_ready()
-
-    async def on_message(self, message: discord.Message) -> None:
-        await self.connector.on_message(message)
-
-    async def on_message_edit(self, before: discord.Message, after: discord.Message) -> None:
-        await self.connector.on_message_edit(before, after)
-
-    async def on_voice_state_update(self, member: discord.Member, before: Any, after: Any) -> None:
-        await self.connector.voice.leave_if_alone(member.guild)
-
-    async def on_button_press(self, interaction: discord.Interaction, token: str) -> None:
-        await self.connector.on_button_press(interaction, token)
-
-    async def on_interaction(self, interaction: discord.Interaction) -> None:
-        # Commands and our own buttons are answered by the tree and PayloadButton; anything else
-        # (a button from an older version, a modal) would otherwise show "This interaction failed".
-        custom_id = (interaction.data or {}).get("custom_id")
-        if interaction.type is discord.InteractionType.modal_submit or (
-                interaction.type is discord.InteractionType.component
-                and not PayloadButton.__discord_ui_compiled_template__.fullmatch(str(custom_id))):
-            await self.connector.on_stray_interaction(interaction, str(custom_id))
-
-    async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
-        """A failed event handler costs one log line (the traceback at DEBUG), never the connection."""
-        error = sys.exc_info()[1]
-        log.error("Discord %s handler failed: %s: %s", event_method, type(error).__name__, error)
-        log.debug("Discord %s handler traceback", event_method, exc_info=True)
 
 
 class DiscordConnector(Connector):
@@ -124,7 +54,8 @@ class DiscordConnector(Connector):
         self.settings = runtime.settings
         self.mapper = Mapper(runtime)
         self.voice = VoiceManager(runtime)
-        self.client: ParleyClient | None = None
+        self.shards = shard_plan(self.settings)
+        self.client: discord.Client | None = None
         self._task: asyncio.Task[None] | None = None
         self._order: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
         self._pace: LRU[int, AsyncLimiter] = LRU(MAX_PACED_CHANNELS)
@@ -135,13 +66,24 @@ class DiscordConnector(Connector):
     def connected(self) -> bool:
         return self.client is not None and self.client.is_ready() and not self.client.is_closed()
 
+    @property
+    def syncs_commands(self) -> bool:
+        """Slash commands are the application's: synced by the process running shard 0 (or the unsharded
+        one) alone, so N processes do not spend N syncs of Discord's daily command-update limit."""
+        return self.shards is None or 0 in self.shards
+
     async def start(self) -> None:
         token = self.settings.discord_api_token
         if token is None:
             raise RuntimeError("DISCORD_API_TOKEN is not set")
         configure_endpoints(self.settings.discord_api_base, self.settings.discord_gateway_url)
-        self.client = ParleyClient(self, application_id=self.settings.discord_application_id,
-                                   guild_ready_timeout=self.guild_ready_timeout)
+        if self.shards is not None:
+            log.info("Discord: this process runs shard(s) %s of %d%s", ", ".join(map(str, self.shards)),
+                     self.settings.shard_count, "" if self.syncs_commands
+                     else "; the process running shard 0 syncs the slash commands")
+        self.client = make_client(self, self.shards, self.settings.shard_count,
+                                  application_id=self.settings.discord_application_id,
+                                  guild_ready_timeout=self.guild_ready_timeout)
         try:
             await self.client.login(token.get_secret_value())
         except BaseException as error:
@@ -261,7 +203,7 @@ class DiscordConnector(Connector):
         return limiter
 
     async def deliver(self, channel: Any, content: Content, send_one: SendOne,
-                      reference: discord.Message | None = None) -> list[str]:
+                      reference: discord.Message | discord.PartialMessage | None = None) -> list[str]:
         """Send one reply (several messages when long) and return their platform keys."""
         links = [a.url for a in content.attachments if a.data is None and a.url]
         chunks = split_message("\n".join([content.text, *links]).strip())
@@ -312,11 +254,28 @@ class DiscordConnector(Connector):
         return message.metadata.get("discord", {}).get("manages") is True
 
     async def send_to_room(self, room: Room, content: Content) -> list[str]:
+        """Send to the room's channel; content answering a stored Discord message replies to it (one
+        answered after a restart, or by another process than the one that received it).
+
+        A channel of a guild on another process's shards is not in this client's cache; it is sent to
+        through REST alone (a partial channel), which needs no gateway connection to its guild."""
         if self.client is None or room.channel_id is None:
             return []
-        channel = self.client.get_channel(int(room.channel_id)) or await self.client.fetch_channel(
-            int(room.channel_id))
-        return await self.deliver(channel, content, channel.send)  # type: ignore[union-attr]
+        channel_id = int(room.channel_id)
+        channel = self.client.get_channel(channel_id) or self.client.get_partial_messageable(
+            channel_id, guild_id=int(room.server_id) if room.server_id else None)
+        reference = await self._answered_message(content, channel)
+        return await self.deliver(channel, content, channel.send, reference)  # type: ignore[union-attr]
+
+    async def _answered_message(self, content: Content, channel: Any) -> discord.PartialMessage | None:
+        """The Discord message `content` answers, when it is stored and was posted in `channel`."""
+        if content.in_reply_to is None:
+            return None
+        original = await self.runtime.store.get_memory(content.in_reply_to)
+        info = original.metadata.get("discord", {}) if original is not None else {}
+        if info.get("channel_id") != str(channel.id) or not info.get("message_id"):
+            return None
+        return discord.PartialMessage(channel=channel, id=int(info["message_id"]))
 
     # Interactions ------------------------------------------------------------------------------------------
     def _interaction_sender(self, interaction: discord.Interaction) -> SendOne:
@@ -435,4 +394,4 @@ class DiscordConnector(Connector):
                                                 "channel.", ephemeral=True)
 
 
-__all__ = ["DiscordConnector", "configure_endpoints"]
+__all__ = ["DiscordConnector"]

@@ -1,10 +1,10 @@
 """A fake Discord (REST API + gateway) on 127.0.0.1 that the real discord.py talks to.
 
 Point discord.py at it with DISCORD_API_BASE=`fake.api_base` and DISCORD_GATEWAY_URL=`fake.gateway_url`.
-The gateway speaks the real protocol (HELLO, heartbeat ACK, IDENTIFY → READY + GUILD_CREATE,
-RESUME → replay + RESUMED, INVALID_SESSION, zlib-stream when asked for); REST answers JSON with
-exactly `Content-Type: application/json`, as discord.py requires, and can be scripted to fail
-(429 with `Via` and rate-limit headers, 403 Missing Permissions, 400 Invalid Form Body, ...).
+The gateway (tests/fakes/discord_gateway.py) speaks the real protocol, to several shards at once;
+REST answers JSON with exactly `Content-Type: application/json`, as discord.py requires, and can be
+scripted to fail (429 with `Via` and rate-limit headers, 403 Missing Permissions, 400 Invalid Form Body, ...).
+The world has one guild, `guild_id`, unless a test adds more (`add_guild`); a channel belongs to one.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ import itertools
 import json
 import re
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
+
+from tests.fakes.discord_gateway import FakeGateway
 
 TOKEN = "fake-discord-token.XYZ.abc"
-HEARTBEAT_MS = 45_000
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -57,13 +57,17 @@ ERRORS = {400: (50035, "Invalid Form Body"), 403: (50013, "Missing Permissions")
           500: (0, "500: Internal Server Error")}
 
 
-class FakeDiscord:
-    def __init__(self, *, token: str = TOKEN, bot_id: int = 150_000_000_000_000_001, app_id: int = 150_000_000_000_000_001, bot_name: str = "Parley",
-                 guild_id: int = 500) -> None:
+class FakeDiscord(FakeGateway):
+    def __init__(self, *, token: str = TOKEN, bot_id: int = 150_000_000_000_000_001,
+                 app_id: int = 150_000_000_000_000_001, bot_name: str = "Parley", guild_id: int = 500,
+                 recommended_shards: int = 1) -> None:
+        super().__init__()
         self.token = token
         self.bot = self.user(bot_id, bot_name, bot=True)
         self.app_id = app_id
-        self.guild_id = guild_id
+        self.guild_id = guild_id  # the default guild of channels, messages and interactions
+        self.guilds: dict[int, str] = {guild_id: "Fake Guild"}
+        self.recommended_shards = recommended_shards  # the `shards` of GET /gateway/bot
         self._ids = itertools.count(10**17)
         self.channels: dict[int, dict[str, Any]] = {}
         self.threads: list[dict[str, Any]] = []
@@ -75,15 +79,6 @@ class FakeDiscord:
         self.files: dict[str, tuple[bytes, str]] = {}
         self._interaction_channels: dict[str, int] = {}
         self.faults: list[Fault] = []
-        self.identifies = 0
-        self.resumes = 0
-        self.invalidate_next_resume = False
-        self._history: list[dict[str, Any]] = []
-        self._seq = 0
-        self._session = ""
-        self._ws: web.WebSocketResponse | None = None
-        self._compress: Any = None
-        self._ready = asyncio.Event()
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -119,8 +114,7 @@ class FakeDiscord:
         return self.url
 
     async def stop(self) -> None:
-        if self._ws is not None:
-            await self._ws.close()
+        await self.close_connections()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -145,9 +139,14 @@ class FakeDiscord:
         return {"user": user, "roles": [], "joined_at": _now(), "deaf": False, "mute": False, "flags": 0,
                 "permissions": str((1 << 41) - 1)}
 
-    def add_channel(self, channel_id: int, name: str, *, kind: int = 0, parent_id: int | None = None) -> dict:
-        """kind: 0 text, 2 voice, 11 public thread (pass parent_id)."""
-        channel: dict[str, Any] = {"id": str(channel_id), "type": kind, "guild_id": str(self.guild_id),
+    def add_guild(self, guild_id: int, name: str) -> None:
+        """Another guild; its shard is `(guild_id >> 22) % shard_count`, so pick ids accordingly."""
+        self.guilds[guild_id] = name
+
+    def add_channel(self, channel_id: int, name: str, *, kind: int = 0, parent_id: int | None = None,
+                    guild_id: int | None = None) -> dict:
+        """kind: 0 text, 2 voice, 11 public thread (pass parent_id); in `guild_id` (default: `self.guild_id`)."""
+        channel: dict[str, Any] = {"id": str(channel_id), "type": kind, "guild_id": str(guild_id or self.guild_id),
                                    "name": name, "position": len(self.channels), "permission_overwrites": [],
                                    "nsfw": False, "parent_id": str(parent_id) if parent_id else None,
                                    "rate_limit_per_user": 0, "bitrate": 64000, "user_limit": 0}
@@ -159,11 +158,18 @@ class FakeDiscord:
             self.channels[channel_id] = channel
         return channel
 
-    def guild_payload(self) -> dict[str, Any]:
-        everyone = {"id": str(self.guild_id), "name": "@everyone", "permissions": str((1 << 41) - 1),
+    def guild_of(self, channel_id: int) -> int:
+        """The guild a channel or thread belongs to (`self.guild_id` for one the fake does not know)."""
+        channel = self.channels.get(channel_id) or next((t for t in self.threads if t["id"] == str(channel_id)), None)
+        return int(channel["guild_id"]) if channel else self.guild_id
+
+    def guild_payload(self, guild_id: int | None = None) -> dict[str, Any]:
+        guild = str(guild_id or self.guild_id)
+        everyone = {"id": guild, "name": "@everyone", "permissions": str((1 << 41) - 1),
                     "position": 0, "color": 0, "hoist": False, "managed": False, "mentionable": False, "flags": 0}
-        return {"id": str(self.guild_id), "name": "Fake Guild", "icon": None, "owner_id": "1",
-                "roles": [everyone], "channels": list(self.channels.values()), "threads": self.threads,
+        channels = [c for c in self.channels.values() if c["guild_id"] == guild]
+        return {"id": guild, "name": self.guilds[int(guild)], "icon": None, "owner_id": "1",
+                "roles": [everyone], "channels": channels, "threads": [t for t in self.threads if t["guild_id"] == guild],
                 "members": self.members, "voice_states": [], "presences": [], "member_count": len(self.members),
                 "features": [], "emojis": [], "stickers": [], "unavailable": False, "large": False,
                 "verification_level": 0, "default_message_notifications": 0, "explicit_content_filter": 0,
@@ -187,7 +193,7 @@ class FakeDiscord:
             "components": [],
         }
         if guild:
-            data["guild_id"] = str(self.guild_id)
+            data["guild_id"] = str(self.guild_of(channel_id))
             data["member"] = {k: v for k, v in self.member(author).items() if k != "user"}
         if reply_to is not None:
             data["type"] = 19
@@ -201,11 +207,11 @@ class FakeDiscord:
         """kind 2: slash command; kind 3: component (button) press on `message`."""
         payload: dict[str, Any] = {
             "id": str(self.snowflake()), "application_id": str(self.app_id), "type": kind, "data": data,
-            "guild_id": str(self.guild_id), "channel_id": str(channel_id),
+            "guild_id": str(self.guild_of(channel_id)), "channel_id": str(channel_id),
             "channel": {**self.channels.get(channel_id, {"id": str(channel_id), "type": 0})},
             "member": self.member(user), "token": f"itoken-{self.snowflake()}", "version": 1,
             "app_permissions": str((1 << 41) - 1), "locale": "en-US", "entitlements": [],
-            "authorizing_integration_owners": {"0": str(self.guild_id)}, "context": 0,
+            "authorizing_integration_owners": {"0": str(self.guild_of(channel_id))}, "context": 0,
             "attachment_size_limit": 10 * 1024 * 1024,
         }
         if message is not None:
@@ -235,9 +241,6 @@ class FakeDiscord:
     async def wait_for_messages(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
         await self.wait_for(lambda: len(self.messages) >= count, timeout)
         return list(self.messages)
-
-    async def wait_connected(self, timeout: float = 10.0) -> None:
-        await asyncio.wait_for(self._ready.wait(), timeout)
 
     # Faults ----------------------------------------------------------------------------------------
     def fail(self, method: str, path: str, status: int, *, times: int = 1, retry_after: float = 0.05,
@@ -300,7 +303,7 @@ class FakeDiscord:
                       "owner": self.user(1, "owner"), "flags": 0})
 
     async def _gateway_info(self, request: web.Request) -> web.Response:
-        return _json({"url": self.gateway_url, "shards": 1, "session_start_limit": {
+        return _json({"url": self.gateway_url, "shards": self.recommended_shards, "session_start_limit": {
             "total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}})
 
     async def _sync_commands(self, request: web.Request) -> web.Response:
@@ -366,77 +369,3 @@ class FakeDiscord:
     async def _unknown(self, request: web.Request) -> web.Response:
         await self._record(request)
         return _json({"message": "Unknown route in the fake", "code": 0}, 404)
-
-    # Gateway ---------------------------------------------------------------------------------------
-    async def _send(self, payload: dict[str, Any]) -> None:
-        if self._ws is None or self._ws.closed:
-            return
-        text = json.dumps(payload)
-        if self._compress is not None:
-            await self._ws.send_bytes(self._compress.compress(text.encode()) + self._compress.flush(zlib.Z_SYNC_FLUSH))
-        else:
-            await self._ws.send_str(text)
-
-    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
-        """Send a DISPATCH event (kept for RESUME replays); buffered while no client is connected."""
-        self._seq += 1
-        payload = {"op": 0, "t": event, "s": self._seq, "d": data}
-        self._history.append(payload)
-        await self._send(payload)
-
-    async def drop(self) -> None:
-        """Drop the connection as a network fault would (close code 4000, resumable)."""
-        self._ready.clear()
-        if self._ws is not None:
-            await self._ws.close(code=4000)
-
-    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=0)
-        await ws.prepare(request)
-        self._ws = ws
-        self._compress = zlib.compressobj() if request.query.get("compress") == "zlib-stream" else None
-        await self._send({"op": 10, "d": {"heartbeat_interval": HEARTBEAT_MS}, "s": None, "t": None})
-        async for msg in ws:
-            if msg.type is not WSMsgType.TEXT:
-                continue
-            packet = json.loads(msg.data)
-            op, data = packet.get("op"), packet.get("d")
-            if op == 1:
-                await self._send({"op": 11, "d": None, "s": None, "t": None})
-            elif op == 2:
-                await self._identify(data)
-            elif op == 6:
-                await self._resume(data)
-        if self._ws is ws:
-            self._ws = None
-        return ws
-
-    async def _identify(self, data: dict[str, Any]) -> None:
-        if data.get("token") != self.token:
-            await self._ws.close(code=4004)  # type: ignore[union-attr]
-            return
-        self.identifies += 1
-        self._session = f"session-{self.identifies}"
-        self._seq, self._history = 0, []
-        await self.dispatch("READY", {
-            "v": 10, "user": self.bot, "guilds": [{"id": str(self.guild_id), "unavailable": True}],
-            "session_id": self._session, "resume_gateway_url": self.gateway_url,
-            "application": {"id": str(self.app_id), "flags": 0}, "private_channels": [], "relationships": [],
-        })
-        await self.dispatch("GUILD_CREATE", self.guild_payload())
-        self._ready.set()
-        await self._notify()
-
-    async def _resume(self, data: dict[str, Any]) -> None:
-        if self.invalidate_next_resume or data.get("session_id") != self._session:
-            self.invalidate_next_resume = False
-            await self._send({"op": 9, "d": False, "s": None, "t": None})
-            return
-        self.resumes += 1
-        for payload in self._history:
-            if payload["s"] > int(data.get("seq") or 0):
-                await self._send(payload)
-        self._seq += 1
-        await self._send({"op": 0, "t": "RESUMED", "s": self._seq, "d": {}})
-        self._ready.set()
-        await self._notify()
