@@ -185,6 +185,16 @@ model_usage = sa.Table(
     sa.Index("ix_model_usage_agent", "agent_id", "created_at"),
 )
 
+# Send budgets shared by the processes on one PostgreSQL database (bot.store.budgets): one row per
+# key, updated in place on every send. Only the primary key is indexed, so those updates stay HOT
+# (no index entry to write); the occasional sweep of idle rows scans the small table instead.
+send_budgets = sa.Table(
+    "send_budgets",
+    metadata,
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("tat", sa.Float(53), nullable=False),  # seconds since the epoch on the database's clock
+)
+
 # SQLite: an external-content FTS5 table over a virtual generated column, kept in sync by triggers,
 # so inserts stay one client statement and `rebuild` can re-read the text from `memories`.
 _SQLITE_FTS = (
@@ -246,6 +256,11 @@ async def _v4_run_state(conn: AsyncConnection) -> None:
     await conn.run_sync(lambda sync: pending_index.create(sync, checkfirst=True))
 
 
+async def _v5_send_budgets(conn: AsyncConnection) -> None:
+    """Created on SQLite too, though its single process keeps its budgets in memory: one schema for both."""
+    await _create_tables(conn, "send_budgets")
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     version: int
@@ -258,6 +273,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "full-text search on memory text", _v2_text_search),
     Migration(3, "model usage accounting; memories.is_unique", _v3_usage_and_unique),
     Migration(4, "durable processing state of received messages", _v4_run_state),
+    Migration(5, "send budgets shared across processes", _v5_send_budgets),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -1,50 +1,98 @@
-"""Per-chat pacing for outgoing messages, on top of python-telegram-bot's AIORateLimiter.
+"""Telegram's flood limits as send budgets (`bot.budgets`), shared by every process of one bot.
 
-AIORateLimiter keeps the global limit (30 requests/s) and retries after RetryAfter, but it has
-no per-private-chat limit, and its per-group limit counts every request with the chat's id,
-so "typing…" refreshes would eat a group's budget of 20 messages a minute. `ChatPacer` therefore
-paces *messages* per chat: about one a second in private chats, twenty a minute in groups.
+Telegram counts per bot token: about 30 requests a second overall, about one message a second in
+a private chat, twenty a minute in a group. Several processes using one token must therefore draw
+on one budget per chat and one per bot: with PostgreSQL that is the database's `send_budgets`
+table, with SQLite (a single process) this process's memory.
+
+`ChatPacer` paces *messages* per chat. python-telegram-bot's AIORateLimiter is kept for its retries
+after RetryAfter, but its own limits are off: its overall limit lives in one process's memory, and
+its per-group limit counts every request with the chat's id, so "typing…" refreshes would eat a
+group's twenty messages. `BudgetRateLimiter` takes the overall 30/s from the shared budget instead.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import hashlib
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any
 
-from aiolimiter import AsyncLimiter
 from telegram.ext import AIORateLimiter
 
-MAX_TRACKED_CHATS = 4096
+from bot.budgets import MemoryBudget, SendBudget
+
+OVERALL_PER_SECOND = 30
 
 
-def telegram_rate_limiter(max_retries: int = 3) -> AIORateLimiter:
-    """The global flood limit, retrying after RetryAfter up to `max_retries` times."""
-    return AIORateLimiter(overall_max_rate=30, overall_time_period=1, group_max_rate=0, max_retries=max_retries)
+def bot_budget_key(token: str) -> str:
+    """The prefix of a bot's budget keys: its numeric id (the part of the token before the colon),
+    or a digest when the token has no such part, so the secret never lands in a key."""
+    bot_id, _, _ = token.partition(":")
+    return f"telegram:{bot_id if bot_id.isdigit() else hashlib.sha256(token.encode()).hexdigest()[:16]}"
 
 
 class ChatPacer:
     """`async with pacer.slot(chat_id):` waits until that chat may receive another message.
 
     Private chats (positive ids) get `private_burst` messages at once (a reply split in two
-    arrives together), then `private_per_second`; groups get `group_per_minute` in any minute.
-    Limiters are kept for the most recent chats only, so memory stays bounded.
+    arrives together), then `private_per_second`; groups get `group_per_minute` at once, then
+    one every 60/`group_per_minute` seconds. Each chat's budget is the key `{prefix}:chat:{id}`
+    of `budget` (by default this process's memory).
     """
 
-    def __init__(self, private_per_second: float = 1.0, private_burst: int = 2,
-                 group_per_minute: int = 20) -> None:
+    def __init__(self, private_per_second: float = 1.0, private_burst: int = 2, group_per_minute: int = 20,
+                 *, budget: SendBudget | None = None, prefix: str = "telegram") -> None:
         self.private_per_second = private_per_second
         self.private_burst = private_burst
         self.group_per_minute = group_per_minute
-        self._limiters: OrderedDict[int, AsyncLimiter] = OrderedDict()
+        self.budget = budget if budget is not None else MemoryBudget()
+        self.prefix = prefix
 
-    def slot(self, chat_id: int) -> AsyncLimiter:
-        limiter = self._limiters.pop(chat_id, None)
-        if limiter is None:
-            if chat_id > 0:
-                limiter = AsyncLimiter(self.private_burst, self.private_burst / self.private_per_second)
-            else:
-                limiter = AsyncLimiter(self.group_per_minute, 60)
-        self._limiters[chat_id] = limiter
-        while len(self._limiters) > MAX_TRACKED_CHATS:
-            self._limiters.popitem(last=False)
-        return limiter
+    @asynccontextmanager
+    async def slot(self, chat_id: int) -> AsyncIterator[None]:
+        key = f"{self.prefix}:chat:{chat_id}"
+        if chat_id > 0:
+            await self.budget.wait(key, rate=self.private_per_second, burst=self.private_burst)
+        else:
+            await self.budget.wait(key, rate=self.group_per_minute, per=60, burst=self.group_per_minute)
+        yield
 
+
+class BudgetRateLimiter(AIORateLimiter):
+    """AIORateLimiter's RetryAfter retries, with every attempt of a request to a chat taking a slot
+    of the bot's overall budget (`{prefix}:all`) just before it goes out.
+
+    Requests without a chat (getMe, setMyCommands, answerCallbackQuery...) are not counted, as
+    AIORateLimiter's own overall limit did not count them either.
+    """
+
+    def __init__(self, budget: SendBudget, prefix: str, max_retries: int = 3) -> None:
+        super().__init__(overall_max_rate=0, group_max_rate=0, max_retries=max_retries)
+        self.budget = budget
+        self.key = f"{prefix}:all"
+
+    async def process_request(
+        self,
+        callback: Callable[..., Coroutine[Any, Any, Any]],
+        args: Any,
+        kwargs: dict[str, Any],
+        endpoint: str,
+        data: dict[str, Any],
+        rate_limit_args: int | None,
+    ) -> Any:
+        if data.get("chat_id") is None:
+            return await super().process_request(callback, args, kwargs, endpoint, data, rate_limit_args)
+
+        async def paced(*call_args: Any, **call_kwargs: Any) -> Any:
+            await self.budget.wait(self.key, rate=OVERALL_PER_SECOND, burst=OVERALL_PER_SECOND)
+            return await callback(*call_args, **call_kwargs)
+
+        return await super().process_request(paced, args, kwargs, endpoint, data, rate_limit_args)
+
+
+def telegram_rate_limiter(budget: SendBudget | None = None, prefix: str = "telegram",
+                          max_retries: int = 3) -> BudgetRateLimiter:
+    """The bot's overall flood limit from `budget` (by default this process's memory), retrying
+    after RetryAfter up to `max_retries` times."""
+    return BudgetRateLimiter(budget if budget is not None else MemoryBudget(), prefix, max_retries)
