@@ -69,8 +69,9 @@ async def test_upgrade_from_previous_version_keeps_data(raw_store: SqlStore) -> 
     assert await raw_store.migrate(2) == 2
     agent, room, entity = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     async with raw_store.engine.begin() as conn:
-        # Release 2's memories table had neither is_unique (v3) nor run_state and its index (v4).
+        # Release 2's memories table had neither is_unique (v3) nor run_state and its indexes (v4, v6).
         await conn.exec_driver_sql("DROP INDEX ix_memories_pending")
+        await conn.exec_driver_sql("DROP INDEX ix_memories_preparing")
         await conn.exec_driver_sql("ALTER TABLE memories DROP COLUMN is_unique")
         await conn.exec_driver_sql("ALTER TABLE memories DROP COLUMN run_state")
         await conn.execute(

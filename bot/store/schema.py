@@ -110,6 +110,12 @@ _unfinished = sa.column("run_state").in_(UNFINISHED)
 pending_index = sa.Index("ix_memories_pending", memories.c.agent_id, memories.c.created_at,
                          sqlite_where=_unfinished, postgresql_where=_unfinished)
 
+_preparing = sa.column("run_state") == sa.literal_column("'preparing'")
+# Voice notes being transcribed by the process that received them (several processes): the sweep
+# that requeues those whose process died reads this tiny index, not the table.
+preparing_index = sa.Index("ix_memories_preparing", memories.c.agent_id, memories.c.created_at,
+                           sqlite_where=_preparing, postgresql_where=_preparing)
+
 embeddings = sa.Table(
     "embeddings",
     metadata,
@@ -261,6 +267,10 @@ async def _v5_send_budgets(conn: AsyncConnection) -> None:
     await _create_tables(conn, "send_budgets")
 
 
+async def _v6_preparing(conn: AsyncConnection) -> None:
+    await conn.run_sync(lambda sync: preparing_index.create(sync, checkfirst=True))
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     version: int
@@ -274,6 +284,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "model usage accounting; memories.is_unique", _v3_usage_and_unique),
     Migration(4, "durable processing state of received messages", _v4_run_state),
     Migration(5, "send budgets shared across processes", _v5_send_budgets),
+    Migration(6, "index of messages being prepared", _v6_preparing),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
