@@ -61,6 +61,12 @@ async def start(schema: str, tmp_path: Path, name: str, model: ScriptedModel) ->
     return runtime
 
 
+async def stop(runtime: AgentRuntime) -> None:
+    await runtime.message_handler.drain(5)
+    await runtime.stop()
+    await runtime.store.close()
+
+
 async def replies_to(runtime: AgentRuntime, messages: list[Memory]) -> dict[uuid.UUID, list[Memory]]:
     stored = await runtime.store.get_memories(agent_id=runtime.agent_id, room_id=messages[0].room_id,
                                               entity_id=runtime.agent_id, count=None)
@@ -114,7 +120,7 @@ async def test_one_room_received_by_two_is_answered_once_each_in_order(schema: s
         assert sum(m.count(ModelType.TEXT_LARGE) for m in models) == 12
         assert len(chats[0].sent) + len(chats[1].sent) < 12  # some ran where they were not received
     finally:
-        await asyncio.gather(first.stop(), second.stop())
+        await asyncio.gather(stop(first), stop(second))
 
 
 async def test_a_dead_runtime_s_room_is_taken_over(schema: str, tmp_path: Path) -> None:
@@ -139,7 +145,7 @@ async def test_a_dead_runtime_s_room_is_taken_over(schema: str, tmp_path: Path) 
         found = await wait_answered(survivor, messages)
         assert [len(r) for r in found.values()] == [1, 1, 1]
     finally:
-        await survivor.stop()
+        await stop(survivor)
         for task in [t for t in asyncio.all_tasks() if t.get_name().startswith("room-")]:
             task.cancel()
         await dying.store.close()
