@@ -2,9 +2,11 @@
 
 A reservation is one autocommitted statement: an upsert of the key's row in `send_budgets` that
 moves its tat on and returns the slot. PostgreSQL's row lock makes concurrent reservations of one
-key, from any process, take consecutive slots; every time in it is the database's own clock
-(`clock_timestamp()`, read after the lock is granted), so processes whose clocks disagree still
-agree on the slots, and each sleeps only the difference the database computed.
+key, from any process, take consecutive slots. Every time in it is the database's clock, so
+processes whose clocks disagree still agree on the slots, and each sleeps only the difference the
+database computed; it is read once per statement (`statement_timestamp()`), so the slot and the
+"now" it is measured from are consistent, and the sleep, starting when the answer arrives, can
+only end after the slot, never before.
 
 pyrate-limiter's PostgresBucket was considered: it stores a row per send, locks the whole table
 (refusing under contention instead of queueing) and runs on a separate, synchronous driver.
@@ -25,7 +27,7 @@ from bot.store.sql import SqlStore
 
 log = logging.getLogger(__name__)
 
-_NOW = "extract(epoch FROM clock_timestamp())::float8"
+_NOW = "extract(epoch FROM statement_timestamp())::float8"
 _RESERVE = sa.text(f"""
     INSERT INTO send_budgets AS b (key, tat) VALUES (:key, {_NOW} + :interval)
     ON CONFLICT (key) DO UPDATE SET tat = greatest(b.tat, {_NOW}) + :interval
