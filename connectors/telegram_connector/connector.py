@@ -30,6 +30,7 @@ from telegram.request import HTTPXRequest, RequestData
 
 from bot.plugin import Connector
 from bot.settings import Settings, VoiceReplies
+from bot.store.budgets import send_budget
 from bot.types import Content, Memory, ModelType, Room
 
 from .admins import ChatAdmins
@@ -38,7 +39,7 @@ from .handlers import ChatOrderedProcessor, Inbound
 from .intake import is_id
 from .keyboards import DEFAULT_TTL, ButtonStore
 from .outbox import TYPING_INTERVAL, Outbox, Target
-from .pacing import ChatPacer, telegram_rate_limiter
+from .pacing import ChatPacer, bot_budget_key, telegram_rate_limiter
 from .voice import SOURCE, speak
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ def webhook_secret(settings: Settings) -> str:
 
 
 class WebhookEndpoint:
-    """`POST /telegram/webhook`: checks Telegram's secret header, then queues the update.
+    """`POST /telegram/webhook`: checks Telegram's secret header, then stores the update's message.
 
     The route exists before the connector has started (the HTTP server starts first), so until
     an Application is attached it answers 503 and Telegram retries later. A body that is not a
@@ -136,7 +137,10 @@ class WebhookEndpoint:
             return web.json_response({"error": "the body is not a Telegram update"}, status=400)
         update = parse_update(data, application.bot)
         if update is not None:
-            await application.update_queue.put(update)
+            # Processed here rather than queued: the 200 then means "stored". Telegram forgets an
+            # update it got 200 for, so a process killed after answering must have stored it
+            # already (another process, or the next start, answers it); a chat's order holds too.
+            await application.update_processor.process_update(update, application.process_update(update))
         return web.json_response({"ok": True})
 
 
@@ -147,7 +151,7 @@ class TelegramConnector(Connector):
     poll_timeout: ClassVar[float] = 10.0
     typing_interval: ClassVar[float] = TYPING_INTERVAL
     button_ttl: ClassVar[float] = DEFAULT_TTL
-    pacer: ClassVar[ChatPacer | None] = None  # None: a fresh ChatPacer() per connector
+    pacer: ClassVar[ChatPacer | None] = None  # None: a ChatPacer on the store's send budget per connector
 
     def __init__(self, runtime: AgentRuntime) -> None:
         super().__init__(runtime)
@@ -155,12 +159,14 @@ class TelegramConnector(Connector):
         if settings.telegram_bot_token is None:
             raise ValueError("TELEGRAM_BOT_TOKEN is not set")
         root = settings.telegram_api_root.rstrip("/")
+        budget = send_budget(runtime.store)  # shared by every process of this bot on a PostgreSQL store
+        prefix = bot_budget_key(settings.telegram_bot_token.get_secret_value())
         builder = (
             ApplicationBuilder()
             .token(settings.telegram_bot_token.get_secret_value())
             .base_url(f"{root}/bot")
             .base_file_url(f"{root}/file/bot")
-            .rate_limiter(telegram_rate_limiter())
+            .rate_limiter(telegram_rate_limiter(budget, prefix))
             .concurrent_updates(ChatOrderedProcessor())
             .get_updates_request(PollingRequest(connection_pool_size=1))
         )
@@ -168,7 +174,8 @@ class TelegramConnector(Connector):
             builder = builder.updater(None)
         self.application: Application = builder.build()
         self.buttons = ButtonStore(runtime.store, runtime.agent_id, self.button_ttl)
-        self.outbox = Outbox(self.application.bot, self.buttons, self.pacer or ChatPacer())
+        pacer = self.pacer or ChatPacer(budget=budget, prefix=prefix)
+        self.outbox = Outbox(self.application.bot, self.buttons, pacer)
         self.inbound = Inbound(self)
         self.admins = ChatAdmins(self.application.bot)
 
