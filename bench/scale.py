@@ -177,8 +177,8 @@ def main() -> None:
         clean = not results[1]["problems"] and not results[3]["problems"]
         at_limit = results[1].get("telegram_requests_per_s", 0) >= 0.8 * TELEGRAM_REQUESTS_PER_S
         figures["goal"] = (f"{'met' if ratio >= GOAL and clean else 'NOT met'}: 3 processes ≥ {GOAL}× one "
-                           f"and every message answered exactly once ({ratio:.2f}×"
-                           f"{'' if clean else ', some answered never or twice'}"
+                           f"and every message answered exactly once, in order ({ratio:.2f}×"
+                           f"{'' if clean else ', but see *_exactly_once'}"
                            f"{'; one process already sends at the bot’s Telegram limit' if at_limit else ''})")
     print_figures(figures, args.json)
 
