@@ -87,3 +87,40 @@ async def test_a_chat_waiting_for_its_turn_holds_no_update_slot() -> None:
     unblock.set()
     await asyncio.gather(first, second, third)
     assert order == ["b", "a1", "a2", "a3"]  # A's updates kept their order
+
+
+async def test_an_update_arriving_as_the_chat_lock_changes_hands_waits_its_turn() -> None:
+    """a1 ends and wakes a2, and a3 arrives before a2 has run: a3 must wait for a2 (it used to find
+    the chat's lock gone, take a new one and run beside a2)."""
+    from telegram import Update
+
+    from connectors.telegram_connector.handlers import ChatOrderedProcessor
+
+    processor = ChatOrderedProcessor()
+    chat = FakeTelegram.private_chat(FakeTelegram.user(1))
+    release_a2, running, overlaps = asyncio.Event(), set(), []
+
+    def update(update_id: int) -> Update:
+        return Update.de_json({"update_id": update_id, "message": {
+            "message_id": update_id, "date": 0, "chat": chat, "from": FakeTelegram.user(1), "text": "x"}}, None)
+
+    async def handle(name: str, hold: asyncio.Event | None = None) -> None:
+        if running:
+            overlaps.append((name, set(running)))
+        running.add(name)
+        if hold is not None:
+            await hold.wait()
+        running.discard(name)
+
+    release_a1 = asyncio.Event()
+    first = asyncio.create_task(processor.process_update(update(1), handle("a1", release_a1)))
+    second = asyncio.create_task(processor.process_update(update(2), handle("a2", release_a2)))
+    await asyncio.sleep(0)  # both queued on the chat's lock
+    release_a1.set()
+    await first  # a1 done; a2 woken but not yet running
+    third = asyncio.create_task(processor.process_update(update(3), handle("a3")))
+    for _ in range(3):  # loop turns enough for a3 to start if the chat's lock let it (it did before)
+        await asyncio.sleep(0)
+    release_a2.set()
+    await asyncio.gather(second, third)
+    assert overlaps == []

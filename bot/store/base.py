@@ -29,9 +29,10 @@ if TYPE_CHECKING:
     from bot.store.coordination import PgCoordinator, SoloCoordinator
 
 # A received message's processing (see MessageDispatcher): queued → running → done | failed;
-# "preparing" while another process of a cluster runs the room and this one enriches the message;
+# with several processes, "preparing" while its receiver enriches it (others may not run it yet) and
+# "sending" once its first reply is on its way (a process taking the room over does not run it again);
 # expired when it waited past RESUME_WINDOW and is not answered out of context.
-RunState = Literal["preparing", "queued", "running", "done", "failed", "expired"]
+RunState = Literal["preparing", "queued", "running", "sending", "done", "failed", "expired"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +163,8 @@ class Store(ABC):
         """Queue messages left "preparing" (their process died) created before `before`; returns how many."""
 
     @abstractmethod
-    async def latest_message_time(self, agent_id: uuid.UUID, room_id: uuid.UUID) -> int | None:
-        """The newest message's created_at in the room, or None."""
+    async def latest_received_time(self, agent_id: uuid.UUID, room_id: uuid.UUID) -> int | None:
+        """The created_at of the newest message the agent received in the room (not its own), or None."""
 
     @abstractmethod
     async def expire_unfinished(self, agent_id: uuid.UUID, *, before: int) -> int:

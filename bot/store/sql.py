@@ -536,11 +536,11 @@ class SqlStore(Store):
             .values(run_state="queued")
         )
 
-    async def latest_message_time(self, agent_id: uuid.UUID, room_id: uuid.UUID) -> int | None:
+    async def latest_received_time(self, agent_id: uuid.UUID, room_id: uuid.UUID) -> int | None:
         return (await self._rows(
             sa.select(sa.func.max(memories.c.created_at))
             .where(memories.c.agent_id == str(agent_id), memories.c.room_id == str(room_id),
-                   memories.c.type == MemoryType.MESSAGE.value)
+                   memories.c.type == MemoryType.MESSAGE.value, memories.c.entity_id != str(agent_id))
         ))[0][0]
 
     def coordinator(self) -> SoloCoordinator | PgCoordinator:

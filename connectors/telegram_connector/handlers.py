@@ -47,19 +47,23 @@ class ChatOrderedProcessor(BaseUpdateProcessor):
 
     def __init__(self, max_concurrent_updates: int = 64) -> None:
         super().__init__(max_concurrent_updates)
-        self._locks: dict[int, asyncio.Lock] = {}
+        self._locks: dict[int, tuple[asyncio.Lock, list[int]]] = {}  # chat → (lock, [updates using it])
 
     async def process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
         chat = update.effective_chat if isinstance(update, Update) else None
         if chat is None:
             await super().process_update(update, coroutine)
             return
-        lock = self._locks.setdefault(chat.id, asyncio.Lock())
+        lock, users = self._locks.setdefault(chat.id, (asyncio.Lock(), [0]))
+        users[0] += 1
         try:
             async with lock:  # FIFO: the chat's updates keep their order
                 await super().process_update(update, coroutine)
         finally:
-            if not lock.locked() and self._locks.get(chat.id) is lock:
+            # Counted, not `lock.locked()`: a woken waiter has not taken the lock yet, and a new
+            # lock for the chat would let the next update run beside it.
+            users[0] -= 1
+            if not users[0]:
                 del self._locks[chat.id]
 
     async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:

@@ -172,7 +172,7 @@ class MessageDispatcher(MessageHandler):
         the store says which is newest.
         """
         if self.shared is not None:
-            latest = await self.runtime.store.latest_message_time(self.runtime.agent_id, message.room_id)
+            latest = await self.runtime.store.latest_received_time(self.runtime.agent_id, message.room_id)
         else:
             latest = self._latest.get(message.room_id)
         if latest is not None and latest - SAME_SECOND < message.created_at <= latest:

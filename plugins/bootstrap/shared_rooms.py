@@ -22,7 +22,7 @@ from uuid import UUID
 from bot.plugin import HandlerCallback
 from bot.runtime import RunOutcome
 from bot.store.coordination import PgCoordinator, SoloCoordinator
-from bot.types import Memory, now_ms
+from bot.types import Content, Memory, now_ms
 
 from .pipeline import Job
 
@@ -116,6 +116,7 @@ class SharedRooms:
                     outcome = RunOutcome(status="ignored", run_id=job.run_id, error="superseded")
                 else:
                     dispatcher.run_states.mark(message.id, "running")
+                    job.callback = self._recorded(message.id, job.callback)
                     outcome = await dispatcher.run_job(room_id, job, future)
                 if future is not None and not future.done():
                     future.set_result(outcome)
@@ -132,6 +133,24 @@ class SharedRooms:
         if room is not None and self.runtime.connector_for(room.source) is not None:
             callback = partial(self.runtime.send_message_to_room, message.room_id)
         return Job(message, callback)
+
+    def _recorded(self, message_id: UUID, callback: HandlerCallback | None) -> HandlerCallback:
+        """The run's reply callback, recording "sending" before the first reply goes out.
+
+        A run cut short after that (its process killed between sending and storing the reply) is
+        not run again by the process taking the room over: a reply may be lost, never doubled.
+        """
+        run_states, recorded = self.dispatcher.run_states, False
+
+        async def send(content: Content) -> list[str]:
+            nonlocal recorded
+            if not recorded:
+                run_states.mark(message_id, "sending")
+                await run_states.flush()
+                recorded = True
+            return await callback(content) if callback is not None else []
+
+        return send
 
     async def _finish(self, message_id: UUID, state: str) -> None:
         self.dispatcher.run_states.mark(message_id, state)  # type: ignore[arg-type]
