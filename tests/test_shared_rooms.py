@@ -1,5 +1,7 @@
 """Two runtimes on one PostgreSQL database, as two processes would be (plugins/bootstrap/shared_rooms.py).
 
+The rooms are API rooms, which any process may answer (a platform room only where its connector runs).
+
 Each has its own engine (its own connections, so its own room claims); messages of one room are
 received alternately by both. The database is the room's queue: every message is answered once,
 in order, by whichever runtime holds the room; a runtime whose connection dies leaves its rooms to
@@ -21,7 +23,7 @@ from sqlalchemy.engine import make_url
 
 from bot.runtime import AgentRuntime
 from bot.store.sql import SqlStore
-from bot.types import Memory, ModelType
+from bot.types import ChannelType, Memory, ModelType
 from tests.runtime_helpers import Chat, ScriptedModel, make_chat, make_settings, start_runtime, xml_reply
 
 DATABASE = os.environ.get("TEST_DATABASE_URL", "")
@@ -102,7 +104,7 @@ async def test_one_room_received_by_two_is_answered_once_each_in_order(schema: s
     models = slow_model(0.05), slow_model(0.05)
     first, second = await start(schema, tmp_path, "a", models[0]), await start(schema, tmp_path, "b", models[1])
     try:
-        chats = [make_chat(first, "shared"), make_chat(second, "shared")]
+        chats = [make_chat(first, "shared", ChannelType.API), make_chat(second, "shared", ChannelType.API)]
         messages = await send_alternately(chats, 12)
         await wait_answered(first, messages)
         # Draining waits for every run in progress: one that answered a message twice would show.
@@ -133,7 +135,7 @@ async def test_a_dead_runtime_s_room_is_taken_over(schema: str, tmp_path: Path) 
     dying_model.defaults = {ModelType.TEXT_SMALL: stuck, ModelType.TEXT_LARGE: stuck}
     dying = await start(schema, tmp_path, "dying", dying_model)
     survivor = await start(schema, tmp_path, "survivor", slow_model(0.01))
-    chat = make_chat(dying, "orphan")
+    chat = make_chat(dying, "orphan", ChannelType.API)
     messages = await send_alternately([chat], 3)
     async with asyncio.timeout(10):
         await slow.wait()
@@ -147,3 +149,18 @@ async def test_a_dead_runtime_s_room_is_taken_over(schema: str, tmp_path: Path) 
         for task in [t for t in asyncio.all_tasks() if t.get_name().startswith("room-")]:
             task.cancel()
         await dying.store.close()
+
+
+async def test_a_platform_room_is_left_to_a_process_running_its_connector(schema: str, tmp_path: Path) -> None:
+    """A process without the room's connector could not deliver the reply: it leaves the room alone."""
+    runtime = await start(schema, tmp_path, "telegram-less", slow_model(0))
+    try:
+        platform, api = make_chat(runtime, "dm", ChannelType.DM), make_chat(runtime, "api", ChannelType.API)
+        for chat in (platform, api):
+            await runtime.ensure_connection(chat.user, chat.room, chat.world)
+        shared = runtime.message_handler.shared
+        assert runtime.connector_for(platform.room.source) is None
+        assert not await shared._can_answer(platform.room.id)
+        assert await shared._can_answer(api.room.id)
+    finally:
+        await stop(runtime)

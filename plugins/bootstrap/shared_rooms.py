@@ -22,7 +22,7 @@ from uuid import UUID
 from bot.plugin import HandlerCallback
 from bot.runtime import RunOutcome
 from bot.store.coordination import PgCoordinator, SoloCoordinator
-from bot.types import Content, Memory, now_ms
+from bot.types import ChannelType, Content, Memory, now_ms
 
 from .pipeline import Job
 
@@ -96,7 +96,7 @@ class SharedRooms:
         None when another process holds the room."""
         dispatcher = self.dispatcher
         async with dispatcher._slots:
-            if not await self.coordinator.claim(room_id):
+            if not await self._can_answer(room_id) or not await self.coordinator.claim(room_id):
                 return None
             try:
                 await dispatcher.run_states.flush()  # our last run's end is what the next claimant reads
@@ -125,12 +125,18 @@ class SharedRooms:
             finally:
                 await self.coordinator.release(room_id)
 
+    async def _can_answer(self, room_id: UUID) -> bool:
+        """An API room can be answered anywhere (the receiver reads the stored reply back); a platform
+        room only where its connector runs (a process may run Telegram but not Discord)."""
+        room = await self.runtime.get_room(room_id)
+        return room is not None and (room.type == ChannelType.API or self.runtime.connector_for(room.source) is not None)
+
     async def _adopt(self, message: Memory) -> Job:
         """A message another process received: replies go out through our connector for its room
         (or are only stored, for the API, where the receiving process reads them back)."""
         room = await self.runtime.get_room(message.room_id)
         callback: HandlerCallback | None = None
-        if room is not None and self.runtime.connector_for(room.source) is not None:
+        if room is not None and room.type != ChannelType.API:
             callback = partial(self.runtime.send_message_to_room, message.room_id)
         return Job(message, callback)
 
