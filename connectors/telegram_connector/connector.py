@@ -290,6 +290,7 @@ class TelegramConnector(Connector):
             raise LookupError(f"room {room.id} has no Telegram chat id")
         reply_to = None
         if content.in_reply_to is not None:
+            self.inbound.typing_done(content.in_reply_to)
             original = await self.runtime.store.get_memory(content.in_reply_to)
             info = original.metadata.get("telegram", {}) if original is not None else {}
             if info.get("chat_id") == int(chat_id):

@@ -126,6 +126,7 @@ class Inbound:
         # being answered, not for every queued one (a flood of indicators would starve replies).
         self._typing: dict[UUID, Typing] = {}
         self.runtime.on(EventType.RUN_STARTED, self._run_started)
+        self.runtime.on(EventType.RUN_ENDED, self._run_ended)
 
     # Identity ---------------------------------------------------------------------------------
     def _uuid(self, key: str) -> Any:
@@ -311,21 +312,32 @@ class Inbound:
             ticket = await self.runtime.receive_message(memory, self._reply_callback(target, typing), prepare=prepare)
         except ShuttingDown:
             # The dispatcher stored the message before refusing it: nothing is lost, it is just not answered.
-            self._typing_done(memory.id)
+            self.typing_done(memory.id)
             log.info("shutting down: message %s in chat %s stored, not answered", memory.id, target.chat_id)
             return
         except BaseException:
-            self._typing_done(memory.id)
+            self.typing_done(memory.id)
             raise
         if typing is not None:
-            ticket.outcome.add_done_callback(lambda _: self._typing_done(memory.id))
+            ticket.outcome.add_done_callback(lambda _: self.typing_done(memory.id))
 
     async def _run_started(self, payload: dict[str, Any]) -> None:
-        typing = self._typing.get(payload["message"].id)
+        message: Memory = payload["message"]
+        typing = self._typing.get(message.id)
+        if typing is None and message.content.source == SOURCE and self.runtime.is_addressed(message):
+            # Received by another process of a cluster, answered here (its reply goes out through
+            # send_to_room): the indicator is ours to show, until the reply or the run's end.
+            info = message.metadata.get("telegram", {})
+            if is_id(info.get("chat_id")):
+                target = Target(info["chat_id"], info.get("thread_id"))
+                typing = self._typing[message.id] = Typing(self.connector.bot, target, self.connector.typing_interval)
         if typing is not None:
             typing.start()
 
-    def _typing_done(self, message_id: UUID) -> None:
+    async def _run_ended(self, payload: dict[str, Any]) -> None:
+        self.typing_done(payload["message"].id)
+
+    def typing_done(self, message_id: UUID) -> None:
         typing = self._typing.pop(message_id, None)
         if typing is not None:
             typing.stop()
