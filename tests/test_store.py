@@ -414,3 +414,25 @@ async def test_concurrent_writes(store: SqlStore, agent_id: uuid.UUID) -> None:
     assert await store.count_memories(agent_id=agent_id, room_id=room) == 40
     assert (await store.get_entity(entity_id)).names == [f"n{i}" for i in range(10)]
     assert len(await store.search_memories_by_embedding([1.0, 0.0], agent_id=agent_id, count=100)) == 40
+
+
+async def test_postgresql_connections_per_process_are_bounded_by_database_pool_size(tmp_path: Path) -> None:
+    """DATABASE_POOL_SIZE connections for queries plus one for the room coordinator, never more:
+    the call that needs one more waits for a free one instead of opening it."""
+    import os
+
+    url = os.environ.get("TEST_DATABASE_URL")
+    if not url:
+        pytest.skip("set TEST_DATABASE_URL to run the PostgreSQL store tests")
+    store = create_store(Settings(_env_file=None, data_dir=tmp_path, database_url=url, database_pool_size=2))
+    try:
+        pool = store.engine.pool
+        assert (pool.size(), pool._max_overflow) == (3, 0)
+        held = [await store.engine.connect() for _ in range(3)]
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await store.engine.connect()  # the fourth waits for one of the three
+        for conn in held:
+            await conn.close()
+    finally:
+        await store.close()
