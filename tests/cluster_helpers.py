@@ -10,9 +10,15 @@ process asked::
         cluster.deliverer.deliver({"message": cluster.telegram.message(user, chat, "hi")})
         await wait_until(lambda: len(cluster.telegram.calls_to("sendMessage")) == 1, 30, "a reply")
 
+With `discord=FakeDiscord(recommended_shards=n)` (its world of guilds and channels set up, not yet
+started), the cluster runs it too: p0 .. p{n-1} each run one shard of n (SHARD_COUNT, SHARD_IDS), the
+other processes no Discord at all; the test dispatches gateway events with `cluster.discord.dispatch`.
+
 `ReplyLedger` reads the fake's sendMessage calls back as "which message did each reply answer"
 (the reply_parameters.message_id the outbox sends) and lists what was answered never, twice or out
-of order; `Cluster.report()` adds what each process did and the end of its log, for failure messages.
+of order; `DiscordLedger` does the same with the messages the bot created on the fake Discord (the
+message_reference of each); `Cluster.report()` adds what each process did and the end of its log,
+for failure messages.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +45,7 @@ import asyncpg
 from aiohttp import web
 from sqlalchemy.engine import make_url
 
+from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.telegram_api import Call, FakeTelegram
 from tests.fakes.telegram_webhooks import WebhookDeliverer
@@ -246,6 +254,7 @@ class Cluster:
     processes: list[BotProcess]
     http: aiohttp.ClientSession
     ready_after: dict[str, float] = field(default_factory=dict)  # seconds from spawn to ready, per process
+    discord: FakeDiscord | None = None  # with its shards run by p0 .. p{SHARD_COUNT-1}
 
     @property
     def live(self) -> list[BotProcess]:
@@ -257,13 +266,20 @@ class Cluster:
         values = await asyncio.gather(*(p.metric(self.http, "parley_queue_depth") for p in live))
         return {p.name: v for p, v in zip(live, values, strict=True)}
 
+    def last_reply_at(self, default: float) -> float:
+        """When the latest sendMessage (or Discord message) came, on the monotonic clock."""
+        times = [c.at for c in self.telegram.calls_to("sendMessage")]
+        if self.discord is not None:
+            times += [r.at for r in discord_replies(self.discord)]
+        return max(times, default=default)
+
     async def wait_idle(self, quiet: float, timeout: float = 30.0) -> None:
         """Until every update is delivered, every live process's queue is empty and no sendMessage
-        came for `quiet` seconds (long enough for any process to pick up work left behind)."""
+        (nor Discord message) came for `quiet` seconds (long enough for any process to pick up work
+        left behind)."""
         started = time.monotonic()
         while True:
-            sent = self.telegram.calls_to("sendMessage")
-            last = max((c.at for c in sent), default=started)
+            last = self.last_reply_at(default=started)
             depths = await self.queue_depths()
             now = time.monotonic()
             if not self.deliverer.pending and all(v == 0 for v in depths.values()) and now - max(last, started) >= quiet:
@@ -271,7 +287,7 @@ class Cluster:
             if now - started > timeout:
                 raise AssertionError(f"not idle within {timeout:.0f}s: queue depths {depths}, "
                                      f"{len(self.deliverer.pending)} update(s) undelivered, "
-                                     f"last sendMessage {now - last:.1f}s ago\n{self.report()}")
+                                     f"last reply {now - last:.1f}s ago\n{self.report()}")
             await asyncio.sleep(0.1)
 
     def report(self, log_lines: int = 12) -> str:
@@ -283,6 +299,10 @@ class Cluster:
             lines.append(f"{p.name} ({p.url}, {state}): accepted {accepted} update(s), "
                          f"{self.model.calls_by[p.name]} model call(s); log {p.log_path}")
             lines.append(p.log_tail(log_lines))
+        if self.discord is not None:
+            sessions = {shard: s.connected for shard, s in sorted(self.discord.sessions.items())}
+            senders = Counter(sender_of(r) for r in discord_replies(self.discord))
+            lines.append(f"Discord: shard sockets up {sessions}; messages created by {dict(senders)}")
         failed = self.deliverer.failed_attempts()
         if failed:
             lines.append(f"{len(failed)} delivery attempt(s) refused or failed, e.g. "
@@ -301,28 +321,51 @@ def process_env(tmp_path: Path, name: str, model: ClusterModel, telegram: FakeTe
     )
 
 
+def discord_env(discord: FakeDiscord | None, shard: int | None) -> dict[str, str]:
+    """The Discord settings of one process: shard `shard` of the fake's `recommended_shards`, or none
+    (no token, whatever this process's environment holds)."""
+    if discord is None or shard is None:
+        return {"DISCORD_API_TOKEN": ""}
+    return {"DISCORD_API_TOKEN": discord.token, "DISCORD_API_BASE": discord.api_base,
+            "DISCORD_GATEWAY_URL": discord.gateway_url, "SHARD_COUNT": str(discord.recommended_shards),
+            "SHARD_IDS": str(shard)}
+
+
 @asynccontextmanager
 async def running_cluster(tmp_path: Path, count: int, admin_url: str, *, model_delay: float = 0.0,
-                          ready_timeout: float = 90.0, **overrides: str) -> AsyncIterator[Cluster]:
+                          ready_timeout: float = 90.0, discord: FakeDiscord | None = None,
+                          **overrides: str) -> AsyncIterator[Cluster]:
     """`count` processes on a fresh database of `admin_url`'s server, all ready, with a deliverer in
-    front; on exit the live ones get SIGTERM (a process that fails to stop cleanly fails the test)."""
+    front; on exit the live ones get SIGTERM (a process that fails to stop cleanly fails the test).
+
+    `discord`, not yet started: started here, its `recommended_shards` shards run one each by the first
+    processes (all of them connected before this yields); the other processes run no Discord."""
+    shards = discord.recommended_shards if discord is not None else 0
+    assert shards <= count, f"{shards} Discord shards need at least as many processes, not {count}"
     async with AsyncExitStack() as stack:
         telegram = await stack.enter_async_context(FakeTelegram(TOKEN))
         model = ClusterModel(model_delay)
         await stack.enter_async_context(model)
+        if discord is not None:
+            await discord.start()
+            stack.push_async_callback(discord.stop)  # after the processes have stopped
         database_url = await stack.enter_async_context(fresh_database(admin_url))
         http = await stack.enter_async_context(aiohttp.ClientSession())
         processes: list[BotProcess] = []
         try:
             for index in range(count):
                 name = f"p{index}"
-                env = process_env(tmp_path, name, model, telegram, free_port(), database_url, **overrides)
+                env = process_env(tmp_path, name, model, telegram, free_port(), database_url,
+                                  **{**discord_env(discord, index if index < shards else None), **overrides})
                 processes.append(await BotProcess.start(name, env, tmp_path / f"{name}.log"))
+            # /ready includes each connector: a Discord process is ready once its client is.
             took = await asyncio.gather(*(p.wait_ready(http, ready_timeout) for p in processes))
             ready = {p.name: round(t, 1) for p, t in zip(processes, took, strict=True)}
+            if discord is not None:
+                await discord.wait_connected(ready_timeout, shards=range(shards))
             deliverer = WebhookDeliverer(telegram, [p.url for p in processes], secret=WEBHOOK_SECRET)
             async with deliverer:
-                yield Cluster(telegram, model, deliverer, processes, http, ready)
+                yield Cluster(telegram, model, deliverer, processes, http, ready, discord)
         finally:
             codes = await asyncio.gather(*(p.stop() for p in processes), return_exceptions=True)
         unclean = [(p, c) for p, c in zip(processes, codes, strict=True) if not p.killed and c != 0]
@@ -346,11 +389,30 @@ def reply_of(call: Call) -> Reply:
                  str(params.get("text", "")), call.at)
 
 
+def discord_replies(discord: FakeDiscord) -> list[Reply]:
+    """The messages the bot created on the fake Discord, in the order it received them, as Replies:
+    chat_id the channel, reply_to the message its message_reference names, `at` the fake's
+    timestamp (wall clock) moved onto the monotonic clock, nudged so that it grows with that order."""
+    to_monotonic = time.monotonic() - time.time()
+    replies: list[Reply] = []
+    for message in list(discord.messages):
+        body = message.get("sent_body") or {}
+        reply_to = (body.get("message_reference") or {}).get("message_id")
+        at = datetime.fromisoformat(message["timestamp"]).timestamp() + to_monotonic
+        at = max(at, replies[-1].at + 1e-6) if replies else at
+        replies.append(Reply(int(message["channel_id"]), int(reply_to) if reply_to is not None else None,
+                             str(body.get("content") or ""), at))
+    return replies
+
+
 class ReplyLedger:
     """The replies FakeTelegram was sent, keyed by (chat id, message id answered)."""
 
     def __init__(self, telegram: FakeTelegram) -> None:
-        self.replies = [reply_of(c) for c in telegram.calls_to("sendMessage", ok=True)]
+        self._index([reply_of(c) for c in telegram.calls_to("sendMessage", ok=True)])
+
+    def _index(self, replies: list[Reply]) -> None:
+        self.replies = replies  # in the order they were sent
         self.by_message: defaultdict[tuple[int, int | None], list[Reply]] = defaultdict(list)
         for reply in self.replies:
             self.by_message[(reply.chat_id, reply.reply_to)].append(reply)
@@ -397,6 +459,14 @@ class ReplyLedger:
                 shown = ", ".join(f"{r.reply_to} ({sender_of(r)})" for r in first)
                 problems.append(f"chat {chat_id} answered out of order: replies to {shown}")
         return problems
+
+
+class DiscordLedger(ReplyLedger):
+    """The messages the bot created on FakeDiscord, keyed by (channel id, message id answered: the
+    message_reference discord.py sends with a reply's first chunk)."""
+
+    def __init__(self, discord: FakeDiscord) -> None:
+        self._index(discord_replies(discord))
 
 
 def _keys(keys: list[tuple[int, int]], limit: int = 10) -> str:
