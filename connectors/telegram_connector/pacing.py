@@ -21,8 +21,12 @@ from typing import Any
 from telegram.ext import AIORateLimiter
 
 from bot.budgets import MemoryBudget, SendBudget
+from bot.delivery import before_send
 
 OVERALL_PER_SECOND = 30
+# Requests that show a message in the chat (typing indicators, button answers and edits of buttons do not).
+VISIBLE = frozenset({"sendMessage", "sendVoice", "sendPhoto", "sendDocument", "sendAudio", "sendVideo",
+                     "sendAnimation", "sendMediaGroup", "sendSticker"})
 
 
 def bot_budget_key(token: str) -> str:
@@ -86,6 +90,8 @@ class BudgetRateLimiter(AIORateLimiter):
 
         async def paced(*call_args: Any, **call_kwargs: Any) -> Any:
             await self.budget.wait(self.key, rate=OVERALL_PER_SECOND, burst=OVERALL_PER_SECOND)
+            if endpoint in VISIBLE:
+                await before_send()  # every wait is behind us: this request shows the reply
             return await callback(*call_args, **call_kwargs)
 
         return await super().process_request(paced, args, kwargs, endpoint, data, rate_limit_args)

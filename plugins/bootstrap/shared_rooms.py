@@ -19,12 +19,14 @@ from functools import partial
 from typing import TYPE_CHECKING
 from uuid import UUID
 
+from bot.delivery import recording_sends
 from bot.plugin import HandlerCallback
 from bot.runtime import RunOutcome
 from bot.store.coordination import PgCoordinator, SoloCoordinator
-from bot.types import ChannelType, Content, Memory, now_ms
+from bot.types import ChannelType, Memory, now_ms
 
 from .pipeline import Job
+from .run_states import RunStates
 
 if TYPE_CHECKING:
     from .dispatcher import MessageDispatcher
@@ -34,6 +36,23 @@ log = logging.getLogger(__name__)
 FINAL = {"done": "completed", "failed": "error", "expired": "expired"}
 PENDING_BATCH = 20  # a run needs the room's oldest messages only (is another waiting behind it?)
 PREPARE_STALE = 120  # seconds: a message still "preparing" this long lost its process
+
+
+class SendingMark:
+    """Records "sending" before a run's first reply becomes visible (connectors call it after their
+    rate-limit waits, see bot/delivery.py), so a process taking the room over after this one died
+    does not answer the message again: a reply may be lost in that instant, never doubled."""
+
+    def __init__(self, run_states: RunStates, message_id: UUID) -> None:
+        self.run_states, self.message_id = run_states, message_id
+        self.recorded = False
+        self.closed = False  # the run is over: a late background send must not reopen its state
+
+    async def record(self) -> None:
+        if not self.recorded and not self.closed:
+            self.recorded = True
+            self.run_states.mark(self.message_id, "sending")
+            await self.run_states.flush()
 
 
 class SharedRooms:
@@ -83,6 +102,8 @@ class SharedRooms:
                     # Checked after letting the claim go: a message stored while we held it was
                     # refused the claim by us, so it is visible now and nobody else is on it.
                     return
+        except Exception as error:  # the database went away mid-run: the sweep comes back to the room
+            log.warning("room %s: could not run its queue (%s); retrying at the next sweep", room_id, error)
         finally:
             self.workers.pop(room_id, None)
 
@@ -101,8 +122,8 @@ class SharedRooms:
             try:
                 await dispatcher.run_states.flush()  # our last run's end is what the next claimant reads
                 pending = await self._pending(room_id)
-                if not dispatcher.accepting:
-                    pending = [m for m in pending if m.id in self.local]  # shutting down: only our own
+                if not dispatcher.accepting and pending and pending[0].id not in self.local:
+                    return None  # shutting down: only our own messages, and only in their turn
                 answered = await dispatcher.answered([m for m in pending if m.id not in self.local])
                 for message in [m for m in pending if m.id in answered]:
                     await self._finish(message.id, "done")
@@ -116,8 +137,10 @@ class SharedRooms:
                     outcome = RunOutcome(status="ignored", run_id=job.run_id, error="superseded")
                 else:
                     dispatcher.run_states.mark(message.id, "running")
-                    job.callback = self._recorded(message.id, job.callback)
-                    outcome = await dispatcher.run_job(room_id, job, future)
+                    sending = SendingMark(dispatcher.run_states, message.id)
+                    with recording_sends(sending.record):
+                        outcome = await dispatcher.run_job(room_id, job, future)
+                    sending.closed = True
                 if future is not None and not future.done():
                     future.set_result(outcome)
                 await self._finish(message.id, "failed" if outcome.status == "error" else "done")
@@ -139,24 +162,6 @@ class SharedRooms:
         if room is not None and room.type != ChannelType.API:
             callback = partial(self.runtime.send_message_to_room, message.room_id)
         return Job(message, callback)
-
-    def _recorded(self, message_id: UUID, callback: HandlerCallback | None) -> HandlerCallback:
-        """The run's reply callback, recording "sending" before the first reply goes out.
-
-        A run cut short after that (its process killed between sending and storing the reply) is
-        not run again by the process taking the room over: a reply may be lost, never doubled.
-        """
-        run_states, recorded = self.dispatcher.run_states, False
-
-        async def send(content: Content) -> list[str]:
-            nonlocal recorded
-            if not recorded:
-                run_states.mark(message_id, "sending")
-                await run_states.flush()
-                recorded = True
-            return await callback(content) if callback is not None else []
-
-        return send
 
     async def _finish(self, message_id: UUID, state: str) -> None:
         self.dispatcher.run_states.mark(message_id, state)  # type: ignore[arg-type]
