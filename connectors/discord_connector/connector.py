@@ -2,7 +2,8 @@
 
 Etiquette enforced here: never answer itself or (by default) other bots, only allowlisted channels,
 replies split at 2,000 characters, the first chunk replying to the message, no @everyone/role pings,
-a per-channel pace under Discord's own limit, and a 403 logged once per channel instead of crashing.
+each channel's and the bot's sends paced under Discord's limits across processes (pacing.py), and a
+403 logged once per channel instead of crashing.
 Duplicate deliveries after a gateway RESUME are dropped by the pipeline's dedupe on message id.
 """
 
@@ -13,28 +14,28 @@ import io
 import logging
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import discord
-from aiolimiter import AsyncLimiter
 
 from bot.lru import LRU
 from bot.plugin import Connector, MessagePreparer
 from bot.runtime import AgentRuntime, MessageTicket, ShuttingDown
 from bot.sanitize import clean_text
+from bot.store.budgets import send_budget
 from bot.types import Content, Memory, MentionContext, Room
 
 from .chunking import split_message
 from .client import SAFE_MENTIONS, configure_endpoints, make_client, shard_plan
 from .events import SOURCE, Mapper, message_key
+from .pacing import DiscordLimits, DiscordPacer
 from .views import build_view, cache_key
 from .voice import VoiceManager
 
 log = logging.getLogger(__name__)
 
-CHANNEL_PACE = (5, 5.0)  # messages per seconds per channel: Discord's documented per-channel limit
-MAX_PACED_CHANNELS = 4096  # per-channel state (pace, "403 logged") is kept for this many channels
+MAX_FORBIDDEN_CHANNELS = 4096  # channels whose 403 is remembered as logged
 TYPING_LIMIT = 120.0  # never show "typing…" longer than this, whatever happens to the run
 ANSWERED_TYPES = {discord.MessageType.default, discord.MessageType.reply}
 RESTARTING = "I'm restarting; try again in a moment."
@@ -48,6 +49,7 @@ class DiscordConnector(Connector):
     service_type = "discord"
     source = SOURCE
     guild_ready_timeout: float = 2.0  # how long discord.py waits for more GUILD_CREATEs before "ready"
+    limits: ClassVar[DiscordLimits] = DiscordLimits()  # Discord's; tests scale them down
 
     def __init__(self, runtime: AgentRuntime) -> None:
         super().__init__(runtime)
@@ -58,8 +60,9 @@ class DiscordConnector(Connector):
         self.client: discord.Client | None = None
         self._task: asyncio.Task[None] | None = None
         self._order: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._pace: LRU[int, AsyncLimiter] = LRU(MAX_PACED_CHANNELS)
-        self._forbidden: LRU[int, bool] = LRU(MAX_PACED_CHANNELS)  # channels whose 403 was logged
+        # Shared by every process of this bot on a PostgreSQL store; keyed by the bot's id once logged in.
+        self.pacer = DiscordPacer(send_budget(runtime.store), self.limits)
+        self._forbidden: LRU[int, bool] = LRU(MAX_FORBIDDEN_CHANNELS)  # channels whose 403 was logged
 
     # Lifecycle ---------------------------------------------------------------------------------------
     @property
@@ -97,6 +100,8 @@ class DiscordConnector(Connector):
                 raise RuntimeError(f"cannot reach Discord at {self.settings.discord_api_base} ({error}); "
                                    "Fix: check the network and DISCORD_API_BASE") from None
             raise
+        assert self.client.user is not None  # login() fetched it
+        self.pacer.bind(self.client.user.id, self.client.http)
         self._task = asyncio.create_task(self._run(), name="discord-gateway")
 
     async def _run(self) -> None:
@@ -197,11 +202,6 @@ class DiscordConnector(Connector):
     def _channel_sender(self, channel: discord.abc.Messageable) -> SendOne:
         return channel.send
 
-    def _limiter(self, channel_id: int) -> AsyncLimiter:
-        limiter = self._pace.get(channel_id) or AsyncLimiter(*CHANNEL_PACE)
-        self._pace[channel_id] = limiter  # written on every use, so the busiest channels stay
-        return limiter
-
     async def deliver(self, channel: Any, content: Content, send_one: SendOne,
                       reference: discord.Message | discord.PartialMessage | None = None) -> list[str]:
         """Send one reply (several messages when long) and return their platform keys."""
@@ -220,8 +220,8 @@ class DiscordConnector(Connector):
             if index == len(chunks) - 1:
                 options.update({"files": files} if files else {}, **({"view": view} if view else {}))
             try:
-                async with self._limiter(channel.id):
-                    sent = await send_one(**options)
+                await self.pacer.channel(channel.id)
+                sent = await send_one(**options)
             except discord.Forbidden as error:
                 if channel.id not in self._forbidden:
                     self._forbidden[channel.id] = True
