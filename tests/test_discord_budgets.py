@@ -210,3 +210,30 @@ async def test_the_connector_paces_a_burst_through_the_budget_it_shares(
         await other.dispose()
         await model.stop()
         await fake.stop()
+
+
+async def test_a_message_post_is_announced_after_the_bot_s_budget_wait_and_typing_is_not() -> None:
+    """bot.delivery.before_send marks the run "sending" (several processes): right before the request
+    that shows the message, after the bot's budget wait; typing shows no message."""
+    import discord
+
+    from bot.delivery import recording_sends
+
+    events: list[str] = []
+
+    class WaitingBudget(MemoryBudget):
+        async def wait(self, key: str, *, rate: float, per: float = 1.0, burst: int = 1) -> None:
+            events.append("waited")
+
+    async def hook() -> None:
+        events.append("sending")
+
+    async def request(route: discord.http.Route, **options: Any) -> None:
+        events.append(route.path.rsplit("/", 1)[-1])
+
+    http = SimpleNamespace(request=request)
+    DiscordPacer(WaitingBudget()).bind(1, http)  # type: ignore[arg-type]
+    with recording_sends(hook):
+        await http.request(discord.http.Route("POST", "/channels/{channel_id}/typing", channel_id=5))
+        await http.request(discord.http.Route("POST", "/channels/{channel_id}/messages", channel_id=5))
+    assert events == ["waited", "typing", "waited", "sending", "messages"]

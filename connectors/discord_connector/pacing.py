@@ -33,6 +33,9 @@ from typing import Any
 import discord
 
 from bot.budgets import MemoryBudget, SendBudget
+from bot.delivery import before_send
+
+VISIBLE = ("POST", "/channels/{channel_id}/messages")  # the request that shows a message in a channel
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,8 @@ class DiscordPacer:
 
         async def paced(route: discord.http.Route, **options: Any) -> Any:
             await self.request()
+            if (route.method, route.path) == VISIBLE:
+                await before_send()  # every wait is behind us: this request shows the reply
             return await request(route, **options)
 
         http.request = paced  # type: ignore[method-assign]
