@@ -635,3 +635,20 @@ async def test_lone_surrogates_in_edits_and_ask_are_replaced_not_fatal(
         assert stored.content.text == "edited \ufffd words"
     finally:
         await runner.stop()
+
+
+async def test_typing_shows_for_the_run_in_progress_not_for_every_queued_message(
+        bot: Bot, discord_fake: FakeDiscord, model: FakeOpenAI) -> None:
+    """Three mentions in a row while the model takes a second over the first: "typing…" goes out for
+    the one being answered, not for the two waiting (each refresh costs a request of the bot's budget)."""
+    from tests.fakes.openai_server import Hang
+
+    model.script(Hang(seconds=1.0))
+    mention = f"<@{discord_fake.bot['id']}>"
+    for n in range(3):
+        await say(discord_fake, GENERAL, f"{mention} question {n}", mentions=[discord_fake.bot])
+    await discord_fake.wait_for_messages(3, timeout=20)
+    paths = [r.path for r in discord_fake.requests if r.method == "POST"]
+    first_reply = next(i for i, p in enumerate(paths) if p.endswith(f"/channels/{GENERAL}/messages"))
+    assert sum(p.endswith(f"/channels/{GENERAL}/typing") for p in paths[:first_reply]) == 1
+    assert sum(p.endswith(f"/channels/{GENERAL}/typing") for p in paths) == 3  # one per run, none left over

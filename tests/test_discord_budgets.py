@@ -110,7 +110,7 @@ async def test_keys_name_the_bot_s_id_never_its_token() -> None:
     http = SimpleNamespace(request=request)
     pacer.bind(BOT_ID, http)  # type: ignore[arg-type]
     await pacer.channel(GENERAL)
-    assert await http.request(SimpleNamespace(path="/channels/600/typing")) == "ok"
+    assert await http.request(SimpleNamespace(method="POST", path="/channels/600/typing")) == "ok"
     assert called == ["/channels/600/typing"]
     assert [(key, interval, burst) for key, interval, burst, _ in budget.slots] == [
         (f"discord:{BOT_ID}:channel:{GENERAL}", 1.0, 5), (f"discord:{BOT_ID}:all", pytest.approx(1 / 40), 10)]
@@ -120,7 +120,7 @@ async def test_keys_name_the_bot_s_id_never_its_token() -> None:
 async def test_on_sqlite_the_connector_keeps_its_budget_in_memory(sqlite_store: SqlStore, tmp_path: Path) -> None:
     settings = make_settings(tmp_path, discord_api_token=TOKEN)
     connector = DiscordConnector(SimpleNamespace(settings=settings, store=sqlite_store,  # type: ignore[arg-type]
-                                                 agent_id=uuid.uuid4()))
+                                                 agent_id=uuid.uuid4(), on=lambda *subscription: None))
     assert type(connector.pacer.budget) is MemoryBudget
     assert connector.pacer.limits == DiscordLimits(5, 1.0, 10, 40.0)
 

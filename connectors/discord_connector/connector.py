@@ -30,13 +30,13 @@ from .chunking import split_message
 from .client import SAFE_MENTIONS, configure_endpoints, make_client, shard_plan
 from .events import SOURCE, Mapper, message_key
 from .pacing import DiscordLimits, DiscordPacer
+from .typing_indicator import TypingIndicators
 from .views import build_view, cache_key
 from .voice import VoiceManager
 
 log = logging.getLogger(__name__)
 
 MAX_FORBIDDEN_CHANNELS = 4096  # channels whose 403 is remembered as logged
-TYPING_LIMIT = 120.0  # never show "typing…" longer than this, whatever happens to the run
 ANSWERED_TYPES = {discord.MessageType.default, discord.MessageType.reply}
 RESTARTING = "I'm restarting; try again in a moment."
 NOTHING_TO_ADD = "I've nothing to add to that one."
@@ -63,6 +63,7 @@ class DiscordConnector(Connector):
         # Shared by every process of this bot on a PostgreSQL store; keyed by the bot's id once logged in.
         self.pacer = DiscordPacer(send_budget(runtime.store), self.limits)
         self._forbidden: LRU[int, bool] = LRU(MAX_FORBIDDEN_CHANNELS)  # channels whose 403 was logged
+        self.typing = TypingIndicators(self)
 
     # Lifecycle ---------------------------------------------------------------------------------------
     @property
@@ -182,21 +183,14 @@ class DiscordConnector(Connector):
         async def reply(content: Content) -> list[str]:
             return await self.deliver(channel, content, send_one, reference)
 
+        if not typing:
+            self.typing.quiet(memory.id)
         try:
             ticket = await self.runtime.receive_message(memory, reply, prepare=prepare)
         except ShuttingDown as error:
             log.info("Discord message %s not accepted: %s", memory.id, error)
             return None
-        if typing and self.runtime.is_addressed(memory) and not ticket.duplicate:
-            self.runtime.run_in_background(self._typing(channel, ticket.outcome), f"discord-typing-{channel.id}")
         return ticket
-
-    async def _typing(self, channel: Any, outcome: asyncio.Future[Any]) -> None:
-        try:
-            async with channel.typing():
-                await asyncio.wait_for(asyncio.shield(outcome), TYPING_LIMIT)
-        except (discord.HTTPException, TimeoutError) as error:
-            log.debug("typing indicator in %s stopped: %s", channel.id, error)
 
     # Outgoing ------------------------------------------------------------------------------------------------
     def _channel_sender(self, channel: discord.abc.Messageable) -> SendOne:
@@ -205,6 +199,8 @@ class DiscordConnector(Connector):
     async def deliver(self, channel: Any, content: Content, send_one: SendOne,
                       reference: discord.Message | discord.PartialMessage | None = None) -> list[str]:
         """Send one reply (several messages when long) and return their platform keys."""
+        if content.in_reply_to is not None:
+            self.typing.stop(content.in_reply_to)
         links = [a.url for a in content.attachments if a.data is None and a.url]
         chunks = split_message("\n".join([content.text, *links]).strip())
         files = [discord.File(io.BytesIO(a.data), filename=a.title or a.id) for a in content.attachments
