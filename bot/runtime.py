@@ -187,7 +187,13 @@ class AgentRuntime(ModelsMixin, ActionsMixin):
                 self.events.on(event, handler)
 
     async def stop(self) -> None:
-        """Stop services in reverse start order; one failing stop does not block the others."""
+        """Stop services in reverse start order; one failing stop does not block the others.
+
+        Runs still in progress are cut short (`App.stop` drains first, with SHUTDOWN_TIMEOUT), so
+        nothing writes to the store after this returns and the store can be closed.
+        """
+        if self.message_handler is not None:
+            await self.message_handler.drain(0)
         await self.flush_usage()
         for service in reversed(self.services):
             try:
