@@ -177,10 +177,13 @@ class SharedRooms:
         del self.local[message_id]
         waiting[1].set_result(RunOutcome(status=FINAL[state], run_id=waiting[0].run_id))
 
-    async def _settle_waiting(self) -> None:
-        """Announcements can be missed (a dropped connection): read the states instead."""
+    async def _settle_waiting(self, cutoff: int) -> None:
+        """Announcements can be missed (a dropped connection): read the states instead. A message
+        left "sending" by a process that died stays so; past RESUME_WINDOW nobody will finish it."""
         states = await self.runtime.store.run_states_of(list(self.local))
         for message_id, state in states.items():
+            if state == "sending" and self.local[message_id][0].message.created_at < cutoff:
+                state = "done"
             if state in FINAL:
                 self._announced(message_id, state)
 
@@ -208,7 +211,7 @@ class SharedRooms:
         if expired:
             log.info("%d unanswered message(s) older than RESUME_WINDOW (%.0fs) expired, not answered",
                      expired, self.window)
-        await self._settle_waiting()
+        await self._settle_waiting(cutoff)
         for room_id in await store.rooms_with_unfinished(agent_id, since=cutoff):
             self.wake(room_id)
 
