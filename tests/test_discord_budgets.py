@@ -218,22 +218,16 @@ async def test_a_message_post_is_announced_after_the_bot_s_budget_wait_and_typin
     import discord
 
     from bot.delivery import recording_sends
+    from tests.test_send_budgets import SendLog
 
-    events: list[str] = []
-
-    class WaitingBudget(MemoryBudget):
-        async def wait(self, key: str, *, rate: float, per: float = 1.0, burst: int = 1) -> None:
-            events.append("waited")
-
-    async def hook() -> None:
-        events.append("sending")
+    sends = SendLog()
 
     async def request(route: discord.http.Route, **options: Any) -> None:
-        events.append(route.path.rsplit("/", 1)[-1])
+        sends.note(route.path.rsplit("/", 1)[-1])
 
     http = SimpleNamespace(request=request)
-    DiscordPacer(WaitingBudget()).bind(1, http)  # type: ignore[arg-type]
-    with recording_sends(hook):
+    DiscordPacer(sends.budget).bind(1, http)  # type: ignore[arg-type]
+    with recording_sends(sends.hook):
         await http.request(discord.http.Route("POST", "/channels/{channel_id}/typing", channel_id=5))
         await http.request(discord.http.Route("POST", "/channels/{channel_id}/messages", channel_id=5))
-    assert events == ["waited", "typing", "waited", "sending", "messages"]
+    assert sends.events == ["waited", "typing", "waited", "sending", "messages"]

@@ -132,30 +132,43 @@ async def test_pacer_and_rate_limiter_draw_on_the_bot_s_keys() -> None:
     ]
 
 
+class SendLog:
+    """In order: budget waits ("waited"), the before_send hook ("sending") and what `note` is told."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        log = self.events
+
+        class WaitingBudget(MemoryBudget):
+            async def wait(self, key: str, *, rate: float, per: float = 1.0, burst: int = 1) -> None:
+                log.append("waited")
+
+        self.budget = WaitingBudget()
+
+    async def hook(self) -> None:
+        self.events.append("sending")
+
+    def note(self, event: str) -> None:
+        self.events.append(event)
+
+
 async def test_a_visible_send_is_announced_after_the_bot_s_budget_wait_and_typing_is_not() -> None:
     """bot.delivery.before_send marks the run "sending" (several processes): only once every wait is
     over, right before the request that shows the message, so a kill during the wait loses nothing."""
     from bot.delivery import recording_sends
 
-    events: list[str] = []
-
-    class WaitingBudget(MemoryBudget):
-        async def wait(self, key: str, *, rate: float, per: float = 1.0, burst: int = 1) -> None:
-            events.append("waited")
-
-    async def hook() -> None:
-        events.append("sending")
+    sends = SendLog()
 
     async def send(endpoint: str) -> bool:
-        events.append(endpoint)
+        sends.note(endpoint)
         return True
 
-    limiter = BudgetRateLimiter(WaitingBudget(), bot_budget_key(TOKEN))
-    with recording_sends(hook):
+    limiter = BudgetRateLimiter(sends.budget, bot_budget_key(TOKEN))
+    with recording_sends(sends.hook):
         await limiter.process_request(send, ("sendChatAction",), {}, "sendChatAction", {"chat_id": 42}, None)
         await limiter.process_request(send, ("sendMessage",), {}, "sendMessage", {"chat_id": 42}, None)
     await limiter.process_request(send, ("sendMessage",), {}, "sendMessage", {"chat_id": 42}, None)  # no run
-    assert events == ["waited", "sendChatAction", "waited", "sending", "sendMessage", "waited", "sendMessage"]
+    assert sends.events == ["waited", "sendChatAction", "waited", "sending", "sendMessage", "waited", "sendMessage"]
 
 
 def test_a_budget_key_never_holds_the_token_s_secret() -> None:
