@@ -548,6 +548,36 @@ async def test_webhook_mode_checks_the_secret(tmp_path: Path, telegram: FakeTele
         assert not telegram.calls_to("deleteWebhook"), "webhook mode does not poll"
 
 
+async def test_a_webhook_update_that_cannot_be_stored_is_refused_so_telegram_retries_it(
+        tmp_path: Path, telegram: FakeTelegram, model: FakeOpenAI) -> None:
+    """A 200 tells Telegram to forget the update: it is only given once the message is stored."""
+    import sqlalchemy as sa
+
+    async with running_bot(tmp_path, telegram, model, telegram_webhook_url="https://bot.example.com/telegram/webhook",
+                           telegram_webhook_secret="right-secret") as app:
+        store = app.runtime.store
+        create = store.create_memory
+
+        async def database_away(*args: Any, **kwargs: Any) -> bool:
+            raise sa.exc.OperationalError("INSERT", {}, Exception("the database is away"))
+
+        endpoint = f"http://127.0.0.1:{app.server.port}/telegram/webhook"
+        update = telegram.new_update({"message": telegram.message(ADA, DM, "are you there?")})
+        headers = {"X-Telegram-Bot-Api-Secret-Token": "right-secret"}
+        async with aiohttp.ClientSession() as http:
+            store.create_memory = database_away  # type: ignore[method-assign]
+            async with http.post(endpoint, json=update, headers=headers) as response:
+                assert response.status == 500
+            store.create_memory = create  # type: ignore[method-assign]
+            for _ in range(2):  # Telegram's retry, and one more: stored once, answered once
+                async with http.post(endpoint, json=update, headers=headers) as response:
+                    assert response.status == 200
+        (sent,) = await telegram.wait_for("sendMessage")
+        assert sent["reply_parameters"]["message_id"] == update["message"]["message_id"]
+        await app.runtime.message_handler.drain(5)
+        assert len(telegram.calls_to("sendMessage")) == 1
+
+
 def test_the_derived_webhook_secret_is_not_the_token(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, "http://127.0.0.1:9/v1", telegram_bot_token=TOKEN)
     secret = webhook_secret(settings)

@@ -142,13 +142,22 @@ class Store(ABC):
         """Record how far received messages' processing got, in one batch."""
 
     @abstractmethod
-    async def unfinished_messages(self, agent_id: uuid.UUID, *, since: int, room_id: uuid.UUID | None = None,
-                                  limit: int | None = None) -> list[Memory]:
-        """Messages queued or running, created at or after `since` (ms), oldest first (in one room)."""
+    async def unfinished_messages(self, agent_id: uuid.UUID, *, since: int) -> list[Memory]:
+        """Messages queued or running, created at or after `since` (ms), oldest first."""
+
+    @abstractmethod
+    async def room_queue(self, agent_id: uuid.UUID, room_id: uuid.UUID, *, since: int,
+                         limit: int) -> list[tuple[Memory, RunState]]:
+        """The room's oldest messages being prepared, queued or running (at or after `since`), with their states."""
 
     @abstractmethod
     def coordinator(self) -> SoloCoordinator | PgCoordinator:
         """How this process shares rooms with other processes on the same database."""
+
+    @abstractmethod
+    async def advance_run_state(self, memory_id: uuid.UUID, state: RunState, *, from_states: Sequence[str]) -> bool:
+        """Set `state` only if the stored state is one of `from_states`; True when it was set. Several
+        processes may race for one message: only one moves it on."""
 
     @abstractmethod
     async def rooms_with_unfinished(self, agent_id: uuid.UUID, *, since: int) -> list[uuid.UUID]:

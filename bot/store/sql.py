@@ -502,16 +502,29 @@ class SqlStore(Store):
         states = [sa.literal_column(f"'{state}'") for state in UNFINISHED]
         return [memories.c.agent_id == str(agent_id), memories.c.run_state.in_(states)]
 
-    async def unfinished_messages(self, agent_id: uuid.UUID, *, since: int, room_id: uuid.UUID | None = None,
-                                  limit: int | None = None) -> list[Memory]:
-        where = [*self._unfinished(agent_id), memories.c.created_at >= since]
-        if room_id is not None:
-            where.append(memories.c.room_id == str(room_id))
+    async def unfinished_messages(self, agent_id: uuid.UUID, *, since: int) -> list[Memory]:
         rows = await self._rows(
-            sa.select(*_MEMORY_COLUMNS).select_from(_MEMORY_FROM).where(*where)
-            .order_by(memories.c.created_at, memories.c.id).limit(limit)
+            sa.select(*_MEMORY_COLUMNS).select_from(_MEMORY_FROM)
+            .where(*self._unfinished(agent_id), memories.c.created_at >= since)
+            .order_by(memories.c.created_at, memories.c.id)
         )
         return [_memory(row) for row in rows]
+
+    async def room_queue(self, agent_id: uuid.UUID, room_id: uuid.UUID, *, since: int,
+                         limit: int) -> list[tuple[Memory, RunState]]:
+        rows = await self._rows(
+            sa.select(*_MEMORY_COLUMNS).select_from(_MEMORY_FROM)
+            .where(memories.c.agent_id == str(agent_id), memories.c.room_id == str(room_id),
+                   memories.c.run_state.in_(["preparing", *UNFINISHED]), memories.c.created_at >= since)
+            .order_by(memories.c.created_at, memories.c.id).limit(limit)
+        )
+        return [(_memory(row), row.run_state) for row in rows]
+
+    async def advance_run_state(self, memory_id: uuid.UUID, state: RunState, *, from_states: Sequence[str]) -> bool:
+        return await self._write(
+            memories.update().where(memories.c.id == str(memory_id), memories.c.run_state.in_(list(from_states)))
+            .values(run_state=state)
+        ) == 1
 
     async def rooms_with_unfinished(self, agent_id: uuid.UUID, *, since: int) -> list[uuid.UUID]:
         rows = await self._rows(

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import logging
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from aiohttp import web
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 WEBHOOK_PATH = "/telegram/webhook"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 ALLOWED_UPDATES = [Update.MESSAGE, Update.EDITED_MESSAGE, Update.CALLBACK_QUERY]
+# Set while the webhook processes an update: the error hook notes a handler's failure here, so the
+# request is answered 500 (Telegram retries) instead of 200 (Telegram forgets the update).
+HANDLER_FAILURES: ContextVar[list[BaseException] | None] = ContextVar("telegram_handler_failures", default=None)
 
 
 def parse_update(data: dict[str, Any], bot: Bot | None) -> Update | None:
@@ -140,7 +144,14 @@ class WebhookEndpoint:
             # Processed here rather than queued: the 200 then means "stored". Telegram forgets an
             # update it got 200 for, so a process killed after answering must have stored it
             # already (another process, or the next start, answers it); a chat's order holds too.
-            await application.update_processor.process_update(update, application.process_update(update))
+            failures: list[BaseException] = []
+            token = HANDLER_FAILURES.set(failures)
+            try:
+                await application.update_processor.process_update(update, application.process_update(update))
+            finally:
+                HANDLER_FAILURES.reset(token)
+            if failures:  # e.g. the database was away: Telegram retries, a duplicate is never answered twice
+                return web.json_response({"error": "the update could not be stored; retry"}, status=500)
         return web.json_response({"ok": True})
 
 
@@ -238,6 +249,9 @@ class TelegramConnector(Connector):
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         chat = update.effective_chat.id if isinstance(update, Update) and update.effective_chat else None
         error = context.error
+        failures = HANDLER_FAILURES.get()
+        if failures is not None and error is not None:
+            failures.append(error)
         log.error("handling a Telegram update in chat %s failed: %s", chat, error,
                   exc_info=(type(error), error, error.__traceback__) if error else None)
 

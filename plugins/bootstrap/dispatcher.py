@@ -21,6 +21,7 @@ from uuid import UUID
 from bot.lru import LRU
 from bot.plugin import HandlerCallback, MessagePreparer
 from bot.runtime import SLOW_DOWN, MessageHandler, MessageTicket, RunOutcome, ShuttingDown
+from bot.store.base import RunState
 from bot.types import Content, EventType, Memory, now_ms
 
 from .embeddings import EmbeddingQueue
@@ -134,15 +135,20 @@ class MessageDispatcher(MessageHandler):
         if message.entity_id == self.runtime.agent_id:
             future.set_result(RunOutcome(status="ignored", error="own message"))
             return MessageTicket(message, duplicate=False, outcome=future)
-        if not await self._store(message, prepare):
+        # Over the limit: stored as done, so that no run (in any process) ever takes it up.
+        allowed = self.rate_limiter.allow(message.entity_id)
+        if not allowed:
+            state: RunState = "done"
+        else:
+            state = "preparing" if self.shared is not None and prepare is not None else "queued"
+        if not await self._store(message, state):
             future.set_result(RunOutcome(status="duplicate"))
             return MessageTicket(message, duplicate=True, outcome=future)
         await self.runtime.emit(EventType.MESSAGE_RECEIVED, {"runtime": self.runtime, "message": message})
         if prepare is None:  # a prepared message is embedded once its text is complete
             self.embeddings.add(message)
-        if not self.rate_limiter.allow(message.entity_id):
+        if not allowed:
             future.set_result(await self._slow_down(message, callback if self.runtime.is_addressed(message) else None))
-            self.run_states.mark(message.id, "done")
             return MessageTicket(message, duplicate=False, outcome=future)
         if self.shared is not None:
             self.shared.accept(Job(message, callback, prepare), future)
@@ -162,8 +168,8 @@ class MessageDispatcher(MessageHandler):
             self.run_states.mark(job.message.id, "done")
             future.set_result(RunOutcome(status="ignored", run_id=job.run_id, error="superseded"))
 
-    async def _store(self, message: Memory, prepare: MessagePreparer | None = None) -> bool:
-        """Store the message with run state "queued" in one statement; False for a duplicate.
+    async def _store(self, message: Memory, state: RunState = "queued") -> bool:
+        """Store the message with its run state (normally "queued") in one statement; False for a duplicate.
 
         Messages of a room stamped within the same second as the one before (Telegram dates are
         whole seconds) get strictly increasing times in the order they arrive, so a burst keeps
@@ -180,7 +186,6 @@ class MessageDispatcher(MessageHandler):
         self._latest[message.room_id] = message.created_at
         if self._stored_here is not None:
             self._stored_here[message.id] = True
-        state = "preparing" if self.shared is not None and prepare is not None else "queued"
         created = await self.runtime.store.create_memory(message, run_state=state)
         if created:
             self.runtime.history.add(message)

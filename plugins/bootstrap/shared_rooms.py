@@ -22,11 +22,11 @@ from uuid import UUID
 from bot.delivery import recording_sends
 from bot.plugin import HandlerCallback
 from bot.runtime import RunOutcome
+from bot.store.base import RunState, Store
 from bot.store.coordination import PgCoordinator, SoloCoordinator
 from bot.types import ChannelType, Memory, now_ms
 
 from .pipeline import Job
-from .run_states import RunStates
 
 if TYPE_CHECKING:
     from .dispatcher import MessageDispatcher
@@ -38,21 +38,35 @@ PENDING_BATCH = 20  # a run needs the room's oldest messages only (is another wa
 PREPARE_STALE = 120  # seconds: a message still "preparing" this long lost its process
 
 
-class SendingMark:
-    """Records "sending" before a run's first reply becomes visible (connectors call it after their
-    rate-limit waits, see bot/delivery.py), so a process taking the room over after this one died
-    does not answer the message again: a reply may be lost in that instant, never doubled."""
+UNSENT = ("queued", "running")
+OPEN = (*UNSENT, "sending")
 
-    def __init__(self, run_states: RunStates, message_id: UUID) -> None:
-        self.run_states, self.message_id = run_states, message_id
+
+class Fenced(Exception):
+    """Another process moved this message on (its claim outlived ours): our reply must not go out."""
+
+
+class SendingMark:
+    """Moves the message to "sending" right before its first reply becomes visible (connectors call
+    it after their rate-limit waits, see bot/delivery.py), in one conditional write: of two processes
+    that both think they run the message (one lost its claim with its connection), only the first
+    to get here sends; the other's send is refused. A process taking the room over after this one
+    died does not run the message again: a reply may be lost in that instant, never doubled."""
+
+    def __init__(self, store: Store, message_id: UUID) -> None:
+        self.store, self.message_id = store, message_id
         self.recorded = False
+        self.fenced = False
         self.closed = False  # the run is over: a late background send must not reopen its state
 
     async def record(self) -> None:
-        if not self.recorded and not self.closed:
+        if self.closed or self.fenced:
+            raise Fenced(f"message {self.message_id} is no longer this run's to answer")
+        if not self.recorded:
+            if not await self.store.advance_run_state(self.message_id, "sending", from_states=UNSENT):
+                self.fenced = True
+                raise Fenced(f"message {self.message_id} is no longer this run's to answer")
             self.recorded = True
-            self.run_states.mark(self.message_id, "sending")
-            await self.run_states.flush()
 
 
 class SharedRooms:
@@ -84,7 +98,9 @@ class SharedRooms:
         has its media, before any process may run it: stored "preparing", it is hidden from the others."""
         job.message = await self.dispatcher.pipeline.prepare(job)
         job.prepare = None
-        await self.runtime.store.set_run_states([(job.message.id, "queued")])
+        # Conditional: after PREPARE_STALE another process requeued it (and may have answered it);
+        # which process runs it is then decided by who moves it to "running" first.
+        await self.runtime.store.advance_run_state(job.message.id, "queued", from_states=("preparing",))
         self.accept(job, future)
 
     def wake(self, room_id: UUID) -> None:
@@ -107,24 +123,26 @@ class SharedRooms:
         finally:
             self.workers.pop(room_id, None)
 
-    async def _pending(self, room_id: UUID) -> list[Memory]:
-        store, agent_id = self.runtime.store, self.runtime.agent_id
-        return await store.unfinished_messages(agent_id, since=now_ms() - int(self.window * 1000), room_id=room_id,
-                                               limit=PENDING_BATCH)
+    async def _pending(self, room_id: UUID) -> list[tuple[Memory, RunState]]:
+        """The room's queue: its oldest messages not yet answered, those still being prepared included."""
+        return await self.runtime.store.room_queue(self.runtime.agent_id, room_id,
+                                                   since=now_ms() - int(self.window * 1000), limit=PENDING_BATCH)
 
     async def _run_next(self, room_id: UUID) -> bool | None:
         """Run the room's oldest unfinished message: True when one ran, False when none was left,
-        None when another process holds the room."""
-        dispatcher = self.dispatcher
+        None when another process holds the room (or its oldest message is still being prepared)."""
+        dispatcher, store = self.dispatcher, self.runtime.store
         async with dispatcher._slots:
             if not await self._can_answer(room_id) or not await self.coordinator.claim(room_id):
                 return None
             try:
-                await dispatcher.run_states.flush()  # our last run's end is what the next claimant reads
-                pending = await self._pending(room_id)
-                if not dispatcher.accepting and pending and pending[0].id not in self.local:
+                queue = await self._pending(room_id)
+                if queue and queue[0][1] == "preparing":
+                    return None  # its receiver is transcribing it and wakes the room when it is done
+                pending = [message for message, _ in queue]
+                if pending and not dispatcher.accepting and pending[0].id not in self.local:
                     return None  # shutting down: only our own messages, and only in their turn
-                answered = await dispatcher.answered([m for m in pending if m.id not in self.local])
+                answered = await dispatcher.answered(pending)
                 for message in [m for m in pending if m.id in answered]:
                     await self._finish(message.id, "done")
                 pending = [m for m in pending if m.id not in answered]
@@ -135,12 +153,15 @@ class SharedRooms:
                 if len(pending) > 1 and not self.runtime.is_addressed(message):
                     # A later message is waiting: its run sees this one, so one decision covers both.
                     outcome = RunOutcome(status="ignored", run_id=job.run_id, error="superseded")
+                elif not await store.advance_run_state(message.id, "running", from_states=UNSENT):
+                    return True  # another process got to it first
                 else:
-                    dispatcher.run_states.mark(message.id, "running")
-                    sending = SendingMark(dispatcher.run_states, message.id)
+                    sending = SendingMark(store, message.id)
                     with recording_sends(sending.record):
                         outcome = await dispatcher.run_job(room_id, job, future)
                     sending.closed = True
+                    if sending.fenced:
+                        return True  # its state is the other run's to set
                 if future is not None and not future.done():
                     future.set_result(outcome)
                 await self._finish(message.id, "failed" if outcome.status == "error" else "done")
@@ -163,10 +184,9 @@ class SharedRooms:
             callback = partial(self.runtime.send_message_to_room, message.room_id)
         return Job(message, callback)
 
-    async def _finish(self, message_id: UUID, state: str) -> None:
-        self.dispatcher.run_states.mark(message_id, state)  # type: ignore[arg-type]
-        await self.dispatcher.run_states.flush()
-        await self.coordinator.announce(message_id, state)
+    async def _finish(self, message_id: UUID, state: RunState) -> None:
+        if await self.runtime.store.advance_run_state(message_id, state, from_states=OPEN):
+            await self.coordinator.announce(message_id, state)
 
     # Messages run elsewhere -----------------------------------------------------------------------
     def _announced(self, message_id: UUID, state: str) -> None:
