@@ -176,8 +176,9 @@ class Store(ABC):
         """The created_at of the newest message the agent received in the room (not its own), or None."""
 
     @abstractmethod
-    async def expire_unfinished(self, agent_id: uuid.UUID, *, before: int) -> int:
-        """Mark messages queued or running created before `before` (ms) "expired"; returns how many."""
+    async def expire_unfinished(self, agent_id: uuid.UUID, *, before: int, running: bool = True) -> int:
+        """Mark messages queued (and running, unless not `running`) created before `before` (ms)
+        "expired"; returns how many."""
 
     @abstractmethod
     async def update_memory(self, memory: Memory) -> bool:

@@ -560,11 +560,11 @@ class SqlStore(Store):
         """How this process shares rooms with others on the same database (see coordination.py)."""
         return SoloCoordinator() if self._sqlite else PgCoordinator(self.engine)
 
-    async def expire_unfinished(self, agent_id: uuid.UUID, *, before: int) -> int:
-        return await self._write(
-            memories.update().where(*self._unfinished(agent_id), memories.c.created_at < before)
-            .values(run_state="expired")
-        )
+    async def expire_unfinished(self, agent_id: uuid.UUID, *, before: int, running: bool = True) -> int:
+        where = [*self._unfinished(agent_id), memories.c.created_at < before]
+        if not running:
+            where.append(memories.c.run_state == sa.literal_column("'queued'"))
+        return await self._write(memories.update().where(*where).values(run_state="expired"))
 
     async def get_memory(self, memory_id: uuid.UUID) -> Memory | None:
         found = await self._memories_by_id([str(memory_id)])

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import aiohttp
 import discord
 
+from bot.delivery import before_send
 from bot.lru import LRU
 from bot.plugin import Connector, MessagePreparer
 from bot.runtime import AgentRuntime, MessageTicket, ShuttingDown
@@ -276,6 +277,7 @@ class DiscordConnector(Connector):
     # Interactions ------------------------------------------------------------------------------------------
     def _interaction_sender(self, interaction: discord.Interaction) -> SendOne:
         async def send_one(reference: Any = None, **options: Any) -> discord.Message:
+            await before_send()  # follow-ups bypass the paced HTTP client (bot.delivery)
             return await interaction.followup.send(wait=True, **options)
 
         return send_one

@@ -296,20 +296,25 @@ class MessageDispatcher(MessageHandler):
         if self.shared is not None:
             await self.shared.stop_sweeping()
         workers = self.shared.workers if self.shared is not None else self._workers
+
+        def busy() -> list[asyncio.Task[None]]:  # runs, and (several processes) voice notes being prepared
+            return [*workers.values(), *(self.shared.preparing if self.shared is not None else ())]
+
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
             async with asyncio.timeout_at(deadline):
                 await self._idle.wait()  # messages being stored right now still get their run
-                while workers:
-                    await asyncio.wait(list(workers.values()))
+                while busy():
+                    await asyncio.wait(busy())
         except TimeoutError:
             log.warning("shutdown: %d room(s) still busy after %.0fs", len(workers), timeout)
             unfinished = [pair for queue in self._queues.values() for pair in queue]
             unfinished += list(self._running.values())
-            for task in list(workers.values()):
+            tasks = busy()
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*workers.values(), return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             for job, future in unfinished:
                 if future is not None and not future.done():
                     future.set_result(RunOutcome(status="error", run_id=job.run_id, error="shutdown"))

@@ -80,15 +80,15 @@ class SharedRooms:
         self.local: dict[UUID, tuple[Job, asyncio.Future[RunOutcome]]] = {}
         self.workers: dict[UUID, asyncio.Task[None]] = {}
         self._sweeper: asyncio.Task[None] | None = None
-        self._preparing: set[asyncio.Task[None]] = set()
+        self.preparing: set[asyncio.Task[None]] = set()
 
     # Receiving ----------------------------------------------------------------------------------
     def accept(self, job: Job, future: asyncio.Future[RunOutcome]) -> None:
         """Queue a stored message: run it here when this process gets the room, else wait for its owner."""
         if job.prepare is not None:
             task = asyncio.create_task(self._prepare_first(job, future), name=f"prepare-{job.message.id}")
-            self._preparing.add(task)
-            task.add_done_callback(self._preparing.discard)
+            self.preparing.add(task)
+            task.add_done_callback(self.preparing.discard)
             return
         self.local[job.message.id] = (job, future)
         self.wake(job.message.room_id)
@@ -199,11 +199,13 @@ class SharedRooms:
 
     async def _settle_waiting(self, cutoff: int) -> None:
         """Announcements can be missed (a dropped connection): read the states instead. A message
-        left "sending" by a process that died stays so; past RESUME_WINDOW nobody will finish it."""
+        left running or sending by a process that died stays so: past RESUME_WINDOW nobody will
+        finish it, and its waiter is let go."""
         states = await self.runtime.store.run_states_of(list(self.local))
-        for message_id, state in states.items():
-            if state == "sending" and self.local[message_id][0].message.created_at < cutoff:
-                state = "done"
+        for message_id, (job, _) in list(self.local.items()):
+            state = states.get(message_id)
+            if state not in FINAL and job.message.created_at < cutoff:
+                state = "expired"
             if state in FINAL:
                 self._announced(message_id, state)
 
@@ -227,7 +229,8 @@ class SharedRooms:
         now = now_ms()
         await store.requeue_preparing(agent_id, before=now - PREPARE_STALE * 1000)
         cutoff = now - int(self.window * 1000)
-        expired = await store.expire_unfinished(agent_id, before=cutoff)
+        # Only waiting ones: a run in progress in some process (a long backlog) still answers.
+        expired = await store.expire_unfinished(agent_id, before=cutoff, running=False)
         if expired:
             log.info("%d unanswered message(s) older than RESUME_WINDOW (%.0fs) expired, not answered",
                      expired, self.window)
@@ -237,7 +240,6 @@ class SharedRooms:
 
     async def stop_sweeping(self) -> None:
         """Shutting down: take over nothing more (what is ours and claimable still runs)."""
-        await asyncio.gather(*self._preparing, return_exceptions=True)
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
