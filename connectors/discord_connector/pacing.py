@@ -19,8 +19,7 @@ Where the slots are taken:
   of the bot's: Discord does not count interaction endpoints against the global limit.
 
 Typing indicators count against the bot's budget: Discord counts POST /channels/{id}/typing like any
-request, and the refreshes (every 5 s per addressed message awaiting its reply, in every process)
-add up; left out, they could take the processes together past the global limit, and a global 429
+request, and the refreshes (every 5 s per run in progress, in every process) add up; left out, they could take the processes together past the global limit, and a global 429
 holds up every request of the bot, not one channel's. They do not count against the channel's
 budget: typing is its own route, not the messages' bucket.
 """
