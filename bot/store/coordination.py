@@ -91,6 +91,7 @@ class PgCoordinator:
         if self._conn is not None:
             try:
                 await self._conn.invalidate()
+                await self._conn.close()
             except Exception:  # the connection is gone either way
                 log.debug("closing the lost coordination connection failed", exc_info=True)
         await self._connect()
@@ -117,4 +118,5 @@ class PgCoordinator:
             if self._conn is not None:
                 self._held.clear()
                 await self._conn.invalidate()  # closed, not pooled: its locks and LISTEN end with it
+                await self._conn.close()
                 self._conn = self._raw = None
