@@ -47,9 +47,23 @@ class SendBudget(ABC):
         if slot.wait > 0:
             await asyncio.sleep(slot.wait)
 
+    async def try_take(self, key: str, *, rate: float, per: float = 1.0, burst: int = 1) -> bool:
+        """Take a slot under `key` only if one is free now; False (and nothing taken) otherwise.
+
+        For what may be skipped (a typing refresh) or refused at once (a message over its sender's
+        limit) instead of waited for.
+        """
+        if rate <= 0 or per <= 0 or burst < 1:
+            raise ValueError(f"a budget needs rate > 0, per > 0 and burst >= 1, not {rate}, {per}, {burst}")
+        return await self.take_now(key, per / rate, burst)
+
     @abstractmethod
     async def reserve(self, key: str, interval: float, burst: int) -> Slot:
         """Take the next free slot of `key` (sends `interval` seconds apart after a first `burst`)."""
+
+    @abstractmethod
+    async def take_now(self, key: str, interval: float, burst: int) -> bool:
+        """Take the next free slot of `key` if it is due now; leave the key as it was otherwise."""
 
 
 class MemoryBudget(SendBudget):
@@ -73,7 +87,19 @@ class MemoryBudget(SendBudget):
     async def reserve(self, key: str, interval: float, burst: int) -> Slot:
         now = self.clock()
         tat = max(self._tats.pop(key, now), now) + interval
+        self._keep(key, tat, now)
+        return Slot(tat - burst * interval, now)
+
+    async def take_now(self, key: str, interval: float, burst: int) -> bool:
+        now = self.clock()
+        tat = max(self._tats.get(key, now), now) + interval
+        if tat - burst * interval > now:
+            return False
+        self._tats.pop(key, None)
+        self._keep(key, tat, now)
+        return True
+
+    def _keep(self, key: str, tat: float, now: float) -> None:
         self._tats[key] = tat
         while self._tats and (len(self._tats) > self.max_keys or next(iter(self._tats.values())) <= now):
             self._tats.popitem(last=False)
-        return Slot(tat - burst * interval, now)

@@ -168,7 +168,38 @@ async def test_a_visible_send_is_announced_after_the_bot_s_budget_wait_and_typin
         await limiter.process_request(send, ("sendChatAction",), {}, "sendChatAction", {"chat_id": 42}, None)
         await limiter.process_request(send, ("sendMessage",), {}, "sendMessage", {"chat_id": 42}, None)
     await limiter.process_request(send, ("sendMessage",), {}, "sendMessage", {"chat_id": 42}, None)  # no run
-    assert sends.events == ["waited", "sendChatAction", "waited", "sending", "sendMessage", "waited", "sendMessage"]
+    # Typing takes a free slot or none (never waits): only the messages wait their turn.
+    assert sends.events == ["sendChatAction", "waited", "sending", "sendMessage", "waited", "sendMessage"]
+
+
+async def test_try_take_takes_a_free_slot_or_nothing() -> None:
+    """For what is skipped or refused rather than waited for: a refused take leaves the key as it was."""
+    clock = Clock()
+    budget = MemoryBudget(clock)
+    taken = [await budget.try_take("k", rate=1, burst=2) for _ in range(3)]
+    assert taken == [True, True, False]
+    clock.now += 0.5
+    assert not await budget.try_take("k", rate=1, burst=2)  # the refusals took nothing: still 0.5 s to go
+    clock.now += 0.5
+    assert await budget.try_take("k", rate=1, burst=2)
+
+
+async def test_a_typing_refresh_is_skipped_when_the_bot_s_budget_is_spent() -> None:
+    clock = Clock()
+    budget = MemoryBudget(clock)
+    limiter = BudgetRateLimiter(budget, bot_budget_key(TOKEN))
+    for _ in range(30):  # a burst of replies spends the bot's second
+        await budget.reserve(limiter.key, 1 / 30, 30)
+    sent: list[str] = []
+
+    async def send(endpoint: str) -> bool:
+        sent.append(endpoint)
+        return True
+
+    assert await limiter.process_request(send, ("sendChatAction",), {}, "sendChatAction", {"chat_id": 42}, None)
+    assert sent == []  # skipped, and no slot reserved ahead of the next reply
+    slot = await budget.reserve(limiter.key, 1 / 30, 30)
+    assert slot.wait == pytest.approx(1 / 30)
 
 
 def test_a_budget_key_never_holds_the_token_s_secret() -> None:
@@ -251,6 +282,14 @@ async def test_overall_budget_holds_across_processes(two_processes: tuple[SqlSto
                                    for _ in range(50) for budget in budgets))
     assert_within_budget([goes(slot) for slot in slots], *OVERALL)
     assert spread(slots) == approx(70 / 30)
+
+
+async def test_try_take_is_shared_too(two_processes: tuple[SqlStore, SqlStore]) -> None:
+    """A user's message limit (RATE_LIMIT_PER_MINUTE) holds across processes: 5 a minute, sent
+    round-robin to two processes, lets 5 through in all, not 5 in each."""
+    budgets = [send_budget(store) for store in two_processes]
+    taken = [await budgets[n % 2].try_take("inbound:user", rate=5, per=60, burst=5) for n in range(10)]
+    assert taken == [True] * 5 + [False] * 5
 
 
 async def test_wait_sleeps_until_the_reserved_slot(two_processes: tuple[SqlStore, SqlStore]) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.budgets import MemoryBudget, SendBudget, Slot
+from bot.budgets import MAX_TRACKED_KEYS, MemoryBudget, SendBudget, Slot
 from bot.store.base import Store
 from bot.store.sql import SqlStore
 
@@ -32,6 +32,13 @@ _RESERVE = sa.text(f"""
     INSERT INTO send_budgets AS b (key, tat) VALUES (:key, {_NOW} + :interval)
     ON CONFLICT (key) DO UPDATE SET tat = greatest(b.tat, {_NOW}) + :interval
     RETURNING b.tat - :burst * :interval AS at, {_NOW} AS now
+""").bindparams(sa.bindparam("interval", type_=sa.Float), sa.bindparam("burst", type_=sa.Float))
+# Only when the slot is due now: a refused take leaves the row as it was (no row comes back).
+_TAKE_NOW = sa.text(f"""
+    INSERT INTO send_budgets AS b (key, tat) VALUES (:key, {_NOW} + :interval)
+    ON CONFLICT (key) DO UPDATE SET tat = greatest(b.tat, {_NOW}) + :interval
+    WHERE greatest(b.tat, {_NOW}) + :interval - :burst * :interval <= {_NOW}
+    RETURNING 1
 """).bindparams(sa.bindparam("interval", type_=sa.Float), sa.bindparam("burst", type_=sa.Float))
 _SWEEP = sa.text(f"DELETE FROM send_budgets WHERE tat < {_NOW} - :idle").bindparams(
     sa.bindparam("idle", type_=sa.Float))
@@ -63,23 +70,37 @@ class PostgresBudget(SendBudget):
 
     async def reserve(self, key: str, interval: float, burst: int) -> Slot:
         try:
-            async with self.engine.connect() as conn:
-                if self._swept_at is None or self.clock() - self._swept_at >= self.sweep_every:
-                    self._swept_at = self.clock()
-                    await conn.execute(_SWEEP, {"idle": self.idle_after})
-                row = (await conn.execute(_RESERVE, {"key": key, "interval": interval, "burst": burst})).one()
+            row = (await self._run(_RESERVE, key, interval, burst)).one()
         except (OSError, sa.exc.SQLAlchemyError) as error:
-            if self._warned_at is None or self.clock() - self._warned_at >= WARN_EVERY:
-                self._warned_at = self.clock()
-                log.warning("send budgets: the database failed (%s: %s); pacing this process's sends alone",
-                            type(error).__name__, error)
+            self._warn(error)
             return await self._fallback.reserve(key, interval, burst)
         return Slot(row.at, row.now)
 
+    async def take_now(self, key: str, interval: float, burst: int) -> bool:
+        try:
+            return (await self._run(_TAKE_NOW, key, interval, burst)).first() is not None
+        except (OSError, sa.exc.SQLAlchemyError) as error:
+            self._warn(error)
+            return await self._fallback.take_now(key, interval, burst)
 
-def send_budget(store: Store) -> SendBudget:
+    async def _run(self, statement: sa.TextClause, key: str, interval: float, burst: int) -> sa.CursorResult:
+        async with self.engine.connect() as conn:
+            if self._swept_at is None or self.clock() - self._swept_at >= self.sweep_every:
+                self._swept_at = self.clock()
+                await conn.execute(_SWEEP, {"idle": self.idle_after})
+            return await conn.execute(statement, {"key": key, "interval": interval, "burst": burst})
+
+    def _warn(self, error: BaseException) -> None:
+        if self._warned_at is None or self.clock() - self._warned_at >= WARN_EVERY:
+            self._warned_at = self.clock()
+            log.warning("send budgets: the database failed (%s: %s); pacing this process's sends alone",
+                        type(error).__name__, error)
+
+
+def send_budget(store: Store, *, max_keys: int = MAX_TRACKED_KEYS) -> SendBudget:
     """The budget every process on `store` shares: PostgreSQL's table, else this process's memory
-    (SQLite serves one process, which then needs no database round trip per send)."""
+    for its `max_keys` most recent keys (SQLite serves one process, which then needs no database
+    round trip per send)."""
     if isinstance(store, SqlStore) and store.engine.dialect.name == "postgresql":
         return PostgresBudget(store.engine)
-    return MemoryBudget()
+    return MemoryBudget(max_keys=max_keys)

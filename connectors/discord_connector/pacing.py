@@ -35,6 +35,7 @@ from bot.budgets import MemoryBudget, SendBudget
 from bot.delivery import before_send
 
 VISIBLE = ("POST", "/channels/{channel_id}/messages")  # the request that shows a message in a channel
+TYPING = ("POST", "/channels/{channel_id}/typing")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,13 @@ class DiscordPacer:
         request = http.request
 
         async def paced(route: discord.http.Route, **options: Any) -> Any:
+            if (route.method, route.path) == TYPING:
+                # "typing…" is best effort: skipped when no slot is free now, so it never queues in
+                # front of (or reserves slots away from) the replies themselves.
+                limits = self.limits
+                if not await self.budget.try_take(self.bot_key, rate=limits.bot_per_second, burst=limits.bot_burst):
+                    return None
+                return await request(route, **options)
             await self.request()
             if (route.method, route.path) == VISIBLE:
                 await before_send()  # every wait is behind us: this request shows the reply

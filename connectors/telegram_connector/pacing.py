@@ -88,6 +88,13 @@ class BudgetRateLimiter(AIORateLimiter):
         if data.get("chat_id") is None:
             return await super().process_request(callback, args, kwargs, endpoint, data, rate_limit_args)
 
+        if endpoint == "sendChatAction":
+            # "typing…" is best effort: skipped when the bot's budget has no slot free now, so it
+            # never queues in front of (or reserves slots away from) the replies themselves.
+            if not await self.budget.try_take(self.key, rate=OVERALL_PER_SECOND, burst=OVERALL_PER_SECOND):
+                return True
+            return await super().process_request(callback, args, kwargs, endpoint, data, rate_limit_args)
+
         async def paced(*call_args: Any, **call_kwargs: Any) -> Any:
             await self.budget.wait(self.key, rate=OVERALL_PER_SECOND, burst=OVERALL_PER_SECOND)
             if endpoint in VISIBLE:

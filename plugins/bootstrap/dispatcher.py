@@ -13,15 +13,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from functools import partial
 from typing import TYPE_CHECKING
 from uuid import UUID
 
+from bot.budgets import SendBudget
 from bot.lru import LRU
 from bot.plugin import HandlerCallback, MessagePreparer
 from bot.runtime import SLOW_DOWN, MessageHandler, MessageTicket, RunOutcome, ShuttingDown
 from bot.store.base import RunState
+from bot.store.budgets import send_budget
 from bot.types import Content, EventType, Memory, now_ms
 
 from .embeddings import EmbeddingQueue
@@ -43,29 +45,25 @@ SAME_SECOND = 1000  # ms: the resolution of the coarsest platform timestamps (Te
 
 
 class RateLimiter:
-    """Per-user token bucket shared by every entry point (API, Telegram, Discord).
+    """Per-user limit shared by every entry point (API, Telegram, Discord) and, on PostgreSQL, by
+    every process of the bot: `per_minute` messages at once, then one every 60/per_minute seconds.
 
-    aiolimiter only offers a waiting acquire; here an over-budget message must be answered with
-    "slow down" at once, so the check is a non-blocking bucket.
+    An over-budget message must be answered with "slow down" at once, so it takes a budget slot
+    only if one is free now (`SendBudget.try_take`), never waits for one.
     """
 
-    def __init__(self, per_minute: int, clock=time.monotonic) -> None:
+    def __init__(self, per_minute: int, budget: SendBudget, agent_id: UUID, clock=time.monotonic) -> None:
         self.per_minute = per_minute
+        self.budget = budget
+        self.prefix = f"inbound:{agent_id}"
         self.clock = clock
-        self._buckets: OrderedDict[UUID, tuple[float, float]] = OrderedDict()
         self._warned: LRU[UUID, float] = LRU(MAX_TRACKED_USERS)
 
-    def allow(self, entity_id: UUID) -> bool:
+    async def allow(self, entity_id: UUID) -> bool:
         if self.per_minute <= 0:
             return True
-        now = self.clock()
-        tokens, last = self._buckets.pop(entity_id, (float(self.per_minute), now))
-        tokens = min(float(self.per_minute), tokens + (now - last) * self.per_minute / 60)
-        allowed = tokens >= 1
-        self._buckets[entity_id] = (tokens - 1 if allowed else tokens, now)
-        if len(self._buckets) > MAX_TRACKED_USERS:
-            self._buckets.popitem(last=False)
-        return allowed
+        return await self.budget.try_take(f"{self.prefix}:{entity_id}", rate=self.per_minute, per=60,
+                                          burst=self.per_minute)
 
     def should_warn(self, entity_id: UUID) -> bool:
         """Say "slow down" once a minute at most, so the warning itself is not a flood."""
@@ -82,7 +80,8 @@ class MessageDispatcher(MessageHandler):
         self.embeddings = EmbeddingQueue(runtime)
         self.pipeline = Pipeline(runtime, self.embeddings)
         self.run_states = RunStates(runtime.store)
-        self.rate_limiter = RateLimiter(runtime.settings.rate_limit_per_minute)
+        self.rate_limiter = RateLimiter(runtime.settings.rate_limit_per_minute,
+                                        send_budget(runtime.store, max_keys=MAX_TRACKED_USERS), runtime.agent_id)
         self._queues: dict[UUID, deque[tuple[Job, asyncio.Future[RunOutcome]]]] = {}
         self._workers: dict[UUID, asyncio.Task[None]] = {}
         self._running: dict[UUID, tuple[Job, asyncio.Future[RunOutcome] | None]] = {}
@@ -136,7 +135,7 @@ class MessageDispatcher(MessageHandler):
             future.set_result(RunOutcome(status="ignored", error="own message"))
             return MessageTicket(message, duplicate=False, outcome=future)
         # Over the limit: stored as done, so that no run (in any process) ever takes it up.
-        allowed = self.rate_limiter.allow(message.entity_id)
+        allowed = await self.rate_limiter.allow(message.entity_id)
         if not allowed:
             state: RunState = "done"
         else:
