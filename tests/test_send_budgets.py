@@ -184,20 +184,27 @@ async def test_try_take_takes_a_free_slot_or_nothing() -> None:
     assert await budget.try_take("k", rate=1, burst=2)
 
 
-async def test_a_typing_refresh_is_skipped_when_the_bot_s_budget_is_spent() -> None:
+async def test_a_typing_refresh_is_skipped_once_half_the_bot_s_budget_is_spent() -> None:
     clock = Clock()
     budget = MemoryBudget(clock)
     limiter = BudgetRateLimiter(budget, bot_budget_key(TOKEN))
-    for _ in range(30):  # a burst of replies spends the bot's second
-        await budget.reserve(limiter.key, 1 / 30, 30)
     sent: list[str] = []
 
     async def send(endpoint: str) -> bool:
         sent.append(endpoint)
         return True
 
-    assert await limiter.process_request(send, ("sendChatAction",), {}, "sendChatAction", {"chat_id": 42}, None)
-    assert sent == []  # skipped, and no slot reserved ahead of the next reply
+    async def typing() -> None:
+        assert await limiter.process_request(send, ("sendChatAction",), {}, "sendChatAction", {"chat_id": 42}, None)
+
+    for _ in range(14):  # replies spend part of the bot's second
+        await budget.reserve(limiter.key, 1 / 30, 30)
+    await typing()
+    assert sent == ["sendChatAction"]  # half the budget was still free (the refresh took the 15th slot)
+    for _ in range(15):
+        await budget.reserve(limiter.key, 1 / 30, 30)
+    await typing()
+    assert sent == ["sendChatAction"]  # skipped, and no slot reserved ahead of the next reply
     slot = await budget.reserve(limiter.key, 1 / 30, 30)
     assert slot.wait == pytest.approx(1 / 30)
 

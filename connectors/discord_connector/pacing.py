@@ -88,10 +88,11 @@ class DiscordPacer:
 
         async def paced(route: discord.http.Route, **options: Any) -> Any:
             if (route.method, route.path) == TYPING:
-                # "typing…" is best effort: skipped when no slot is free now, so it never queues in
-                # front of (or reserves slots away from) the replies themselves.
+                # "typing…" is best effort: sent only while half the bot's budget is free, so under
+                # load it neither queues in front of the replies nor takes the slots they need.
                 limits = self.limits
-                if not await self.budget.try_take(self.bot_key, rate=limits.bot_per_second, burst=limits.bot_burst):
+                if not await self.budget.try_take(self.bot_key, rate=limits.bot_per_second,
+                                                  burst=max(1, limits.bot_burst // 2)):
                     return None
                 return await request(route, **options)
             await self.request()

@@ -89,9 +89,9 @@ class BudgetRateLimiter(AIORateLimiter):
             return await super().process_request(callback, args, kwargs, endpoint, data, rate_limit_args)
 
         if endpoint == "sendChatAction":
-            # "typing…" is best effort: skipped when the bot's budget has no slot free now, so it
-            # never queues in front of (or reserves slots away from) the replies themselves.
-            if not await self.budget.try_take(self.key, rate=OVERALL_PER_SECOND, burst=OVERALL_PER_SECOND):
+            # "typing…" is best effort: sent only while half the bot's budget is free, so under load
+            # it neither queues in front of the replies nor takes the slots they need.
+            if not await self.budget.try_take(self.key, rate=OVERALL_PER_SECOND, burst=OVERALL_PER_SECOND // 2):
                 return True
             return await super().process_request(callback, args, kwargs, endpoint, data, rate_limit_args)
 
