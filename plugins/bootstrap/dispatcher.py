@@ -141,6 +141,8 @@ class MessageDispatcher(MessageHandler):
         else:
             state = "preparing" if self.shared is not None and prepare is not None else "queued"
         if not await self._store(message, state):
+            if self.shared is not None:  # a retry: if the first copy's process is gone, its room is ours now
+                self.shared.wake(message.room_id)
             future.set_result(RunOutcome(status="duplicate"))
             return MessageTicket(message, duplicate=True, outcome=future)
         await self.runtime.emit(EventType.MESSAGE_RECEIVED, {"runtime": self.runtime, "message": message})
