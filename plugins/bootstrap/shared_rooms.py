@@ -6,6 +6,11 @@ claim (see bot/store/coordination.py) runs its oldest unfinished message, whoeve
 then lets the claim go. So a room's messages are answered in order and once, and the claim is
 held only for a run in progress (at most MAX_CONCURRENT_ROOMS per process).
 
+A message's run state only moves forward (queued → running → sending → done), each step one
+conditional write, and a reply goes out only after its run moved the message to "sending" (see
+bot/delivery.py): two processes that both believe they hold a room (one lost its claim with its
+connection) never both answer.
+
 A message received here but run elsewhere waits for that process's announcement; the sweep
 (every CLUSTER_SWEEP_SECONDS) finds what no live process is running — a dead process's rooms,
 a missed announcement — and takes it over.
