@@ -176,13 +176,19 @@ async def test_rooms_run_concurrently(sqlite_store, tmp_path, model):
     assert [o.status for o in outcomes] == ["completed", "completed"]
 
 
-async def test_superseded_group_chatter_is_decided_once(sqlite_store, tmp_path, model):
+async def _group_room_held_by_a_mention(sqlite_store, tmp_path, model):
+    """A group room whose first message (a mention) is held in its model call until `gate` is set."""
     gate = gated(model)
     model.defaults[ModelType.TEXT_SMALL] = "RESPOND"
     runtime = await _runtime(sqlite_store, tmp_path, model)
     chat = make_chat(runtime, channel=ChannelType.GROUP)
     await runtime.ensure_connection(chat.user, chat.room)
     first = await runtime.receive_message(chat.message("ava?", mention=True), chat.callback)
+    return gate, runtime, chat, first
+
+
+async def test_superseded_group_chatter_is_decided_once(sqlite_store, tmp_path, model):
+    gate, runtime, chat, first = await _group_room_held_by_a_mention(sqlite_store, tmp_path, model)
     chatter = [await runtime.receive_message(chat.message(f"chat {i}"), chat.callback) for i in range(3)]
     gate.set()
     assert (await first.outcome).status == "completed"
@@ -592,12 +598,7 @@ async def test_plain_models_get_the_speakers_earlier_statement_with_a_question(s
 async def test_a_rooms_queue_holds_addressed_messages_and_at_most_one_other(sqlite_store, tmp_path, model):
     """While a slow run holds the room, group chatter collapses as it arrives: the queue stays
     short, every addressed message is kept, and the last chatter is still decided."""
-    gate = gated(model)
-    model.defaults[ModelType.TEXT_SMALL] = "RESPOND"
-    runtime = await _runtime(sqlite_store, tmp_path, model)
-    chat = make_chat(runtime, channel=ChannelType.GROUP)
-    await runtime.ensure_connection(chat.user, chat.room)
-    first = await runtime.receive_message(chat.message("ava?", mention=True), chat.callback)
+    gate, runtime, chat, first = await _group_room_held_by_a_mention(sqlite_store, tmp_path, model)
     tickets = []
     for i in range(100):
         tickets.append(await runtime.receive_message(chat.message(f"chat {i}"), chat.callback))
