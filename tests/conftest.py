@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 
 from bot.store.sql import SqlStore
 from bot.types import Agent
+from tests.runtime_helpers import stop_started
 
 # Loggers that configure_logging quiets and tests turn up again to prove nothing secret is written.
 NOISY_LOGGERS = ("discord", "discord.http", "discord.gateway", "discord.client", "discord.webhook.async_",
@@ -59,6 +60,7 @@ async def _postgres_store(url: str) -> AsyncIterator[SqlStore]:
         try:
             yield store
         finally:
+            await stop_started(store)
             await store.close()
             await admin.execute(f"DROP SCHEMA {schema} CASCADE")
     finally:
@@ -73,6 +75,7 @@ async def raw_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
         try:
             yield store
         finally:
+            await stop_started(store)
             await store.close()
         return
     url = os.environ.get("TEST_DATABASE_URL")
@@ -116,4 +119,5 @@ async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqlStore]:
     store = create_store(make_settings(tmp_path))
     await store.init()
     yield store
+    await stop_started(store)
     await store.close()

@@ -131,4 +131,15 @@ async def start_runtime(store: Store, settings: Settings, model: ScriptedModel, 
     runtime = AgentRuntime(character or make_character(), settings, store,
                            [bootstrap_plugin(), model.plugin(*model_types), *extra])
     await runtime.initialize()
+    STARTED.append(runtime)
     return runtime
+
+
+STARTED: list[AgentRuntime] = []  # stopped by the store fixtures before they close their store
+
+
+async def stop_started(store: Store) -> None:
+    """Stop the runtimes `start_runtime` made on `store`, so no run or background task outlives it."""
+    for runtime in [r for r in STARTED if r.store is store]:
+        STARTED.remove(runtime)
+        await runtime.stop()
