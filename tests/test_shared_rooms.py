@@ -164,3 +164,30 @@ async def test_a_platform_room_is_left_to_a_process_running_its_connector(schema
         assert await shared._can_answer(api.room.id)
     finally:
         await stop(runtime)
+
+
+async def test_a_coordination_connection_that_stops_answering_is_replaced(
+        schema: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A statement that gets no answer (a half-open connection) must not hold every claim of the
+    process: it times out, the connection is dropped with its locks, and the next claim reconnects."""
+    from bot.store import coordination
+
+    store = SqlStore.from_url(DATABASE, connect_args={"server_settings": {"search_path": schema}})
+    coordinator = store.coordinator()
+    room = uuid.uuid4()
+    try:
+        assert await coordinator.claim(room)
+        monkeypatch.setattr(coordination, "STATEMENT_TIMEOUT", 0.2)
+        with pytest.raises(TimeoutError):
+            await coordinator._execute("SELECT pg_sleep(5)")
+        monkeypatch.setattr(coordination, "STATEMENT_TIMEOUT", 5.0)
+        assert await coordinator.claim(room)  # a new connection; the old one's lock went with it
+        other = SqlStore.from_url(DATABASE, connect_args={"server_settings": {"search_path": schema}}).coordinator()
+        try:
+            assert not await other.claim(room)
+        finally:
+            await other.close()
+            await other.engine.dispose()
+    finally:
+        await coordinator.close()
+        await store.close()
