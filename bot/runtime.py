@@ -358,6 +358,12 @@ class AgentRuntime(ModelsMixin, ActionsMixin):
             self.history.replace(memory)
         return updated
 
+    async def replies_to(self, message: Memory) -> list[Memory]:
+        """The agent's stored replies to `message`, oldest first, whichever process sent them."""
+        stored = await self.store.get_memories(agent_id=self.agent_id, room_id=message.room_id,
+                                               entity_id=self.agent_id, after=message.created_at - 1, count=None)
+        return sorted((m for m in stored if m.content.in_reply_to == message.id), key=lambda m: m.created_at)
+
     async def receive_message(
         self, message: Memory, callback: HandlerCallback | None = None, *, prepare: MessagePreparer | None = None
     ) -> MessageTicket:

@@ -652,3 +652,33 @@ async def test_typing_shows_for_the_run_in_progress_not_for_every_queued_message
     first_reply = next(i for i, p in enumerate(paths) if p.endswith(f"/channels/{GENERAL}/messages"))
     assert sum(p.endswith(f"/channels/{GENERAL}/typing") for p in paths[:first_reply]) == 1
     assert sum(p.endswith(f"/channels/{GENERAL}/typing") for p in paths) == 3  # one per run, none left over
+
+
+async def test_ask_answered_by_another_process_points_to_the_channel(
+    tmp_path: Path, discord_fake: FakeDiscord, model: FakeOpenAI
+) -> None:
+    """With several processes, another one may run the /ask and post the answer in the channel: the
+    "thinking…" placeholder then says so instead of "nothing to add"."""
+    from bot.types import Content, EventType, Memory
+
+    runner = Bot(tmp_path, discord_fake, model, discord_guild_id=discord_fake.guild_id)
+    await runner.start()
+    try:
+        runtime = runner.app.runtime
+
+        async def answered_elsewhere(payload: dict[str, Any]) -> None:  # what the other process stores
+            asked = payload["message"]
+            await runtime.create_memory(Memory(entity_id=runtime.agent_id, agent_id=runtime.agent_id,
+                                               room_id=asked.room_id,
+                                               content=Content(text="Forty-two", in_reply_to=asked.id)))
+
+        runtime.on(EventType.RUN_STARTED, answered_elsewhere)
+        ask = next(c for c in discord_fake.commands[str(discord_fake.guild_id)] if c["name"] == "ask")
+        model.script(xml("", actions="IGNORE"))
+        await discord_fake.dispatch("INTERACTION_CREATE", discord_fake.interaction(2, ALICE, GENERAL, {
+            "id": ask["id"], "name": "ask", "type": 1,
+            "options": [{"name": "question", "type": 3, "value": "what is the answer?"}]}))
+        [settled] = await discord_fake.wait_for_messages(1)
+        assert settled["sent_body"]["content"] == "Answered in the channel."
+    finally:
+        await runner.stop()

@@ -98,15 +98,9 @@ async def converse(runtime: AgentRuntime, *, user: str, user_name: str | None, r
                        headers={"Retry-After": str(max(1, math.ceil(60 / max(per_minute, 1))))})
     replies = collector.replies
     if not replies and outcome.status == "completed":
-        replies = await _stored_replies(runtime, memory)  # another process of a cluster ran it
+        # Another process of a cluster ran it: its replies are in the store.
+        replies = [(m.id, m.content) for m in await runtime.replies_to(memory)]
     return Exchange(message=memory, status=outcome.status, replies=replies)
-
-
-async def _stored_replies(runtime: AgentRuntime, message: Memory) -> list[tuple[uuid.UUID, Content]]:
-    stored = await runtime.store.get_memories(agent_id=runtime.agent_id, room_id=message.room_id,
-                                              entity_id=runtime.agent_id, after=message.created_at - 1, count=None)
-    return [(m.id, m.content) for m in sorted(stored, key=lambda m: m.created_at)
-            if m.content.in_reply_to == message.id]
 
 
 # History pages -------------------------------------------------------------------------------------

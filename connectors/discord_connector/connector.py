@@ -41,6 +41,7 @@ MAX_FORBIDDEN_CHANNELS = 4096  # channels whose 403 is remembered as logged
 ANSWERED_TYPES = {discord.MessageType.default, discord.MessageType.reply}
 RESTARTING = "I'm restarting; try again in a moment."
 NOTHING_TO_ADD = "I've nothing to add to that one."
+ANSWERED_IN_CHANNEL = "Answered in the channel."
 INACTIVE = "This button is no longer active."
 
 SendOne = Callable[..., Awaitable[discord.Message]]
@@ -354,9 +355,14 @@ class DiscordConnector(Connector):
         outcome = await ticket.outcome
         if sent:
             return
+        if outcome.status == "error":
+            text = "Sorry, I couldn't answer that."
+        elif await self.runtime.replies_to(ticket.message):
+            text = ANSWERED_IN_CHANNEL  # another process of a cluster ran it and posted the answer
+        else:
+            text = NOTHING_TO_ADD
         try:
-            await interaction.edit_original_response(content=NOTHING_TO_ADD if outcome.status != "error"
-                                                     else "Sorry, I couldn't answer that.")
+            await interaction.edit_original_response(content=text)
         except discord.HTTPException as error:
             log.debug("could not settle /ask %s: %s", interaction.id, error)
 
