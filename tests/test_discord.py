@@ -112,6 +112,14 @@ async def quiet(bot: Bot, seconds: float = 0.4) -> None:
     await bot.fake.wait_for(lambda: dispatcher.active_rooms == 0 and dispatcher.queue_depth == 0)
 
 
+async def ask(fake: FakeDiscord, question: str) -> None:
+    """Alice runs /ask in #general (the commands synced to the test guild)."""
+    command = next(c for c in fake.commands[str(fake.guild_id)] if c["name"] == "ask")
+    await fake.dispatch("INTERACTION_CREATE", fake.interaction(2, ALICE, GENERAL, {
+        "id": command["id"], "name": "ask", "type": 1,
+        "options": [{"name": "question", "type": 3, "value": question}]}))
+
+
 # Messages ----------------------------------------------------------------------------------------------
 async def test_mention_gets_one_reply_to_the_message(bot: Bot, discord_fake: FakeDiscord) -> None:
     sent = await say(discord_fake, GENERAL, f"<@{discord_fake.bot['id']}> hi there", mentions=[discord_fake.bot])
@@ -282,11 +290,8 @@ async def test_slash_commands_are_synced_to_the_guild_and_ask_answers(
     try:
         synced = {c["name"] for c in discord_fake.commands[str(discord_fake.guild_id)]}
         assert synced == {"ask", "join", "leave"}
-        ask = next(c for c in discord_fake.commands[str(discord_fake.guild_id)] if c["name"] == "ask")
         model.script(xml("Forty-two"))
-        await discord_fake.dispatch("INTERACTION_CREATE", discord_fake.interaction(2, ALICE, GENERAL, {
-            "id": ask["id"], "name": "ask", "type": 1,
-            "options": [{"name": "question", "type": 3, "value": "what is the answer?"}]}))
+        await ask(discord_fake, "what is the answer?")
         [answer] = await discord_fake.wait_for_messages(1)
         assert discord_fake.interaction_responses[0]["type"] == 5  # "thinking…" acknowledgement
         assert answer["sent_body"]["content"] == "Forty-two" and "webhook_token" in answer
@@ -301,11 +306,8 @@ async def test_ask_that_gets_no_reply_does_not_leave_thinking_up(
     runner = Bot(tmp_path, discord_fake, model, discord_guild_id=discord_fake.guild_id)
     await runner.start()
     try:
-        ask = next(c for c in discord_fake.commands[str(discord_fake.guild_id)] if c["name"] == "ask")
         model.script(xml("", actions="IGNORE"))
-        await discord_fake.dispatch("INTERACTION_CREATE", discord_fake.interaction(2, ALICE, GENERAL, {
-            "id": ask["id"], "name": "ask", "type": 1,
-            "options": [{"name": "question", "type": 3, "value": "never mind"}]}))
+        await ask(discord_fake, "never mind")
         [settled] = await discord_fake.wait_for_messages(1)
         assert any(r.method == "PATCH" and r.path.endswith("/messages/@original") for r in discord_fake.requests)
         assert settled["sent_body"]["content"] == "I've nothing to add to that one."
@@ -331,11 +333,8 @@ async def test_shutdown_answers_interactions_with_a_restart_notice(
             raise ShuttingDown("shutting down: message stored, not answered")
 
         monkeypatch.setattr(runtime, "receive_message", shutting_down)
-        ask = next(c for c in discord_fake.commands[str(discord_fake.guild_id)] if c["name"] == "ask")
         with caplog.at_level(logging.INFO, logger="connectors.discord_connector.connector"):
-            await discord_fake.dispatch("INTERACTION_CREATE", discord_fake.interaction(2, ALICE, GENERAL, {
-                "id": ask["id"], "name": "ask", "type": 1,
-                "options": [{"name": "question", "type": 3, "value": "still up?"}]}))
+            await ask(discord_fake, "still up?")
             [notice] = await discord_fake.wait_for_messages(1)
             assert notice["sent_body"]["content"] == RESTARTING and notice["sent_body"]["flags"] == 64
             assert discord_fake.interaction_responses[0]["type"] == 5
@@ -622,10 +621,7 @@ async def test_lone_surrogates_in_edits_and_ask_are_replaced_not_fatal(
         memory_id = create_unique_uuid(runtime.agent_id, f"discord:msg:{GENERAL}:{sent['id']}")
         await discord_fake.dispatch("MESSAGE_UPDATE", {**sent, "content": "edited \ud800 words",
                                                        "edited_timestamp": sent["timestamp"]})
-        ask = next(c for c in discord_fake.commands[str(discord_fake.guild_id)] if c["name"] == "ask")
-        await discord_fake.dispatch("INTERACTION_CREATE", discord_fake.interaction(2, ALICE, GENERAL, {
-            "id": ask["id"], "name": "ask", "type": 1,
-            "options": [{"name": "question", "type": 3, "value": "why \udfff?"}]}))
+        await ask(discord_fake, "why \udfff?")
         await discord_fake.wait_for_messages(2)  # /ask answered: the question was stored and processed
         assert "why \ufffd?" in json.dumps(model.requests[-1].body, ensure_ascii=False)
         for _ in range(100):  # the edit is handled in its own task
@@ -673,11 +669,8 @@ async def test_ask_answered_by_another_process_points_to_the_channel(
                                                content=Content(text="Forty-two", in_reply_to=asked.id)))
 
         runtime.on(EventType.RUN_STARTED, answered_elsewhere)
-        ask = next(c for c in discord_fake.commands[str(discord_fake.guild_id)] if c["name"] == "ask")
         model.script(xml("", actions="IGNORE"))
-        await discord_fake.dispatch("INTERACTION_CREATE", discord_fake.interaction(2, ALICE, GENERAL, {
-            "id": ask["id"], "name": "ask", "type": 1,
-            "options": [{"name": "question", "type": 3, "value": "what is the answer?"}]}))
+        await ask(discord_fake, "what is the answer?")
         [settled] = await discord_fake.wait_for_messages(1)
         assert settled["sent_body"]["content"] == "Answered in the channel."
     finally:
