@@ -194,10 +194,6 @@ class AgentRuntime(ModelsMixin, ActionsMixin):
         """
         if self.message_handler is not None:
             await self.message_handler.drain(0)
-        background = list(self._background)  # evaluators and the like, started by runs now over
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
         await self.flush_usage()
         for service in reversed(self.services):
             try:
