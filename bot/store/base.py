@@ -26,7 +26,7 @@ from bot.types import (
 )
 
 if TYPE_CHECKING:
-    from bot.store.coordination import PgCoordinator, SoloCoordinator
+    from bot.store.coordination import PgCoordinator
 
 # A received message's processing (see MessageDispatcher): queued → running → done | failed;
 # with several processes, "preparing" while its receiver enriches it (others may not run it yet) and
@@ -151,8 +151,9 @@ class Store(ABC):
         """The room's oldest messages being prepared, queued or running (at or after `since`), with their states."""
 
     @abstractmethod
-    def coordinator(self) -> SoloCoordinator | PgCoordinator:
-        """How this process shares rooms with other processes on the same database."""
+    def coordinator(self) -> PgCoordinator | None:
+        """How this process shares rooms with other processes on the same database; None when
+        the database serves one process only (SQLite)."""
 
     @abstractmethod
     async def advance_run_state(self, memory_id: uuid.UUID, state: RunState, *, from_states: Sequence[str]) -> bool:

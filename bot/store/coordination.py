@@ -6,7 +6,7 @@ so a process that dies (even by kill -9: the kernel closes its socket) frees its
 no lease row has to time out. Finished runs are announced with NOTIFY, so the process that
 received a message learns that another one answered it.
 
-With SQLite there is one process: `SoloCoordinator` grants every claim and announces nothing.
+With SQLite there is one process and nothing to coordinate (`SqlStore.coordinator` is None).
 """
 
 from __future__ import annotations
@@ -29,33 +29,12 @@ def lock_key(room_id: uuid.UUID) -> int:
     return int.from_bytes(room_id.bytes[:8], "big", signed=True)
 
 
-class SoloCoordinator:
-    """One process owns every room."""
-
-    shared = False
-    on_done: Announcement | None = None
-
-    async def claim(self, room_id: uuid.UUID) -> bool:
-        return True
-
-    async def release(self, room_id: uuid.UUID) -> None:
-        """Nothing to release."""
-
-    async def announce(self, message_id: uuid.UUID, state: str) -> None:
-        """No one else to tell."""
-
-    async def close(self) -> None:
-        """Nothing to close."""
-
-
 class PgCoordinator:
     """Room claims and run announcements over one dedicated asyncpg connection.
 
     Calls on the connection are serialised (asyncpg runs one statement at a time per connection);
     each is a sub-millisecond statement, and claims are only taken for the run in progress.
     """
-
-    shared = True
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine

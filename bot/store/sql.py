@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bot.store.base import ModelUsage, RunState, ScoredMemory, Store, UsageTotals
-from bot.store.coordination import PgCoordinator, SoloCoordinator
+from bot.store.coordination import PgCoordinator
 from bot.store.schema import (
     LATEST_VERSION,
     MIGRATIONS,
@@ -80,6 +80,10 @@ _SQLITE_PRAGMAS = (
     "PRAGMA temp_store=MEMORY",
     "PRAGMA cache_size=-65536",
 )
+
+
+# The database could not be reached or did not answer: worth retrying later, unlike a bug.
+UNAVAILABLE = (OSError, TimeoutError, sa.exc.OperationalError, sa.exc.InterfaceError)
 
 
 def normalize_url(url: str) -> str:
@@ -556,9 +560,9 @@ class SqlStore(Store):
                    memories.c.type == MemoryType.MESSAGE.value, memories.c.entity_id != str(agent_id))
         ))[0][0]
 
-    def coordinator(self) -> SoloCoordinator | PgCoordinator:
+    def coordinator(self) -> PgCoordinator | None:
         """How this process shares rooms with others on the same database (see coordination.py)."""
-        return SoloCoordinator() if self._sqlite else PgCoordinator(self.engine)
+        return None if self._sqlite else PgCoordinator(self.engine)
 
     async def expire_unfinished(self, agent_id: uuid.UUID, *, before: int, running: bool = True) -> int:
         where = [*self._unfinished(agent_id), memories.c.created_at < before]

@@ -32,6 +32,7 @@ from telegram.request import HTTPXRequest, RequestData
 from bot.plugin import Connector
 from bot.settings import Settings, VoiceReplies
 from bot.store.budgets import send_budget
+from bot.store.sql import UNAVAILABLE
 from bot.types import Content, Memory, ModelType, Room
 
 from .admins import ChatAdmins
@@ -51,8 +52,9 @@ log = logging.getLogger(__name__)
 WEBHOOK_PATH = "/telegram/webhook"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 ALLOWED_UPDATES = [Update.MESSAGE, Update.EDITED_MESSAGE, Update.CALLBACK_QUERY]
-# Set while the webhook processes an update: the error hook notes a handler's failure here, so the
-# request is answered 500 (Telegram retries) instead of 200 (Telegram forgets the update).
+# Set while the webhook processes an update: the error hook notes here a handler that failed because
+# the database was unavailable, so the request is answered 500 (Telegram retries) instead of 200
+# (Telegram forgets the update). Any other failure is a bug a retry would only repeat: logged, 200.
 HANDLER_FAILURES: ContextVar[list[BaseException] | None] = ContextVar("telegram_handler_failures", default=None)
 
 
@@ -150,7 +152,7 @@ class WebhookEndpoint:
                 await application.update_processor.process_update(update, application.process_update(update))
             finally:
                 HANDLER_FAILURES.reset(token)
-            if failures:  # e.g. the database was away: Telegram retries, a duplicate is never answered twice
+            if failures:  # Telegram retries; a duplicate is never answered twice
                 return web.json_response({"error": "the update could not be stored; retry"}, status=500)
         return web.json_response({"ok": True})
 
@@ -250,7 +252,7 @@ class TelegramConnector(Connector):
         chat = update.effective_chat.id if isinstance(update, Update) and update.effective_chat else None
         error = context.error
         failures = HANDLER_FAILURES.get()
-        if failures is not None and error is not None:
+        if failures is not None and isinstance(error, UNAVAILABLE):
             failures.append(error)
         log.error("handling a Telegram update in chat %s failed: %s", chat, error,
                   exc_info=(type(error), error, error.__traceback__) if error else None)

@@ -91,7 +91,7 @@ class MessageDispatcher(MessageHandler):
         self._slots = asyncio.Semaphore(runtime.settings.max_concurrent_rooms)
         coordinator = runtime.store.coordinator()
         # Several processes on one database: rooms are run where they are claimed (shared_rooms.py).
-        self.shared = SharedRooms(self, coordinator) if coordinator.shared else None
+        self.shared = SharedRooms(self, coordinator) if coordinator is not None else None
         self._accepting = True
         self._receiving = 0  # receives past the accepting check, not yet queued
         self._idle = asyncio.Event()

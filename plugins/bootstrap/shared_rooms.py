@@ -28,7 +28,7 @@ from bot.delivery import recording_sends
 from bot.plugin import HandlerCallback
 from bot.runtime import RunOutcome
 from bot.store.base import RunState, Store
-from bot.store.coordination import PgCoordinator, SoloCoordinator
+from bot.store.coordination import PgCoordinator
 from bot.types import ChannelType, Memory, now_ms
 
 from .pipeline import Job
@@ -75,7 +75,7 @@ class SendingMark:
 
 
 class SharedRooms:
-    def __init__(self, dispatcher: MessageDispatcher, coordinator: SoloCoordinator | PgCoordinator) -> None:
+    def __init__(self, dispatcher: MessageDispatcher, coordinator: PgCoordinator) -> None:
         self.dispatcher = dispatcher
         self.runtime = dispatcher.runtime
         self.coordinator = coordinator
