@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import os
 import re
 import signal
@@ -255,6 +256,19 @@ class Cluster:
     http: aiohttp.ClientSession
     ready_after: dict[str, float] = field(default_factory=dict)  # seconds from spawn to ready, per process
     discord: FakeDiscord | None = None  # with its shards run by p0 .. p{SHARD_COUNT-1}
+    database_url: str = ""
+
+    async def left_sending(self) -> set[tuple[int, int]]:
+        """Telegram messages (chat, message id) a process marked "sending" and never finished: it died
+        with the reply on its way, and by design nobody sends it again (never twice, see docs/scaling.md)."""
+        db = await asyncpg.connect(make_url(self.database_url).set(drivername="postgresql")
+                                   .render_as_string(hide_password=False))
+        try:
+            rows = await db.fetch("SELECT meta FROM memories WHERE run_state = 'sending'")
+        finally:
+            await db.close()
+        infos = [json.loads(row["meta"]).get("telegram", {}) for row in rows]
+        return {(int(i["chat_id"]), int(i["message_id"])) for i in infos if "message_id" in i}
 
     @property
     def live(self) -> list[BotProcess]:
@@ -365,7 +379,7 @@ async def running_cluster(tmp_path: Path, count: int, admin_url: str, *, model_d
                 await discord.wait_connected(ready_timeout, shards=range(shards))
             deliverer = WebhookDeliverer(telegram, [p.url for p in processes], secret=WEBHOOK_SECRET)
             async with deliverer:
-                yield Cluster(telegram, model, deliverer, processes, http, ready, discord)
+                yield Cluster(telegram, model, deliverer, processes, http, ready, discord, database_url)
         finally:
             codes = await asyncio.gather(*(p.stop() for p in processes), return_exceptions=True)
         unclean = [(p, c) for p, c in zip(processes, codes, strict=True) if not p.killed and c != 0]
