@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.plugin import ModelOutput, ModelRegistration
 from bot.store.base import ModelUsage, Store
+from bot.streaming import TextSink
 from bot.types import EventType, ModelType
 
 log = logging.getLogger("bot.runtime")
@@ -72,11 +73,12 @@ class ModelsMixin:
 
     async def use_model_output(
         self, model_type: ModelType, params: dict[str, Any], *, provider: str | None = None,
-        plain: dict[str, Any] | None = None,
+        plain: dict[str, Any] | None = None, stream: TextSink | None = None,
     ) -> ModelOutput:
         """Like `use_model`, but returns the whole output: which provider answered, and whether it
         was given the structured prompt. `plain` is the prompt for handlers that cannot follow an
         output format (small local models), so a fallback never receives a template it would echo.
+        `stream` receives the text as it is written, from handlers that can stream (`params["stream"]`).
 
         A provider that fails while another answers is one warning; when all fail, ModelError
         names each provider's error and nothing is logged here (the caller decides how loud).
@@ -87,6 +89,8 @@ class ModelsMixin:
         errors: list[str] = []
         for registration in handlers:
             call = params if registration.structured or plain is None else {**params, **plain}
+            if stream is not None:
+                call = {**call, "stream": stream.listener(registration.structured)}
             started = time.perf_counter()
             try:
                 output = await registration.handler(self, call)

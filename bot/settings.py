@@ -40,6 +40,12 @@ class VoiceReplies(StrEnum):
     NEVER = "never"
 
 
+class Streaming(StrEnum):
+    OFF = "off"
+    DM = "dm"  # private chats (and the API) only
+    ALL = "all"
+
+
 class LatePolicy(StrEnum):
     REPORT = "report"  # fire it, saying how late it is
     DROP = "drop"  # skip it (a repeating task moves on to its next time)
@@ -84,6 +90,8 @@ class Settings(BaseSettings):
     max_concurrent_rooms: int = Field(8, ge=1, le=1000)
     respond_to_bots: bool = False
     error_reply: str = "Sorry, I couldn't answer that just now. Please try again in a moment."
+    streaming: Streaming = Streaming.ALL  # replies appear as the model writes them
+    stream_edit_seconds: float = Field(1.0, ge=0.2, le=30)  # at most one edit of a streamed message this often
 
     # Tools (actions with parameters, MCP tools) and scheduled tasks
     max_tool_steps: int = Field(4, ge=1, le=16)  # model rounds that may call tools before the reply

@@ -29,11 +29,13 @@ import os
 import platform
 import re
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.plugin import ModelHandler, ModelOutput, ModelRegistration, Plugin, Priority, ToolCall
 from bot.settings import Settings, SettingsError
+from bot.streaming import TextListener
 from bot.types import ModelType
 from plugins.models import json_instruction, parse_json_object
 
@@ -72,6 +74,12 @@ _TOKEN = re.compile(r"\d+(?:\.\d+)?|[a-z]+")
 
 class LocalModelError(RuntimeError):
     """llama.cpp refused or failed a request; the message is llama.cpp's own."""
+
+
+def _raise_error(result: object) -> None:
+    if isinstance(result, dict) and "error" in result:
+        error = result["error"]
+        raise LocalModelError(error.get("message", str(error)) if isinstance(error, dict) else str(error))
 
 
 def runtime_installed() -> bool:
@@ -304,18 +312,52 @@ class LocalProvider:
             request["json_schema"] = json_schema or {"type": "object"}
         return request
 
-    def _complete(self, request: dict[str, Any]) -> ModelOutput:
-        """Blocking inference; runs in a worker thread while the lock is held."""
+    def _server_ready(self) -> Server:
         if self._server is None:
             self._server = self._load()
-        result: dict[str, Any] = self._server.handle_chat_completions(request)
-        if "error" in result:
-            error = result["error"]
-            raise LocalModelError(error.get("message", str(error)) if isinstance(error, dict) else str(error))
-        usage = result.get("usage") or {}
+        return self._server
+
+    def _complete(self, request: dict[str, Any]) -> ModelOutput:
+        """Blocking inference; runs in a worker thread while the lock is held."""
+        result: dict[str, Any] = self._server_ready().handle_chat_completions(request)
+        _raise_error(result)
         choice = result["choices"][0]
-        text = (choice["message"].get("content") or "").strip()
-        if choice.get("finish_reason") == "length" and "json_schema" not in request:
+        return self._output(request, choice["message"].get("content") or "", choice.get("finish_reason"),
+                            result.get("usage") or {})
+
+    def _complete_streaming(self, request: dict[str, Any], deliver: Callable[[str | None], None]) -> ModelOutput:
+        """Like `_complete`, handing each piece of text to `deliver` as llama.cpp writes it (None at the end)."""
+        parts: list[str] = []
+        finish: list[str] = []
+        usage: dict[str, Any] = {}
+        errors: list[dict[str, Any]] = []
+
+        def on_chunk(chunk: dict[str, Any]) -> bool:  # called from llama.cpp: it must not raise
+            if "error" in chunk:
+                errors.append(chunk)
+                return True  # stop
+            for choice in chunk.get("choices") or ():
+                if piece := (choice.get("delta") or {}).get("content"):
+                    parts.append(piece)
+                    deliver(piece)
+                if choice.get("finish_reason"):
+                    finish.append(choice["finish_reason"])
+            usage.update(chunk.get("usage") or {})
+            return False  # go on
+
+        try:
+            result = self._server_ready().handle_chat_completions(
+                {**request, "stream": True, "stream_options": {"include_usage": True}}, on_chunk)
+            _raise_error(result)
+            _raise_error(errors[0] if errors else None)
+        finally:
+            deliver(None)
+        return self._output(request, "".join(parts), finish[-1] if finish else None, usage)
+
+    def _output(self, request: dict[str, Any], text: str, finish_reason: str | None,
+                usage: dict[str, Any]) -> ModelOutput:
+        text = text.strip()
+        if finish_reason == "length" and "json_schema" not in request:
             text = whole_sentences(text)
         return ModelOutput(
             value=text,
@@ -327,8 +369,23 @@ class LocalProvider:
     async def _run(self, params: dict[str, Any], system: str, json_schema: dict[str, Any] | None = None,
                    want_json: bool = False) -> ModelOutput:
         request = self._request(params, system, json_schema, want_json)
+        on_text: TextListener | None = None if want_json else params.get("stream")
         async with self._lock:
-            return await asyncio.to_thread(self._complete, request)
+            if on_text is None:
+                return await asyncio.to_thread(self._complete, request)
+            return await self._stream(request, on_text)
+
+    async def _stream(self, request: dict[str, Any], on_text: TextListener) -> ModelOutput:
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def deliver(piece: str | None) -> None:
+            loop.call_soon_threadsafe(pieces.put_nowait, piece)
+
+        work = asyncio.ensure_future(asyncio.to_thread(self._complete_streaming, request, deliver))
+        while (piece := await pieces.get()) is not None:
+            await on_text(piece)
+        return await work
 
     async def text(self, runtime: AgentRuntime, params: dict[str, Any]) -> ModelOutput:
         return await self._run(params, str(params.get("system") or ""))

@@ -10,12 +10,14 @@ from typing import TYPE_CHECKING
 from bot.ids import create_unique_uuid
 from bot.plugin import ActionResult, HandlerCallback, MessagePreparer, State
 from bot.runtime import ModelError, RunOutcome
-from bot.settings import ShouldRespondMode
+from bot.settings import ShouldRespondMode, Streaming
+from bot.streaming import ReplyStream, StreamingCallback
 from bot.types import DIRECT_CHANNELS, Content, EventType, Memory, ModelType, RoomState
 
 from .embeddings import EmbeddingQueue
 from .parsing import ParsedResponse, parse_decision
 from .recall import recall_statements
+from .streaming import PLAIN_REPLY, ReplyText
 from .templates import render, template_for
 from .turn import Turn, is_tool_memory
 
@@ -24,7 +26,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PLAIN_REPLY = {"REPLY", "NONE"}
 # Actions that send the response text themselves, with their buttons or images attached.
 TEXT_CARRIERS = {"CHOOSE_OPTION", "GENERATE_IMAGE"}
 # Plain (small local) models see only the message before this one and the providers that carry
@@ -51,13 +52,41 @@ class Decision:
 
 
 class ReplySender:
-    """Wraps a connector callback: stamps replies, stores each as a memory and emits MESSAGE_SENT."""
+    """Wraps a connector callback: stamps replies, stores each as a memory and emits MESSAGE_SENT.
+
+    Where the connector can show a reply while it is written (and STREAMING allows it here), the
+    model's text goes to that stream, and the run's first reply finishes it: the final text
+    replaces what was shown instead of arriving as another message.
+    """
 
     def __init__(self, runtime: AgentRuntime, message: Memory, callback: HandlerCallback | None,
                  run_id: uuid.UUID) -> None:
         self.runtime, self.message, self.callback, self.run_id = runtime, message, callback, run_id
         self.sent: list[Content] = []
         self.refused = False
+        self.stream: ReplyStream | None = None
+        self._stream_used = False
+
+    def text_sink(self, *, xml: bool) -> ReplyText | None:
+        """Where a model round's text goes while it is written (None: this reply is not streamed)."""
+        if self._stream_used:
+            return None
+        if self.stream is None:
+            mode = self.runtime.settings.streaming
+            direct = self.message.content.channel_type in DIRECT_CHANNELS
+            if mode is Streaming.OFF or (mode is Streaming.DM and not direct):
+                return None
+            if not isinstance(self.callback, StreamingCallback):
+                return None
+            self.stream = self.callback.open_stream()
+            if self.stream is None:
+                return None
+        return ReplyText(self.stream, xml=xml)
+
+    async def close(self) -> None:
+        """End of the run: a stream no reply finished is withdrawn."""
+        if self.stream is not None:
+            await self.stream.close()
 
     async def refuse(self, results: list[ActionResult]) -> None:
         """Tell the asker, once per run, that an action they asked for is not theirs to use."""
@@ -70,7 +99,12 @@ class ReplySender:
         content.in_reply_to = content.in_reply_to or self.message.id
         content.source = content.source or self.message.content.source
         content.channel_type = content.channel_type or self.message.content.channel_type
-        keys = await self.callback(content) if self.callback else []
+        keys = None
+        if self.stream is not None and not self._stream_used:
+            self._stream_used = True
+            keys = await self.stream.finish(content)
+        if keys is None:
+            keys = await self.callback(content) if self.callback else []
         memory_id = create_unique_uuid(self.runtime.agent_id, keys[0]) if keys else uuid.uuid4()
         reply = Memory(
             id=memory_id, entity_id=self.runtime.agent_id, agent_id=self.runtime.agent_id,
@@ -179,6 +213,8 @@ class Pipeline:
             await self._apologise(sender)
             outcome = RunOutcome(status="error", run_id=job.run_id, responses=sender.sent,
                                  error=f"{type(error).__name__}: {error}")
+        finally:
+            await sender.close()
         await runtime.emit(EventType.RUN_ENDED, {**base, "status": outcome.status, "error": outcome.error})
         return outcome
 

@@ -18,6 +18,7 @@ from bot.tools import arguments_json, cut, result_for_model, steps_text, tool_sp
 from bot.types import Content, Memory, ModelType
 
 from .parsing import ParsedResponse, clean_plain_reply, parse_response
+from .streaming import ReplyText
 from .templates import render, template_for
 
 if TYPE_CHECKING:
@@ -116,13 +117,16 @@ class Turn:
             may_call = bool(tools) and self._may_call_tools()
             params = {**self._base_params(), "prompt": prompt, "tools": tools, "tool_steps": list(self.steps),
                       "tool_choice": "auto" if may_call else "none"}
-            output = await runtime.use_model_output(ModelType.TEXT_LARGE, params, plain=self.plain)
+            sink = self.sender.text_sink(xml=False)
+            output = await runtime.use_model_output(ModelType.TEXT_LARGE, params, plain=self.plain, stream=sink)
             if not output.tool_calls or not may_call:
                 text = str(output.value or "")
                 if output.structured:
                     return _native_answer(text)
                 # A plain model's reply after tools states their results: nothing to clean from it.
                 return ParsedResponse(text=text.strip(), actions=["REPLY"]) if self.steps else _plain_answer(text)
+            if sink is not None:  # what it wrote before calling tools is not the reply
+                await sink.reset()
             sent_before = len(self.sender.sent)
             await self.call_tools(output.tool_calls, _said(runtime, self.message, str(output.value or "")))
             if len(self.sender.sent) > sent_before:
@@ -141,7 +145,8 @@ class Turn:
             })
             if results and "toolResults" not in template:  # a character's own template: results go last
                 prompt = f"{prompt}\n\n{results}"
-            parsed = await self._xml_round({**self._base_params(), "prompt": prompt})
+            sink = self.sender.text_sink(xml=True)
+            parsed = await self._xml_round({**self._base_params(), "prompt": prompt}, sink)
             tools = [a for a in parsed.actions if (action := runtime.find_action(a)) is not None and action.is_tool]
             if not tools:
                 return parsed
@@ -163,10 +168,11 @@ class Turn:
         action = self.runtime.find_action(written)
         return action.name if action is not None else written
 
-    async def _xml_round(self, params: dict[str, Any]) -> ParsedResponse:
+    async def _xml_round(self, params: dict[str, Any], sink: ReplyText | None) -> ParsedResponse:
         output = None
         for _attempt in range(2):  # one retry when the XML is malformed, then the raw text is the reply
-            output = await self.runtime.use_model_output(ModelType.TEXT_LARGE, params, plain=self.plain)
+            output = await self.runtime.use_model_output(ModelType.TEXT_LARGE, params, plain=self.plain,
+                                                         stream=sink)
             if not output.structured:
                 return _plain_answer(str(output.value))
             parsed = parse_response(output.value)
