@@ -21,7 +21,21 @@ from bot.settings import Settings
 from bot.store.base import Store
 from bot.types import ChannelType, Content, Entity, Memory, MentionContext, ModelType, Room, World
 
-Reply = str | Exception | Callable[[dict[str, Any]], Awaitable[Any] | Any]
+@dataclass
+class Streamed:
+    """A reply the scripted model writes in `chunks` pieces over `seconds`, to `params["stream"]`
+    when the pipeline gave it one (as a streaming API would), returning the whole text after."""
+
+    text: str
+    chunks: int = 10
+    seconds: float = 0.5
+
+    def pieces(self) -> list[str]:
+        size = max(1, -(-len(self.text) // self.chunks))
+        return [self.text[i:i + size] for i in range(0, len(self.text), size)]
+
+
+Reply = str | Streamed | Exception | Callable[[dict[str, Any]], Awaitable[Any] | Any]
 
 
 def xml_reply(text: str, actions: str = "REPLY", providers: str = "", options: str = "") -> str:
@@ -60,6 +74,14 @@ class ScriptedModel:
                 reply = reply(params)
                 if asyncio.iscoroutine(reply):
                     reply = await reply
+            if isinstance(reply, Streamed):
+                on_text = params.get("stream")
+                pieces = reply.pieces()
+                for piece in pieces:
+                    await asyncio.sleep(reply.seconds / len(pieces))
+                    if on_text is not None:
+                        await on_text(piece)
+                reply = reply.text
             if isinstance(reply, str):
                 return ModelOutput(reply, model="scripted", prompt_tokens=len(params.get("prompt", "")) // 4,
                                    completion_tokens=len(reply) // 4)

@@ -73,6 +73,7 @@ async def model() -> AsyncIterator[FakeOpenAI]:
 @asynccontextmanager
 async def running_bot(tmp_path: Path, telegram: FakeTelegram, model: FakeOpenAI,
                       model_plugins: list[Plugin] | None = None, **overrides: Any) -> AsyncIterator[App]:
+    overrides.setdefault("streaming", "off")  # whole replies here; tests/test_telegram_streaming.py streams
     settings = settings_for(tmp_path, model.base_url, telegram_bot_token=TOKEN, telegram_api_root=telegram.root,
                             shutdown_timeout=3, **overrides)
     app = App(settings, character(), model_plugins=model_plugins)

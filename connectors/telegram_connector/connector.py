@@ -40,8 +40,9 @@ from .formatting import html_to_plain, markdown_to_html
 from .handlers import ChatOrderedProcessor, Inbound
 from .intake import is_id
 from .keyboards import DEFAULT_TTL, ButtonStore
-from .outbox import TYPING_INTERVAL, Outbox, Target
+from .outbox import TYPING_INTERVAL, Outbox, Target, Typing
 from .pacing import ChatPacer, bot_budget_key, telegram_rate_limiter
+from .streaming import TelegramStream
 from .voice import SOURCE, speak
 
 if TYPE_CHECKING:
@@ -279,12 +280,23 @@ class TelegramConnector(Connector):
             log.warning("stopping the Telegram connector: %s", error)
 
     # Sending ------------------------------------------------------------------------------------
-    async def send(self, target: Target, content: Content) -> list[str]:
-        """Send a reply (and, when the user spoke or VOICE_REPLIES=always, a voice note)."""
+    def _wants_voice(self, target: Target) -> bool:
         mode = self.runtime.settings.voice_replies
         wants_voice = mode is VoiceReplies.ALWAYS or (mode is VoiceReplies.AUTO and target.voice)
+        return wants_voice and self.runtime.has_model(ModelType.TEXT_TO_SPEECH)
+
+    def open_stream(self, target: Target, typing: Typing | None) -> TelegramStream | None:
+        """A streamed reply: a draft in a private chat, an edited message in a group or topic. A reply
+        spoken as a voice note is not streamed (its caption arrives with the audio)."""
+        if self._wants_voice(target):
+            return None
+        return TelegramStream(self.outbox, target, typing, draft=target.chat_id > 0,
+                              edit_seconds=self.runtime.settings.stream_edit_seconds)
+
+    async def send(self, target: Target, content: Content) -> list[str]:
+        """Send a reply (and, when the user spoke or VOICE_REPLIES=always, a voice note)."""
         voice = None
-        if wants_voice and self.runtime.has_model(ModelType.TEXT_TO_SPEECH):
+        if self._wants_voice(target):
             voice = await speak(self.runtime, html_to_plain(markdown_to_html(content.text)))
         return await self.outbox.send(target, content, voice)
 

@@ -139,6 +139,49 @@ def markdown_to_html(text: str) -> str:
     return rendered
 
 
+_BARE_LINE = re.compile(r"[#>*+\-\d.\s]*")  # what a line holds before its text: heading, quote, bullet marks
+
+
+def _pending_emphasis(rule: _Emphasis, text: str) -> int | None:
+    """Where an opening delimiter of `rule` still waits for its closing (it would format what follows
+    once the closing arrives), or None. Pairs are found as `_Emphasis.apply` finds them."""
+    if rule.marker not in text:
+        return None
+    scope = 0 if rule.multiline else text.rfind("\n") + 1
+    closings = [m.start() for m in rule.closing.finditer(text, scope)]
+    done = scope
+    for match in rule.opening.finditer(text, scope):
+        start = match.start()
+        if start < done:
+            continue
+        index = bisect.bisect_left(closings, start + rule.width + 1)
+        if index == len(closings):
+            return start
+        done = closings[index] + rule.width
+    return None
+
+
+def stable_prefix(text: str) -> str:
+    """The part of a reply still being written whose formatting cannot change as more text arrives,
+    so each preview of a streamed reply shows a prefix of the final message: an open code block, an
+    unclosed emphasis, code span or link, and a line that so far holds only its markers wait."""
+    if text.count("```") % 2:
+        text = text[:text.rfind("```")]
+    line_start = text.rfind("\n") + 1
+    cuts = [len(text)]
+    if _BARE_LINE.fullmatch(text, line_start):
+        cuts.append(line_start)
+    if text.count("`", line_start) % 2:
+        cuts.append(text.rfind("`"))
+    bracket = text.rfind("[", line_start)
+    if bracket >= 0 and not _LINK.match(text, bracket):
+        cuts.append(bracket)
+    # Probed with one more letter, so trailing markers that would open an emphasis count as opening.
+    probe = text + "x"
+    cuts += [p for rule in _INLINE_RULES if (p := _pending_emphasis(rule, probe)) is not None]
+    return text[:min(cuts)].rstrip()
+
+
 def well_nested(markup: str) -> bool:
     """True when every tag closes in order (what Telegram's HTML parser insists on)."""
     stack: list[str] = []

@@ -23,6 +23,7 @@ from telegram.ext import BaseUpdateProcessor, ContextTypes
 from bot.ids import create_unique_uuid
 from bot.plugin import HandlerCallback, MessagePreparer
 from bot.runtime import ShuttingDown
+from bot.streaming import ReplyStream
 from bot.types import ChannelType, Content, Entity, EventType, Memory, MentionContext, Room, World
 
 from .intake import is_id, message_text, name_of, text_of
@@ -111,6 +112,21 @@ def real_reply(message: Message) -> Message | None:
     if not isinstance(replied, Message) or replied.forum_topic_created is not None or not is_id(replied.message_id):
         return None
     return replied
+
+
+class Reply:
+    """The reply callback of one message: sends to its chat, or shows the reply as it is written."""
+
+    def __init__(self, connector: TelegramConnector, target: Target, typing: Typing | None) -> None:
+        self.connector, self.target, self.typing = connector, target, typing
+
+    async def __call__(self, content: Content) -> list[str]:
+        if self.typing is not None:
+            self.typing.stop()
+        return await self.connector.send(self.target, content)
+
+    def open_stream(self) -> ReplyStream | None:
+        return self.connector.open_stream(self.target, self.typing)
 
 
 class Inbound:
@@ -343,12 +359,7 @@ class Inbound:
             typing.stop()
 
     def _reply_callback(self, target: Target, typing: Typing | None) -> HandlerCallback:
-        async def reply(content: Content) -> list[str]:
-            if typing is not None:
-                typing.stop()
-            return await self.connector.send(target, content)
-
-        return reply
+        return Reply(self.connector, target, typing)
 
     async def _voice_unavailable(self, target: Target) -> None:
         """Say once per chat (and process lifetime) that voice notes cannot be heard."""

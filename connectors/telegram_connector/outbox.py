@@ -116,7 +116,7 @@ class Outbox:
                 chunks = []
         for index, chunk in enumerate(chunks):
             last = index == len(chunks) - 1
-            parts.append(partial(self._text, target, chunk, markup=markup if last else None))
+            parts.append(partial(self.text_message, target, chunk, markup=markup if last else None))
         parts.extend(partial(self._attachment, target, attachment) for attachment in content.attachments)
         reply_to = target.reply_to  # only the first part replies to the message
         for number, part in enumerate(parts, 1):
@@ -138,8 +138,9 @@ class Outbox:
     def _reply(message_id: int | None) -> ReplyParameters | None:
         return ReplyParameters(message_id, allow_sending_without_reply=True) if message_id else None
 
-    async def _text(self, target: Target, chunk: str, reply_to: int | None, *,
-                    markup: InlineKeyboardMarkup | None = None) -> Message:
+    async def text_message(self, target: Target, chunk: str, reply_to: int | None, *,
+                           markup: InlineKeyboardMarkup | None = None) -> Message:
+        """One HTML chunk as a message, paced; resent as plain text if Telegram rejects the markup."""
         async with self.pacer.slot(target.chat_id):
             try:
                 return await self.bot.send_message(

@@ -62,6 +62,25 @@ class ChatPacer:
             await self.budget.wait(key, rate=self.group_per_minute, per=60, burst=self.group_per_minute)
         yield
 
+    async def spare_slot(self, chat_id: int) -> bool:
+        """Take a slot for an interim edit of a streamed reply only while half the chat's budget is
+        free: previews never wait, and never take the slots that replies (and the final edit) need."""
+        key = f"{self.prefix}:chat:{chat_id}"
+        if chat_id > 0:
+            return await self.budget.try_take(key, rate=self.private_per_second,
+                                              burst=max(1, self.private_burst // 2))
+        return await self.budget.try_take(key, rate=self.group_per_minute, per=60,
+                                          burst=max(1, self.group_per_minute // 2))
+
+
+class NoSlot(Exception):
+    """A best-effort request (a preview of a streamed reply) found no free slot: skipped, not queued."""
+
+
+# `rate_limit_args` of a preview request (a draft, an interim edit): sent only with a free slot of the
+# bot's budget, never retried after RetryAfter (the next preview, or the final text, replaces it).
+PREVIEW = "preview"
+
 
 class BudgetRateLimiter(AIORateLimiter):
     """AIORateLimiter's RetryAfter retries, with every attempt of a request to a chat taking a slot
@@ -83,10 +102,15 @@ class BudgetRateLimiter(AIORateLimiter):
         kwargs: dict[str, Any],
         endpoint: str,
         data: dict[str, Any],
-        rate_limit_args: int | None,
+        rate_limit_args: int | str | None,
     ) -> Any:
         if data.get("chat_id") is None:
             return await super().process_request(callback, args, kwargs, endpoint, data, rate_limit_args)
+
+        if rate_limit_args == PREVIEW:
+            if not await self.budget.try_take(self.key, rate=OVERALL_PER_SECOND, burst=OVERALL_PER_SECOND // 2):
+                raise NoSlot(endpoint)
+            return await callback(*args, **kwargs)
 
         if endpoint == "sendChatAction":
             # "typing…" is best effort: sent only while half the bot's budget is free, so under load

@@ -13,6 +13,11 @@ updates (delivered to a long-polling getUpdates or posted to a webhook) and scri
 
 HTML messages are checked the way Telegram checks them (known tags, proper nesting, at most
 4,096 characters after parsing), so a formatting bug shows up as the same 400 Telegram gives.
+
+`chat_messages(chat_id)` is what a chat shows now (sends, then edits and deletions applied). With
+`enforce_limits=True` the fake answers 429 like Telegram's flood control when a chat gets messages
+(sends and edits alike) faster than about one a second (private) or twenty a minute (groups), or the
+bot makes more than 30 requests to chats a second; `limited` lists the calls it refused.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import asyncio
 import html
 import itertools
 import json
+import math
 import re
 import time
 from collections import defaultdict, deque
@@ -38,6 +44,14 @@ BOOL_FIELDS = {"show_alert", "disable_notification", "protect_content", "drop_pe
 HTML_TAGS = {"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span", "tg-spoiler", "a", "tg-emoji",
              "code", "pre", "blockquote"}
 FILE_FIELDS = {"voice": "voice", "audio": "audio", "photo": "photo", "document": "document"}
+# Requests that put or change a message in a chat: what Telegram's per-chat flood limits count.
+CHAT_MESSAGES = {"sendMessage", "editMessageText", "editMessageReplyMarkup", "sendVoice", "sendPhoto",
+                 "sendDocument"}
+# (seconds per message, burst) per chat, and for the bot overall: a little above what the bot's pacer
+# allows (1/s with 2 at once in private chats, 20 a minute in groups), so timing jitter is not a 429.
+PRIVATE_LIMIT = (1.0, 3)
+GROUP_LIMIT = (3.0, 21)
+OVERALL_LIMIT = (1 / 30, 31)
 
 
 @dataclass(frozen=True)
@@ -116,8 +130,12 @@ def utf16_len(text: str) -> int:
 
 class FakeTelegram:
     def __init__(self, token: str, *, username: str = "parley_test_bot", bot_id: int = 7_000_001,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", enforce_limits: bool = False) -> None:
         self.token = token
+        self.enforce_limits = enforce_limits
+        self.limited: list[Call] = []  # calls refused with 429 by the enforced limits
+        self.messages: dict[tuple[int, int], dict[str, Any]] = {}  # (chat, message id) -> the message now
+        self._tat: dict[str, float] = {}
         self.admins: dict[int, set[int]] = {}  # chat id -> user ids that administer it (getChatMember)
         self.host = host
         self.port = 0
@@ -313,6 +331,8 @@ class FakeTelegram:
             failure = failures.popleft() if failures else None
             if failure is not None:
                 raise ApiErrorRaised(failure)
+            if self.enforce_limits:
+                self._check_limits(call)
             handler = getattr(self, f"_api_{method}", None)
             if handler is None:
                 raise ApiErrorRaised(ApiError(404, "Not Found: method not found"))
@@ -327,6 +347,27 @@ class FakeTelegram:
         finally:
             await self._notify()
         return web.json_response({"ok": True, "result": call.result})
+
+    def _check_limits(self, call: Call) -> None:
+        """Flood control as a generic cell rate: a request over a key's burst gets 429 and retry_after."""
+        chat_id = call.params.get("chat_id")
+        if chat_id is None:
+            return
+        keys = [("all", *OVERALL_LIMIT)]
+        if call.method in CHAT_MESSAGES:
+            keys.append((f"chat:{chat_id}", *(PRIVATE_LIMIT if int(chat_id) > 0 else GROUP_LIMIT)))
+        now = time.monotonic()
+        for key, interval, burst in keys:
+            ahead = max(self._tat.get(key, now), now) - now
+            if ahead > (burst - 1) * interval:
+                self.limited.append(call)
+                raise ApiErrorRaised(retry_after(max(1, math.ceil(ahead - (burst - 1) * interval))))
+        for key, interval, _ in keys:
+            self._tat[key] = max(self._tat.get(key, now), now) + interval
+
+    def chat_messages(self, chat_id: int) -> list[dict[str, Any]]:
+        """The messages the chat shows now, oldest first."""
+        return [m for (chat, _), m in sorted(self.messages.items()) if chat == chat_id]
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         if request.match_info["token"] != self.token:
@@ -404,6 +445,7 @@ class FakeTelegram:
             message["is_topic_message"] = True
         if params.get("reply_markup"):
             message["reply_markup"] = params["reply_markup"]
+        self.messages[(chat_id, message["message_id"])] = message
         return message
 
     def _checked_text(self, params: dict[str, Any], key: str, limit: int) -> str:
@@ -425,7 +467,34 @@ class FakeTelegram:
 
     async def _api_editMessageText(self, params: dict[str, Any]) -> Any:
         text = self._checked_text(params, "text", 4096)
-        return self._sent(params, text=text) | {"message_id": int(params["message_id"])}
+        key = (int(params["chat_id"]), int(params["message_id"]))
+        message = self.messages.get(key)
+        if message is None:
+            raise ApiErrorRaised(ApiError(400, "Bad Request: message to edit not found"))
+        if message.get("text") == text and message.get("reply_markup") == params.get("reply_markup"):
+            raise ApiErrorRaised(ApiError(400, "Bad Request: message is not modified: specified new message "
+                                               "content and reply markup are exactly the same"))
+        message = {**message, "text": text, "edit_date": int(time.time())}
+        message.pop("reply_markup", None)
+        if params.get("reply_markup"):
+            message["reply_markup"] = params["reply_markup"]
+        self.messages[key] = message
+        return message
+
+    async def _api_deleteMessage(self, params: dict[str, Any]) -> Any:
+        if self.messages.pop((int(params["chat_id"]), int(params["message_id"])), None) is None:
+            raise ApiErrorRaised(ApiError(400, "Bad Request: message to delete not found"))
+        return True
+
+    async def _api_sendMessageDraft(self, params: dict[str, Any]) -> Any:
+        """Bot API 9.5: an animated preview in a private chat; not a message (nothing is stored)."""
+        if int(params["chat_id"]) <= 0:
+            raise ApiErrorRaised(ApiError(400, "Bad Request: drafts can be sent only to private chats"))
+        if not int(params.get("draft_id") or 0):
+            raise ApiErrorRaised(ApiError(400, "Bad Request: draft_id must be non-zero"))
+        if params.get("text"):
+            self._checked_text(params, "text", 4096)
+        return True
 
     async def _api_sendVoice(self, params: dict[str, Any]) -> Any:
         caption = self._checked_text(params, "caption", 1024)
