@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.plugin import ModelHandler, ModelOutput, ModelRegistration, Plugin, Priority, ToolCall, ToolStep
 from bot.settings import Settings
+from bot.streaming import TextListener
 from bot.types import ModelType
 from plugins.models import (
     DESCRIBE_INSTRUCTION,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 NAME = "anthropic"
 DEFAULT_MAX_TOKENS = 2048  # the Messages API requires max_tokens on every call
+HTTP_LIBRARIES = {"httpx", "httpx2"}  # what the SDK is built on, by version
 
 def image_block(params: dict[str, Any]) -> dict[str, Any]:
     """An image content block: a URL source, or the bytes inline as base64."""
@@ -73,7 +75,8 @@ class AnthropicProvider(SdkClient["anthropic.AsyncAnthropic"]):
                          settings=settings)
 
     async def _messages(self, model: str, content: str | list[dict[str, Any]], params: dict[str, Any],
-                        system: str | None = None) -> ModelOutput:
+                        system: str | None = None, listener: TextListener | None = None) -> ModelOutput:
+        """One Messages call; with `listener`, streamed (each text delta to it), same output."""
         options: dict[str, Any] = {}
         if system:
             options["system"] = system
@@ -85,15 +88,21 @@ class AnthropicProvider(SdkClient["anthropic.AsyncAnthropic"]):
             options["tools"] = [{"name": t.name, "description": t.description, "input_schema": t.parameters}
                                 for t in params["tools"]]
             options["tool_choice"] = {"type": params.get("tool_choice") or "auto"}
+        request = {"model": model, "max_tokens": int(params.get("max_tokens") or DEFAULT_MAX_TOKENS),
+                   "messages": [{"role": "user", "content": content}, *tool_turns(params.get("tool_steps") or ())],
+                   **options}
         client = await self.client()
         try:
-            response = await client.messages.create(
-                model=model,
-                max_tokens=int(params.get("max_tokens") or DEFAULT_MAX_TOKENS),
-                messages=[{"role": "user", "content": content}, *tool_turns(params.get("tool_steps") or ())],
-                **options,
-            )
-        except self.sdk.AnthropicError as error:
+            if listener is None:
+                response = await client.messages.create(**request)
+            else:
+                async with client.messages.stream(**request) as stream:
+                    async for piece in stream.text_stream:
+                        await listener(piece)
+                    response = await stream.get_final_message()
+        except Exception as error:
+            if not self._from_sdk(error):
+                raise
             raise provider_error(NAME, error, [self.api_key]) from None
         text = "".join(block.text for block in response.content if getattr(block, "type", "") == "text")
         calls = [ToolCall(id=block.id, name=block.name, arguments=dict(block.input or {}))
@@ -102,9 +111,15 @@ class AnthropicProvider(SdkClient["anthropic.AsyncAnthropic"]):
                            prompt_tokens=response.usage.input_tokens,
                            completion_tokens=response.usage.output_tokens, tool_calls=calls)
 
+    def _from_sdk(self, error: Exception) -> bool:
+        """Whether `error` is the SDK's: its own, or its HTTP library's, which it lets out of a stream
+        that breaks midway (a read timeout, a dropped connection) where OpenAI's SDK wraps them."""
+        return isinstance(error, self.sdk.AnthropicError) or type(error).__module__.partition(".")[0] in HTTP_LIBRARIES
+
     def _text(self, model: str) -> ModelHandler:
         async def handler(runtime: AgentRuntime, params: dict[str, Any]) -> ModelOutput:
-            return await self._messages(model, str(params["prompt"]), params, params.get("system"))
+            return await self._messages(model, str(params["prompt"]), params, params.get("system"),
+                                        params.get("stream"))
         return handler
 
     def _object(self, model: str) -> ModelHandler:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.plugin import ModelHandler, ModelOutput, ModelRegistration, Plugin, Priority, ToolCall
 from bot.settings import Settings
+from bot.streaming import TextListener
 from bot.tools import arguments_json, steps_text
 from bot.types import Attachment, ModelType
 from plugins.models import (
@@ -43,16 +44,16 @@ AUDIO_EXTENSIONS = {
     "audio/x-m4a": "m4a", "audio/flac": "flac", "video/mp4": "mp4",
 }
 
-def _tool_call(call: Any) -> ToolCall:
+def _tool_call(call_id: str, name: str, arguments_text: str | None) -> ToolCall:
     """A function call from the API; arguments that are not a JSON object are reported, not run."""
     try:
-        arguments = json.loads(call.function.arguments or "{}")
+        arguments = json.loads(arguments_text or "{}")
     except ValueError:
         arguments = None
     if not isinstance(arguments, dict):
-        return ToolCall(id=call.id, name=call.function.name, arguments={},
+        return ToolCall(id=call_id, name=name, arguments={},
                         error="the arguments were not a JSON object; call it again with valid JSON")
-    return ToolCall(id=call.id, name=call.function.name, arguments=arguments)
+    return ToolCall(id=call_id, name=name, arguments=arguments)
 
 
 def image_url_for(params: dict[str, Any]) -> str:
@@ -101,6 +102,9 @@ class OpenAIProvider(SdkClient["openai.AsyncOpenAI"]):
             options["tools"] = [{"type": "function", "function": {
                 "name": t.name, "description": t.description, "parameters": t.parameters}} for t in params["tools"]]
             options["tool_choice"] = params.get("tool_choice") or "auto"
+        listener: TextListener | None = None if json_mode else params.get("stream")
+        if listener is not None:
+            return await self._call(lambda client: self._stream(client, model, messages, options, listener))
         response = await self._call(lambda client: client.chat.completions.create(model=model, messages=messages, **options))
         if not response.choices:
             raise ValueError(f"{NAME}: the reply has no choices")
@@ -111,7 +115,44 @@ class OpenAIProvider(SdkClient["openai.AsyncOpenAI"]):
             model=response.model or model,
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
-            tool_calls=[_tool_call(call) for call in message.tool_calls or () if call.type == "function"],
+            tool_calls=[_tool_call(call.id, call.function.name, call.function.arguments)
+                        for call in message.tool_calls or () if call.type == "function"],
+        )
+
+    @staticmethod
+    async def _stream(client: openai.AsyncOpenAI, model: str, messages: list[dict[str, Any]],
+                      options: dict[str, Any], listener: TextListener) -> ModelOutput:
+        """`_chat` streamed: each piece of text goes to `listener` as it arrives; tool calls come in
+        pieces by index (the id and name first, then the arguments), assembled here."""
+        text: list[str] = []
+        calls: dict[int, dict[str, str]] = {}
+        name, usage, answered = model, None, False
+        stream = await client.chat.completions.create(model=model, messages=messages, stream=True,
+                                                      stream_options={"include_usage": True}, **options)
+        async with stream:
+            async for chunk in stream:
+                name, usage = chunk.model or name, chunk.usage or usage
+                if not chunk.choices:
+                    continue  # the usage chunk
+                answered = True
+                delta = chunk.choices[0].delta
+                for piece in delta.tool_calls or ():
+                    call = calls.setdefault(piece.index, {"id": "", "name": "", "arguments": ""})
+                    call["id"] = piece.id or call["id"]
+                    if piece.function is not None:
+                        call["name"] += piece.function.name or ""
+                        call["arguments"] += piece.function.arguments or ""
+                if delta.content:
+                    text.append(delta.content)
+                    await listener(delta.content)
+        if not answered:
+            raise ValueError(f"{NAME}: the reply has no choices")
+        return ModelOutput(
+            value="".join(text),
+            model=name,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            tool_calls=[_tool_call(call["id"], call["name"], call["arguments"]) for _, call in sorted(calls.items())],
         )
 
     def _messages(self, params: dict[str, Any], extra_system: str | None = None) -> list[dict[str, Any]]:

@@ -11,9 +11,23 @@ In-process::
     ...
     await fake.stop()
 
+Streaming: a chat request with `"stream": true` is answered with Server-Sent Events in the API's
+own chunk format (so the real SDK parses it). `stream_chunks` is how many pieces the reply text
+(and each tool call's arguments) is cut into, `stream_seconds` the time the pieces are spread over
+(first piece at once, last after `stream_seconds`; default 3 pieces, no delay)::
+
+    fake = FakeOpenAI(reply="a long reply", stream_chunks=40, stream_seconds=4.0)
+    ...
+    fake.chunk_times      # per streamed response, time.monotonic() after each piece was written
+    fake.first_chunk_at   # per streamed response, when its first piece was written
+
+A piece is a chunk carrying model output (text, a tool call's opening or arguments), not the
+framing around it, so `first_chunk_at[i]` to the moment the text shows is the latency streaming
+adds. `StreamCut` scripts a stream that fails halfway.
+
 From another process (prints the base URL on stdout, serves until killed)::
 
-    python -m tests.fakes.openai_server --port 0 --reply "text"
+    python -m tests.fakes.openai_server --port 0 --reply "text" --stream-chunks 40 --stream-seconds 4
 """
 
 from __future__ import annotations
@@ -81,11 +95,22 @@ class ToolCalls:
         return arguments if isinstance(arguments, str) else json.dumps(arguments)
 
 
+@dataclass(frozen=True)
+class StreamCut:
+    """A scripted stream that fails halfway: `after` pieces of the reply, then an error event with
+    `message` (as the real APIs send when overloaded mid-reply). A request that does not stream
+    gets HTTP 500 with the message instead."""
+
+    after: int = 1
+    message: str = "The server had an error while streaming"
+
+
 RATE_LIMITED = Status(429, {"Retry-After": "1"}, {"error": {"message": "Rate limit reached", "type": "requests"}})
 SERVER_ERROR = Status(500, body={"error": {"message": "The server had an error", "type": "server_error"}})
 HANG = Hang()
 
-ScriptEntry = str | dict[str, Any] | list[Any] | Status | Hang | Raw | ToolCalls
+ScriptEntry = str | dict[str, Any] | list[Any] | Status | Hang | Raw | ToolCalls | StreamCut
+Event = tuple[bytes, bool]  # one Server-Sent Event, and whether it carries a piece of model output
 Reply = str | Callable[[dict[str, Any]], str | ToolCalls]
 
 
@@ -136,6 +161,11 @@ def tiny_png(width: int = 4, height: int = 4, rgb: tuple[int, int, int] = (200, 
             + chunk(b"IEND", b""))
 
 
+def sse(data: dict[str, Any], event: str | None = None) -> bytes:
+    """One Server-Sent Event."""
+    return (f"event: {event}\n" if event else "").encode() + b"data: " + json.dumps(data).encode() + b"\n\n"
+
+
 def count_tokens(text: str) -> int:
     """A stand-in tokenizer (whitespace words): deterministic usage numbers for assertions."""
     return len(text.split())
@@ -167,11 +197,14 @@ class FakeServer:
     default_endpoint = "chat"
 
     def __init__(self, reply: Reply = "Hello from the fake model.", *, host: str = "127.0.0.1",
-                 port: int = 0) -> None:
+                 port: int = 0, stream_chunks: int = 3, stream_seconds: float = 0.0) -> None:
         self.reply = reply
         self.host = host
         self.port = port
+        self.stream_chunks = max(1, stream_chunks)
+        self.stream_seconds = stream_seconds
         self.requests: list[RecordedRequest] = []
+        self.chunk_times: list[list[float]] = []
         self._scripts: defaultdict[str, deque[ScriptEntry]] = defaultdict(deque)
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
@@ -193,6 +226,54 @@ class FakeServer:
 
     def reply_for(self, body: dict[str, Any]) -> str | ToolCalls:
         return self.reply(body) if callable(self.reply) else self.reply
+
+    # Streaming ---------------------------------------------------------------------------------
+    @property
+    def first_chunk_at(self) -> list[float]:
+        """When each streamed response wrote its first piece of model output (time.monotonic())."""
+        return [times[0] for times in self.chunk_times if times]
+
+    def pieces(self, text: str) -> list[str]:
+        """`text` cut into at most `stream_chunks` pieces of about equal length."""
+        size = max(1, -(-len(text) // self.stream_chunks))
+        return [text[i:i + size] for i in range(0, len(text), size)]
+
+    def stream_error(self, message: str) -> bytes:
+        """The API's error event in the middle of a stream."""
+        raise NotImplementedError
+
+    async def stream(self, request: web.Request, events: list[Event], cut: StreamCut | None) -> web.StreamResponse:
+        """Write `events`, spreading the pieces over `stream_seconds` and recording when each went out;
+        with `cut`, an error event follows the first `cut.after` pieces instead of the rest."""
+        if cut is not None:
+            ends = [i for i, (_, piece) in enumerate(events) if piece][:cut.after]
+            events = events[:ends[-1] + 1 if ends else 1] + [(self.stream_error(cut.message), False)]
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        times: list[float] = []
+        self.chunk_times.append(times)
+        gap = self.stream_seconds / max(sum(piece for _, piece in events) - 1, 1)
+        started = time.monotonic()
+        try:
+            for data, piece in events:
+                if piece and times and not await self._pause(started + len(times) * gap - time.monotonic()):
+                    return response  # the server is stopping
+                await response.write(data)
+                if piece:
+                    times.append(time.monotonic())
+            await response.write_eof()
+        except ConnectionResetError:  # the client went away (cancelled, timed out)
+            pass
+        return response
+
+    async def _pause(self, seconds: float) -> bool:
+        """Wait `seconds`; False when the server stops meanwhile."""
+        if seconds > 0:
+            try:
+                await asyncio.wait_for(self._stopping.wait(), seconds)
+            except TimeoutError:
+                pass
+        return not self._stopping.is_set()
 
     # Lifecycle --------------------------------------------------------------------------------
     @property
@@ -242,10 +323,13 @@ class FakeServer:
         self.requests.append(RecordedRequest(request.method, request.path, body, CIMultiDict(request.headers)))
         return body
 
-    async def next_entry(self, endpoint: str) -> ScriptEntry | web.StreamResponse | None:
-        """Pop the next scripted entry; failures are turned into responses here."""
+    async def next_entry(self, endpoint: str, streaming: bool = False) -> ScriptEntry | web.StreamResponse | None:
+        """Pop the next scripted entry; failures are turned into responses here (a StreamCut is
+        left to a streaming request)."""
         queue = self._scripts[endpoint]
         entry = queue.popleft() if queue else None
+        if isinstance(entry, StreamCut) and not streaming:
+            entry = Status(500, body={"error": {"message": entry.message, "type": "server_error"}})
         if isinstance(entry, Hang):
             try:
                 await asyncio.wait_for(self._stopping.wait(), entry.seconds)
@@ -267,8 +351,9 @@ class FakeOpenAI(FakeServer):
     """
 
     def __init__(self, reply: Reply = "Hello from the fake model.", *, embedding_dimensions: int = 384,
-                 transcript: str = "hello from the audio", host: str = "127.0.0.1", port: int = 0) -> None:
-        super().__init__(reply, host=host, port=port)
+                 transcript: str = "hello from the audio", host: str = "127.0.0.1", port: int = 0,
+                 stream_chunks: int = 3, stream_seconds: float = 0.0) -> None:
+        super().__init__(reply, host=host, port=port, stream_chunks=stream_chunks, stream_seconds=stream_seconds)
         self.embedding_dimensions = embedding_dimensions
         self.transcript = transcript
         self.image_description = {"title": "A red square", "description": "A small solid red square."}
@@ -289,9 +374,10 @@ class FakeOpenAI(FakeServer):
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await self.record(request)
-        entry = await self.next_entry("chat")
+        entry = await self.next_entry("chat", streaming=bool(body.get("stream")))
         if isinstance(entry, web.StreamResponse):
             return entry
+        cut, entry = (entry, None) if isinstance(entry, StreamCut) else (None, entry)
         messages = body.get("messages", [])
         wants_json = (body.get("response_format") or {}).get("type") in ("json_object", "json_schema")
         if entry is None and has_image(messages):
@@ -311,16 +397,42 @@ class FakeOpenAI(FakeServer):
             text = entry if isinstance(entry, str) else json.dumps(entry)
             message = {"role": "assistant", "content": text, "refusal": None}
         prompt_tokens, completion_tokens = count_tokens(message_text(messages)), count_tokens(text)
-        return web.json_response({
-            "id": f"chatcmpl-fake{len(self.requests)}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model", "fake-model"),
-            "choices": [{"index": 0, "finish_reason": "tool_calls" if isinstance(entry, ToolCalls) else "stop",
-                         "logprobs": None, "message": message}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
-        })
+        head = {"id": f"chatcmpl-fake{len(self.requests)}", "created": int(time.time()),
+                "model": body.get("model", "fake-model")}
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                 "total_tokens": prompt_tokens + completion_tokens}
+        finish = "tool_calls" if isinstance(entry, ToolCalls) else "stop"
+        if body.get("stream"):
+            return await self.stream(request, self._chunks(body, head, message, finish, usage), cut)
+        return web.json_response({**head, "object": "chat.completion", "usage": usage, "choices": [
+            {"index": 0, "finish_reason": finish, "logprobs": None, "message": message}]})
+
+    def _chunks(self, body: dict[str, Any], head: dict[str, Any], message: dict[str, Any], finish: str,
+                usage: dict[str, int]) -> list[Event]:
+        """The reply as chat.completion.chunk events, as api.openai.com streams it."""
+        with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def chunk(delta: dict[str, Any] | None, finish_reason: str | None = None, **extra: Any) -> bytes:
+            choices = [] if delta is None else [
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+            return sse({**head, "object": "chat.completion.chunk", "system_fingerprint": None, "choices": choices,
+                        **({"usage": None} if with_usage else {}), **extra})
+
+        events = [(chunk({"role": "assistant", "content": "", "refusal": None}), False)]
+        events += [(chunk({"content": piece}), True) for piece in self.pieces(message["content"] or "")]
+        for index, call in enumerate(message.get("tool_calls") or ()):
+            opening = {"index": index, "id": call["id"], "type": "function",
+                       "function": {"name": call["function"]["name"], "arguments": ""}}
+            events.append((chunk({"tool_calls": [opening]}), True))
+            events += [(chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}), True)
+                       for piece in self.pieces(call["function"]["arguments"])]
+        events.append((chunk({}, finish), False))
+        if with_usage:
+            events.append((chunk(None, usage=usage), False))
+        return [*events, (b"data: [DONE]\n\n", False)]
+
+    def stream_error(self, message: str) -> bytes:
+        return sse({"error": {"message": message, "type": "server_error", "param": None, "code": None}})
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         body = await self.record(request)
@@ -384,8 +496,9 @@ def _is_json(text: str) -> bool:
     return True
 
 
-async def _serve(port: int, reply: str, dimensions: int) -> None:
-    fake = FakeOpenAI(reply=reply, embedding_dimensions=dimensions, port=port)
+async def _serve(args: argparse.Namespace) -> None:
+    fake = FakeOpenAI(reply=args.reply, embedding_dimensions=args.embedding_dimensions, port=args.port,
+                      stream_chunks=args.stream_chunks, stream_seconds=args.stream_seconds)
     print(await fake.start(), flush=True)
     try:
         await asyncio.Event().wait()
@@ -398,9 +511,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (the default)")
     parser.add_argument("--reply", default="Hello from the fake model.", help="the chat reply text")
     parser.add_argument("--embedding-dimensions", type=int, default=384)
+    parser.add_argument("--stream-chunks", type=int, default=3, help="pieces a streamed reply is cut into")
+    parser.add_argument("--stream-seconds", type=float, default=0.0, help="time a streamed reply is spread over")
     args = parser.parse_args(argv)
     try:
-        asyncio.run(_serve(args.port, args.reply, args.embedding_dimensions))
+        asyncio.run(_serve(args))
     except KeyboardInterrupt:
         sys.exit(0)
 
