@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from bot.types import Content
+
 DISCORD_LIMIT = 2000
 _FENCE = re.compile(r"^\s*```(\S*)")
 _CLOSE = "\n```"
@@ -68,3 +70,9 @@ def split_message(text: str, limit: int = DISCORD_LIMIT) -> list[str]:
         splitter.add_line(line)
     splitter.flush()
     return splitter.chunks
+
+
+def reply_text(content: Content) -> str:
+    """The text a reply's messages carry: its text, then the links of attachments that have no data."""
+    links = [a.url for a in content.attachments if a.data is None and a.url]
+    return "\n".join([content.text, *links]).strip()

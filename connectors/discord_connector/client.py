@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -28,6 +29,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SAFE_MENTIONS = discord.AllowedMentions(everyone=False, roles=False, users=True, replied_user=True)
+
+
+async def post(send_one: Callable[..., Awaitable[discord.Message]], chunk: str,
+               reference: discord.Message | discord.PartialMessage | None = None, **extra: Any) -> discord.Message:
+    """Send one message of a reply (its channel's slot taken), replying to `reference` if given."""
+    options: dict[str, Any] = {"content": chunk or None, "allowed_mentions": SAFE_MENTIONS, **extra}
+    if reference is not None:
+        options["reference"] = reference.to_reference(fail_if_not_exists=False)
+    return await send_one(**options)
 
 
 def configure_endpoints(api_base: str, gateway_url: str) -> None:

@@ -3,7 +3,7 @@
 Etiquette enforced here: never answer itself or (by default) other bots, only allowlisted channels,
 replies split at 2,000 characters, the first chunk replying to the message, no @everyone/role pings,
 each channel's and the bot's sends paced under Discord's limits across processes (pacing.py), and a
-403 logged once per channel instead of crashing.
+403 logged once per channel instead of crashing; replies are shown while written (streaming.py).
 Duplicate deliveries after a gateway RESUME are dropped by the pipeline's dedupe on message id.
 """
 
@@ -27,10 +27,11 @@ from bot.sanitize import clean_text
 from bot.store.budgets import send_budget
 from bot.types import Content, Memory, MentionContext, Room
 
-from .chunking import split_message
-from .client import SAFE_MENTIONS, configure_endpoints, make_client, shard_plan
+from .chunking import reply_text, split_message
+from .client import configure_endpoints, make_client, post, shard_plan
 from .events import SOURCE, Mapper, message_key
 from .pacing import DiscordLimits, DiscordPacer
+from .streaming import DiscordReply
 from .typing_indicator import TypingIndicators
 from .views import build_view, cache_key
 from .voice import VoiceManager
@@ -180,11 +181,9 @@ class DiscordConnector(Connector):
 
     async def _submit(self, memory: Memory, send_one: SendOne, channel: Any,
                       reference: discord.Message | None, typing: bool = True, *,
-                      prepare: MessagePreparer | None = None) -> MessageTicket | None:
+                      prepare: MessagePreparer | None = None, streams: bool = True) -> MessageTicket | None:
         """Hand the message to the pipeline; None when it was not accepted (the process is shutting down)."""
-        async def reply(content: Content) -> list[str]:
-            return await self.deliver(channel, content, send_one, reference)
-
+        reply = DiscordReply(self, channel, send_one, reference, memory.id, streams=streams)
         if not typing:
             self.typing.quiet(memory.id)
         try:
@@ -203,8 +202,7 @@ class DiscordConnector(Connector):
         """Send one reply (several messages when long) and return their platform keys."""
         if content.in_reply_to is not None:
             self.typing.stop(content.in_reply_to)
-        links = [a.url for a in content.attachments if a.data is None and a.url]
-        chunks = split_message("\n".join([content.text, *links]).strip())
+        chunks = split_message(reply_text(content))
         files = [discord.File(io.BytesIO(a.data), filename=a.title or a.id) for a in content.attachments
                  if a.data is not None]
         view = await build_view(self.runtime, content.buttons) if content.buttons else None
@@ -212,14 +210,12 @@ class DiscordConnector(Connector):
             chunks = [""]
         keys: list[str] = []
         for index, chunk in enumerate(chunks):
-            options: dict[str, Any] = {"content": chunk or None, "allowed_mentions": SAFE_MENTIONS}
-            if index == 0 and reference is not None:
-                options["reference"] = reference.to_reference(fail_if_not_exists=False)
+            extra: dict[str, Any] = {}
             if index == len(chunks) - 1:
-                options.update({"files": files} if files else {}, **({"view": view} if view else {}))
+                extra.update({"files": files} if files else {}, **({"view": view} if view else {}))
             try:
                 await self.pacer.channel(channel.id)
-                sent = await send_one(**options)
+                sent = await post(send_one, chunk, reference if index == 0 else None, **extra)
             except discord.Forbidden as error:
                 if channel.id not in self._forbidden:
                     self._forbidden[channel.id] = True
@@ -235,14 +231,15 @@ class DiscordConnector(Connector):
                             error.text or error.response.reason)
                 return keys
             keys.append(message_key(channel.id, sent.id))
-        self._forbidden.pop(channel.id, None)
-        self._maybe_speak(channel, content.text)
+        self.delivered(channel, content)
         return keys
 
-    def _maybe_speak(self, channel: Any, text: str) -> None:
+    def delivered(self, channel: Any, content: Content) -> None:
+        """A reply is out: the channel takes posts again, and a voice connection there speaks it."""
+        self._forbidden.pop(channel.id, None)
         voice = self.voice.connected_client(channel)
-        if voice is not None and text.strip():
-            self.runtime.run_in_background(self.voice.speak(voice, channel.guild.id, text),
+        if voice is not None and content.text.strip():
+            self.runtime.run_in_background(self.voice.speak(voice, channel.guild.id, content.text),
                                            f"discord-speak-{channel.id}")
 
     def sender_id(self, message: Memory) -> str | None:
@@ -343,7 +340,7 @@ class DiscordConnector(Connector):
             sent.append(True)
             return await send(**options)
 
-        ticket = await self._submit(memory, send_one, interaction.channel, None, typing=False)
+        ticket = await self._submit(memory, send_one, interaction.channel, None, typing=False, streams=False)
         if ticket is None:
             await self._restarting(interaction, replace_original=True)
         else:

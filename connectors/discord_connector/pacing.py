@@ -12,6 +12,9 @@ which paces a channel exactly as the aiolimiter it replaced (AsyncLimiter(5, 5.0
 Where the slots are taken:
 - a channel's slot in `DiscordConnector.deliver`, before each message of a reply goes out (each
   chunk of a long reply, sends to a room, messages with buttons; /ask follow-ups, as before);
+- a channel's slot before each edit of a streamed reply (streaming.py), the same bucket as its
+  messages: taken only when free with room to spare while the reply is written (a skipped edit
+  costs nothing, a queued one would delay the channel's other replies), waited for by the final one;
 - the bot's slot in discord.py's HTTP client (`bind`), before every request it makes once logged
   in: messages, typing indicators, anything else. The slash-command sync, made during login, is
   not counted (a request or two per start, by one process). Interaction responses and follow-ups,
@@ -75,6 +78,12 @@ class DiscordPacer:
         limits = self.limits
         await self.budget.wait(self.channel_key(channel_id), rate=limits.channel_per_second,
                                burst=limits.channel_burst)
+
+    async def try_channel(self, channel_id: int, *, spare: int = 0) -> bool:
+        """Take one of the channel's slots only if it is free now and `spare` more stay free after it."""
+        limits = self.limits
+        return await self.budget.try_take(self.channel_key(channel_id), rate=limits.channel_per_second,
+                                          burst=max(1, limits.channel_burst - spare))
 
     async def request(self) -> None:
         """Wait until the bot may make one more request."""

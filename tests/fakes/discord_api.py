@@ -5,11 +5,15 @@ The gateway (tests/fakes/discord_gateway.py) speaks the real protocol, to severa
 REST answers JSON with exactly `Content-Type: application/json`, as discord.py requires, and can be
 scripted to fail (429 with `Via` and rate-limit headers, 403 Missing Permissions, 400 Invalid Form Body, ...).
 The world has one guild, `guild_id`, unless a test adds more (`add_guild`); a channel belongs to one.
+The bot's channel messages can be edited (PATCH, each version kept in `history`) and deleted, and
+`enforce(...)` makes the fake hold the bot to Discord's limits as the real API does: a request over
+them is refused with a 429 (counted in `rate_limited`) instead of being served.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import json
 import re
@@ -41,6 +45,21 @@ class Recorded:
     path: str
     body: dict[str, Any] | None
     files: list[tuple[str, bytes]] = field(default_factory=list)
+    at: float = field(default_factory=time.monotonic)  # when it reached the fake
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Discord's limits as the fake enforces them. A channel's messages (POST and PATCH) are one
+    bucket of `channel_burst` that refills continuously at `channel_per_second` (Discord's buckets
+    since its 2022 rework; 5 per 5 s); all of the bot's requests at most `global_per_second` in any
+    second. `tolerance` forgives a request that arrives that much early: the client times its
+    requests when it sends them, the fake when they arrive, and the two differ by the network."""
+
+    channel_burst: int = 5
+    channel_per_second: float = 1.0
+    global_per_second: int = 50
+    tolerance: float = 0.05
 
 
 @dataclass
@@ -55,6 +74,21 @@ class Fault:
 
 ERRORS = {400: (50035, "Invalid Form Body"), 403: (50013, "Missing Permissions"), 404: (10003, "Unknown Channel"),
           500: (0, "500: Internal Server Error")}
+UNKNOWN_MESSAGE = {"message": "Unknown Message", "code": 10008}
+_CHANNEL_MESSAGES = re.compile(r"^/api/v10/channels/(\d+)/messages(?:/\d+)?$")
+
+
+def _rate_limited(retry_after: float, *, is_global: bool = False) -> web.Response:
+    """A 429 as Discord sends it: `Via` (discord.py takes a 429 without it for a Cloudflare ban),
+    retry_after in the body and the rate-limit headers."""
+    headers = {"Retry-After": str(retry_after), "X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "0",
+               "X-RateLimit-Reset-After": str(retry_after), "X-RateLimit-Reset": str(time.time() + retry_after),
+               "X-RateLimit-Bucket": "fakebucket", "X-RateLimit-Scope": "global" if is_global else "user",
+               "Via": "1.1 google"}
+    if is_global:
+        headers["X-RateLimit-Global"] = "true"
+    return _json({"message": "You are being rate limited.", "retry_after": retry_after, "global": is_global},
+                 429, headers)
 
 
 class FakeDiscord(FakeGateway):
@@ -72,13 +106,19 @@ class FakeDiscord(FakeGateway):
         self.channels: dict[int, dict[str, Any]] = {}
         self.threads: list[dict[str, Any]] = []
         self.members: list[dict[str, Any]] = [self.member(self.bot)]
-        self.messages: list[dict[str, Any]] = []  # messages the bot created, in order
+        self.messages: list[dict[str, Any]] = []  # messages the bot created and has not deleted, in order
+        self.deleted: list[dict[str, Any]] = []  # messages the bot deleted
+        self.history: dict[str, list[str]] = {}  # message id → every content it showed, in order
         self.requests: list[Recorded] = []
         self.interaction_responses: list[dict[str, Any]] = []
         self.commands: dict[str, list[dict[str, Any]]] = {}  # "global" or guild id → synced commands
         self.files: dict[str, tuple[bytes, str]] = {}
         self._interaction_channels: dict[str, int] = {}
         self.faults: list[Fault] = []
+        self.limits: Limits | None = None  # None: no limits enforced (see `enforce`)
+        self.rate_limited: list[Recorded] = []  # requests refused with a 429 by the enforced limits
+        self._channel_tats: dict[str, float] = {}
+        self._recent: collections.deque[float] = collections.deque()  # the bot's requests of the last second
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -97,6 +137,8 @@ class FakeDiscord(FakeGateway):
             ("PUT", "/applications/{app}/commands", self._sync_commands),
             ("PUT", "/applications/{app}/guilds/{guild}/commands", self._sync_commands),
             ("POST", "/channels/{channel}/messages", self._create_message),
+            ("PATCH", "/channels/{channel}/messages/{message}", self._edit_message),
+            ("DELETE", "/channels/{channel}/messages/{message}", self._delete_message),
             ("POST", "/channels/{channel}/typing", self._typing),
             ("POST", "/interactions/{id}/{token}/callback", self._interaction_callback),
             ("POST", "/webhooks/{app}/{token}", self._followup),
@@ -257,14 +299,41 @@ class FakeDiscord(FakeGateway):
                     continue
                 fault.times -= 1
                 if fault.status == 429:
-                    return _json({"message": "You are being rate limited.", "retry_after": fault.retry_after,
-                                  "global": False}, 429, {
-                        "Retry-After": str(fault.retry_after), "X-RateLimit-Limit": "5",
-                        "X-RateLimit-Remaining": "0", "X-RateLimit-Reset-After": str(fault.retry_after),
-                        "X-RateLimit-Reset": str(time.time() + fault.retry_after),
-                        "X-RateLimit-Bucket": "fakebucket", "X-RateLimit-Scope": "user", "Via": "1.1 google"})
+                    return _rate_limited(fault.retry_after)
                 code, message = ERRORS.get(fault.status, (0, f"scripted status {fault.status}"))
                 return _json({"message": message, "code": code}, fault.status)
+        return None
+
+    # Limits --------------------------------------------------------------------------------------
+    def enforce(self, limits: Limits | None = None) -> None:
+        """Refuse the bot's requests over `limits` (Discord's by default) with a 429, as Discord does."""
+        self.limits = limits or Limits()
+
+    async def _over_limits(self, request: web.Request) -> web.Response | None:
+        """The 429 for a request over the enforced limits (nothing counted for it), else None."""
+        limits = self.limits
+        if limits is None:
+            return None
+        now = time.monotonic()
+        while self._recent and self._recent[0] <= now - 1.0:
+            self._recent.popleft()
+        refused: web.Response | None = None
+        if len(self._recent) >= limits.global_per_second:
+            refused = _rate_limited(round(self._recent[0] + 1.0 - now, 3), is_global=True)
+        channel = _CHANNEL_MESSAGES.match(request.path)
+        if refused is None and channel is not None and request.method in ("POST", "PATCH"):
+            interval = 1 / limits.channel_per_second
+            tat = max(self._channel_tats.get(channel.group(1), now), now) + interval
+            early = tat - limits.channel_burst * interval - now
+            if early > limits.tolerance:
+                refused = _rate_limited(round(early, 3))
+            else:
+                self._channel_tats[channel.group(1)] = tat
+        if refused is not None:
+            self.rate_limited.append(Recorded(request.method, request.path, None))
+            await self._notify()
+            return refused
+        self._recent.append(now)
         return None
 
     # REST --------------------------------------------------------------------------------------------
@@ -275,7 +344,7 @@ class FakeDiscord(FakeGateway):
             return await handler(request)
         if request.headers.get("Authorization") != f"Bot {self.token}":
             return _json({"message": "401: Unauthorized", "code": 0}, 401)
-        return await handler(request)
+        return await self._over_limits(request) or await handler(request)
 
     async def _record(self, request: web.Request) -> Recorded:
         body: dict[str, Any] | None = None
@@ -326,7 +395,45 @@ class FakeDiscord(FakeGateway):
                                    "url": f"{self.url}/files/{name}", "proxy_url": ""} for name, data in files]
         message.update(sent_body=body, sent_files=files, **extra)
         self.messages.append(message)
+        self.history[message["id"]] = [message["content"]]
         return message
+
+    def _own_message(self, request: web.Request) -> dict[str, Any] | None:
+        channel, message_id = request.match_info["channel"], request.match_info["message"]
+        return next((m for m in self.messages if m["id"] == message_id and m["channel_id"] == channel), None)
+
+    async def _edit_message(self, request: web.Request) -> web.Response:
+        """An edit of one of the bot's messages: the fields sent replace the message's (`content`
+        None clears it), and the new content joins the message's `history`."""
+        fault = self._fault_for(request)
+        recorded = await self._record(request)
+        if fault is not None:
+            return fault
+        message = self._own_message(request)
+        if message is None:
+            return _json(UNKNOWN_MESSAGE, 404)
+        body = recorded.body or {}
+        if "content" in body:
+            message["content"] = body["content"] or ""
+            self.history[message["id"]].append(message["content"])
+        if "components" in body:
+            message["components"] = body["components"]
+        message["edited_timestamp"] = _now()
+        await self._notify()
+        return _json({k: v for k, v in message.items() if not k.startswith("sent_")})
+
+    async def _delete_message(self, request: web.Request) -> web.Response:
+        fault = self._fault_for(request)
+        await self._record(request)
+        if fault is not None:
+            return fault
+        message = self._own_message(request)
+        if message is None:
+            return _json(UNKNOWN_MESSAGE, 404)
+        self.messages.remove(message)
+        self.deleted.append(message)
+        await self._notify()
+        return web.Response(status=204)
 
     async def _create_message(self, request: web.Request) -> web.Response:
         fault = self._fault_for(request)
