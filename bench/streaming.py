@@ -41,6 +41,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import print_figures  # noqa: E402
 from bot.app import App  # noqa: E402
+from connectors.discord_connector import DiscordConnector  # noqa: E402
+from tests.fakes.discord_api import TOKEN as DISCORD_TOKEN  # noqa: E402
+from tests.fakes.discord_api import FakeDiscord, Limits  # noqa: E402
 from tests.fakes.openai_server import FakeOpenAI  # noqa: E402
 from tests.fakes.telegram_api import FakeTelegram  # noqa: E402
 from tests.server_helpers import character, settings_for  # noqa: E402
@@ -93,6 +96,38 @@ async def telegram_surface(tmp: Path, model: FakeOpenAI, replies: int, *, group:
             await app.stop()
 
 
+async def discord_surface(tmp: Path, model: FakeOpenAI, replies: int) -> dict[str, Any]:
+    fake = FakeDiscord()
+    channels = [900 + i for i in range(replies)]
+    for channel in channels:
+        fake.add_channel(channel, f"bench-{channel}")
+    author = FakeDiscord.user(160_000_000_000_000_042, "alice")
+    fake.members.append(fake.member(author))
+    fake.enforce(Limits())  # Discord's own limits: 5 a channel, then 1/s; 50 requests/s overall
+    await fake.start()
+    DiscordConnector.guild_ready_timeout = 0.05
+    settings = settings_for(tmp, model.base_url, discord_api_token=DISCORD_TOKEN, discord_api_base=fake.api_base,
+                            discord_gateway_url=fake.gateway_url, should_respond_mode="mentions", streaming="all")
+    app = App(settings, character())
+    await app.start()
+    latencies, calls = [], []
+    try:
+        await fake.wait_connected()
+        for channel in channels:
+            streamed_before = len(model.chunk_times)
+            await fake.dispatch("MESSAGE_CREATE", fake.message(channel, author, "tell me", mentions=[fake.bot]))
+            path = f"/channels/{channel}/messages"
+            await wait_until(lambda path=path: [m for m in fake.messages if str(m["channel_id"]) == path.split("/")[2]
+                                                and "▌" not in m["content"]])
+            showing = [r for r in fake.requests if r.method in ("POST", "PATCH") and path in r.path]
+            latencies.append(showing[0].at - model.chunk_times[streamed_before][0])
+            calls.append(len(showing))
+        return summary(latencies, calls, len(fake.rate_limited))
+    finally:
+        await app.stop()
+        await fake.stop()
+
+
 async def sse_surface(tmp: Path, model: FakeOpenAI, replies: int) -> dict[str, Any]:
     settings = settings_for(tmp, model.base_url, streaming="all", api_key="bench-admin-key-0123456789")
     app = App(settings, character())
@@ -131,6 +166,7 @@ async def run(chunks: int, seconds: float, replies: int) -> dict[str, Any]:
     surfaces: dict[str, Callable[[Path, FakeOpenAI], Awaitable[dict[str, Any]]]] = {
         "telegram_dm": lambda tmp, model: telegram_surface(tmp, model, replies, group=False),
         "telegram_group": lambda tmp, model: telegram_surface(tmp, model, replies, group=True),
+        "discord": lambda tmp, model: discord_surface(tmp, model, replies),
         "sse": lambda tmp, model: sse_surface(tmp, model, replies),
     }
     for name, surface in surfaces.items():

@@ -65,7 +65,7 @@ class Bot:
             _env_file=None, character_path=character, data_dir=tmp_path / "data", port=0,
             openai_api_key="sk-test-discord", openai_base_url=model.base_url, model_providers=["openai"],
             discord_api_token=TOKEN, discord_api_base=fake.api_base, discord_gateway_url=fake.gateway_url,
-            should_respond_mode="mentions", **overrides,
+            should_respond_mode="mentions", **{"streaming": "off", **overrides},  # streaming: test_discord_streaming
         )
         self.fake = fake
         self.app: App | None = None
@@ -569,7 +569,13 @@ async def test_python_m_bot_answers_on_discord_and_never_logs_the_token(
         await discord_fake.wait_connected(timeout=30)
         await say(discord_fake, GENERAL, "hello process", mentions=[discord_fake.bot])
         [reply] = await discord_fake.wait_for_messages(1, timeout=20)
-        assert reply["sent_body"]["content"] == "Hello from Test"
+        # Streamed (the default): the message ends as the reply, whatever it showed while written.
+        deadline = asyncio.get_running_loop().time() + 20
+        while reply["content"] != "Hello from Test" and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert reply["content"] == "Hello from Test"
+        assert all("Hello from Test".startswith(shown.removesuffix(" ▌"))
+                   for shown in discord_fake.history[reply["id"]])
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = await asyncio.wait_for(process.communicate(), 30)

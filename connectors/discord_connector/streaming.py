@@ -1,9 +1,8 @@
 """Discord replies shown while the model writes them: a message edited as the text grows.
 
-The text goes out as the reply's first message once it has been written for one interval (a
-reply done sooner is sent whole, as usual: no edit spent on it, and the notification Discord shows
-for the message holds the reply, not its first words), exactly as `deliver` sends one (replying to
-the user's message, after the channel's slot, through the HTTP client that announces the send).
+The first text goes out at once as the reply's first message, exactly as `deliver` sends one
+(replying to the user's message, after the channel's slot, through the HTTP client that announces
+the send).
 Later texts edit it, at most once per STREAM_EDIT_SECONDS and only when the channel's budget has a
 slot free now with `EDIT_SPARE` more to spare: Discord counts a channel's edits with its messages
 (5 per 5 s), and an edit skipped costs nothing, while one queued would hold up the channel's next
@@ -92,7 +91,6 @@ class DiscordStream(PacedStream):
         self.connector = reply.connector
         self.interval = self.connector.settings.stream_edit_seconds
         self.parts: list[Part] = []
-        self.held = False  # the first text waited its interval
         self.given_up = False  # the first message failed: nothing more is shown, the reply goes as usual
         self.delivered = False
 
@@ -120,9 +118,6 @@ class DiscordStream(PacedStream):
     async def _show_part(self, index: int, chunk: str) -> bool:
         reply, pacer = self.reply, self.connector.pacer
         if not self.parts:
-            if not self.held:
-                self.held = True
-                return False  # shown after `interval`, if the reply is not finished by then
             await pacer.channel(self.channel_id)  # the reply's first message waits for its slot, as in deliver
             try:
                 message = await post(reply.send_one, chunk, reply.reference)
