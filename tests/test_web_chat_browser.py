@@ -1,8 +1,9 @@
 """The web chat page in a real headless Chromium, driven over the DevTools protocol (no playwright).
 
 A person opens `/`, sees the character's name, types a message, sees the typing indicator and then
-the reply; a reload keeps the conversation (the session and its messages are stored). With
-WEB_CHAT=public a visitor does all that with no key, and the page never holds the admin key.
+the reply, shown while the model is still writing it; a reload keeps the conversation (the session
+and its messages are stored). With WEB_CHAT=public a visitor does all that with no key, and the
+page never holds the admin key.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bot.app import App
+from bot.types import ModelType
 from tests.fakes.openai_server import FakeOpenAI
+from tests.runtime_helpers import ScriptedModel, make_character, make_settings
 from tests.server_helpers import fake_model, running_app, xml_reply
 
 CHROMIUM = "/usr/bin/chromium"
@@ -186,3 +190,45 @@ async def test_public_web_chat_works_without_the_key_and_reaches_nothing_else(tm
                     await post('/api/messages', {text: 'hi', user_id: 'u', room_id: 'r'})];
         })()""")
         assert statuses == [200, 401, 401, 401, 401]
+
+
+async def test_the_reply_shows_while_the_model_is_still_writing_it(tmp_path: Path) -> None:
+    first, rest = "The first part is on screen", " before the model has written the rest."
+    on_screen = asyncio.Event()
+
+    async def writes_in_two_parts(params: dict[str, Any]) -> str:
+        head, tail = xml_reply(first + rest).split(rest)
+        await params["stream"](head)
+        await on_screen.wait()  # the rest comes only once the page has shown the first part
+        await params["stream"](rest + tail)
+        return head + rest + tail
+
+    model = ScriptedModel()
+    model.script(ModelType.TEXT_LARGE, writes_in_two_parts)
+    model.defaults[ModelType.TEXT_LARGE] = xml_reply("Hello from Ava.")
+    model.defaults[ModelType.TEXT_SMALL] = "RESPOND"
+    app = App(make_settings(tmp_path, host="127.0.0.1", model_max_retries=0), make_character(),
+              model_plugins=[model.plugin()])
+    await app.start()
+    try:
+        async with chromium(tmp_path / "chromium", f"http://127.0.0.1:{app.server.port}/") as page:
+            await page.wait_for("localStorage.getItem('parley.sessionId')")
+            await page.evaluate("""
+                document.getElementById('input').value = 'Tell me something slowly';
+                document.getElementById('send').click();
+            """)
+            agent = "document.querySelector('#messages li.agent')"
+            assert await page.wait_for(f"{agent}?.textContent === {json.dumps(first)}")
+            # Still being written: the page waits for the rest, and the typing line gave way to the text.
+            assert await page.evaluate("document.getElementById('send').disabled") is True
+            assert await page.evaluate("document.getElementById('typing').hidden") is True
+            on_screen.set()
+            await page.wait_for("!document.getElementById('send').disabled")
+            bubbles = await page.evaluate(
+                "[...document.querySelectorAll('#messages li')].map(li => [li.className, li.textContent])")
+            assert bubbles == [["user", "Tell me something slowly"], ["agent", first + rest]]
+            await page.send("Page.reload")
+            await page.wait_for("document.querySelectorAll('#messages li').length === 2")
+            assert await page.evaluate(f"{agent}.textContent") == first + rest
+    finally:
+        await app.stop()

@@ -10,7 +10,7 @@ from aiohttp import web
 from bot.types import Content, Memory
 
 from .app import check_metadata, json_response, parse_body, parse_query
-from .conversation import converse, memory_page, room_id_for, user_id_for
+from .conversation import Exchange, accept_message, memory_page, room_id_for, user_id_for
 from .errors import ApiError
 from .models import (
     AgentList,
@@ -28,8 +28,10 @@ from .models import (
     MessageResult,
     MessagesQuery,
     ReplyOut,
+    StreamChunk,
 )
 from .openapi import Operation
+from .sse import stream_reply, wants_stream
 
 if TYPE_CHECKING:
     from bot.runtime import AgentRuntime
@@ -69,18 +71,25 @@ class RestApi:
         self.resolve_agent(request.match_info["agent_id"])
         return json_response(self._agent())
 
-    async def send_message(self, request: web.Request) -> web.Response:
+    async def send_message(self, request: web.Request) -> web.StreamResponse:
         body = await parse_body(request, MessageIn)
-        key = api_room_key(body.room_id)
-        exchange = await converse(
-            self.runtime, user=body.user_id, user_name=body.user_name, room_key=key, room_name=body.room_id,
-            text=body.text, timeout=reply_timeout(self.runtime),
+        streaming = wants_stream(request, body.transport)
+        pending = await accept_message(
+            self.runtime, user=body.user_id, user_name=body.user_name, room_key=api_room_key(body.room_id),
+            room_name=body.room_id, text=body.text, stream=streaming,
             message_key=f"api:msg:{body.room_id}:{body.message_id}" if body.message_id else None,
         )
+        timeout = reply_timeout(self.runtime)
+        if streaming:
+            return await stream_reply(request, pending, timeout=timeout, result=self._result,
+                                      user_message=MessageOut.of(pending.message, self.runtime.agent_id))
+        return json_response(self._result(await pending.reply(timeout)))
+
+    @staticmethod
+    def _result(exchange: Exchange) -> MessageResult:
         replies = [ReplyOut.of(reply_id, content) for reply_id, content in exchange.replies]
-        return json_response(MessageResult(message_id=exchange.message.id, room_id=exchange.message.room_id,
-                                           status=exchange.status, reply=replies[0] if replies else None,
-                                           replies=replies))
+        return MessageResult(message_id=exchange.message.id, room_id=exchange.message.room_id,
+                             status=exchange.status, reply=replies[0] if replies else None, replies=replies)
 
     async def list_messages(self, request: web.Request) -> web.Response:
         query = parse_query(request, MessagesQuery)
@@ -136,6 +145,7 @@ class RestApi:
                       {200: AgentOut}, errors=[404], path_params={"agent_id": "the agent's id or 'default'"}),
             Operation("POST", "/api/messages", self.send_message, "Send a message and get the agent's reply",
                       "messages", {200: MessageResult}, body=MessageIn, errors=[409, 429, 504],
+                      events={"user_message": MessageOut, "chunk": StreamChunk, "done": MessageResult},
                       description="user_id and room_id are free strings; the same strings always mean the "
                                   "same user and room. The per-user RATE_LIMIT_PER_MINUTE answers 429."),
             Operation("GET", "/api/messages", self.list_messages, "A room's messages, newest first", "messages",

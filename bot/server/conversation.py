@@ -2,7 +2,8 @@
 
 The REST API and the Sessions API both use this, so they share the pipeline's guarantees: the
 message is stored before it is processed, rooms stay ordered, and the per-user rate limit of every
-other entry point applies here too.
+other entry point applies here too. A request that asked for a stream gets its reply's text while
+it is written, as chunks that `bot.server.sse` sends as Server-Sent Events.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bot.ids import create_unique_uuid
-from bot.runtime import SLOW_DOWN, ShuttingDown
+from bot.runtime import SLOW_DOWN, RunOutcome, ShuttingDown
+from bot.streaming import ReplyStream
 from bot.types import ChannelType, Content, Entity, Memory, MemoryType, Room
 
 from .errors import ApiError
+from .models import StreamChunk
 
 if TYPE_CHECKING:
     from bot.runtime import AgentRuntime
@@ -45,23 +48,121 @@ class Exchange:
     replies: list[tuple[uuid.UUID, Content]] = field(default_factory=list)
 
 
-class _Collector:
+def _reply_key() -> str:
+    return f"api:reply:{uuid.uuid4()}"
+
+
+class Collector:
     """The reply callback: keeps what the agent sends and hands back a key that names each reply."""
 
     def __init__(self, runtime: AgentRuntime) -> None:
         self.runtime = runtime
         self.replies: list[tuple[uuid.UUID, Content]] = []
+        self.next_key: str | None = None  # set by a stream the next reply finishes, so it keeps the stream's id
+
+    def reply_id(self, key: str) -> uuid.UUID:
+        return create_unique_uuid(self.runtime.agent_id, key)
 
     async def __call__(self, content: Content) -> list[str]:
-        key = f"api:reply:{uuid.uuid4()}"
-        self.replies.append((create_unique_uuid(self.runtime.agent_id, key), content))
+        key, self.next_key = self.next_key or _reply_key(), None
+        self.replies.append((self.reply_id(key), content))
         return [key]
 
 
-async def converse(runtime: AgentRuntime, *, user: str, user_name: str | None, room_key: str, room_name: str,
-                   text: str, context: dict[str, Any] | None = None, client_metadata: dict[str, Any] | None = None,
-                   message_key: str | None = None, timeout: float) -> Exchange:
-    """Send `text` from `user` into the room and wait (up to `timeout`) for the run to end.
+class StreamingCollector(Collector):
+    """The reply callback of a streamed request (a `StreamingCallback`): the reply's text, as the
+    pipeline shows it, becomes `StreamChunk`s in `chunks`, which the HTTP handler sends as they
+    come; None there means the run is over. No pacing: an event costs nothing like an edit."""
+
+    def __init__(self, runtime: AgentRuntime) -> None:
+        super().__init__(runtime)
+        self.chunks: asyncio.Queue[StreamChunk | None] = asyncio.Queue()
+
+    def open_stream(self) -> ReplyStream:
+        return _ChunkStream(self, _reply_key())
+
+
+class _ChunkStream(ReplyStream):
+    """One reply as `chunk` events: each carries what the text gained since the last one."""
+
+    def __init__(self, collector: StreamingCollector, key: str) -> None:
+        self.collector, self.key = collector, key
+        self.reply_id = collector.reply_id(key)
+        self.shown = ""
+        self.index = 0
+        self.over = False
+
+    def _push(self, chunk: str, *, reset: bool = False) -> None:
+        self.collector.chunks.put_nowait(StreamChunk(message_id=self.reply_id, chunk=chunk, index=self.index,
+                                                     reset=reset))
+        self.index += 1
+
+    def _show(self, text: str) -> None:
+        if text == self.shown:
+            return
+        if text.startswith(self.shown):
+            self._push(text[len(self.shown):])
+        else:  # not a continuation: start over (the pipeline never does this within a round)
+            self._push(text, reset=True)
+        self.shown = text
+
+    async def update(self, text: str) -> None:
+        if not self.over:
+            self._show(text)
+
+    async def reset(self) -> None:
+        if not self.over and self.shown:
+            self._push("", reset=True)
+            self.shown = ""
+
+    async def finish(self, content: Content) -> list[str] | None:
+        """The chunks are made to add up to the final text exactly; the collector then records the
+        reply as usual, under this stream's id (the `messageId` of its chunks)."""
+        self._show(content.text)
+        self.over = True
+        self.collector.next_key = self.key
+        return None
+
+    async def close(self) -> None:
+        await self.reset()  # no reply finished it: whatever it showed is withdrawn
+        self.over = True
+
+
+@dataclass
+class Pending:
+    """A message the agent has accepted (it is stored) and whose run is under way."""
+
+    runtime: AgentRuntime
+    message: Memory
+    outcome: asyncio.Future[RunOutcome]
+    collector: Collector
+
+    async def reply(self, timeout: float) -> Exchange:
+        """Wait (up to `timeout`) for the run to end; the API's errors for what ended it otherwise."""
+        runtime = self.runtime
+        try:
+            # shield: a client hanging up must not cancel the run's future for the pipeline.
+            outcome = await asyncio.wait_for(asyncio.shield(self.outcome), timeout)
+        except TimeoutError:
+            raise ApiError(504, "REPLY_TIMEOUT", "the agent is still working on this message; its reply will "
+                           "appear in the room's history") from None
+        if outcome.status == "rate_limited":
+            per_minute = runtime.settings.rate_limit_per_minute
+            raise ApiError(429, "RATE_LIMITED", SLOW_DOWN,
+                           headers={"Retry-After": str(max(1, math.ceil(60 / max(per_minute, 1))))})
+        replies = self.collector.replies
+        if not replies and outcome.status == "completed":
+            # Another process of a cluster ran it: its replies are in the store.
+            replies = [(m.id, m.content) for m in await runtime.replies_to(self.message)]
+        return Exchange(message=self.message, status=outcome.status, replies=replies)
+
+
+async def accept_message(runtime: AgentRuntime, *, user: str, user_name: str | None, room_key: str,
+                         room_name: str, text: str, context: dict[str, Any] | None = None,
+                         client_metadata: dict[str, Any] | None = None, message_key: str | None = None,
+                         stream: bool = False) -> Pending:
+    """Send `text` from `user` into the room; raises the API's error when it is not taken (shutting
+    down, a repeated message_id). `stream`: the reply is shown as it is written (`StreamingCollector`).
 
     `context` is the server's own (trusted) metadata; what the client sent is kept apart under
     metadata["client"], so it can never pose as platform context (e.g. metadata["discord"]).
@@ -78,7 +179,7 @@ async def converse(runtime: AgentRuntime, *, user: str, user_name: str | None, r
         metadata={**(context or {}), **({"client": client_metadata} if client_metadata else {}),
                   "author_is_bot": False},
     )
-    collector = _Collector(runtime)
+    collector = StreamingCollector(runtime) if stream else Collector(runtime)
     try:
         ticket = await runtime.receive_message(memory, collector)
     except ShuttingDown:
@@ -86,21 +187,7 @@ async def converse(runtime: AgentRuntime, *, user: str, user_name: str | None, r
                        headers={"Retry-After": "10"}) from None
     if ticket.duplicate:
         raise ApiError(409, "DUPLICATE_MESSAGE", "a message with this message_id was already received")
-    try:
-        # shield: a client hanging up must not cancel the run's future for the pipeline.
-        outcome = await asyncio.wait_for(asyncio.shield(ticket.outcome), timeout)
-    except TimeoutError:
-        raise ApiError(504, "REPLY_TIMEOUT", "the agent is still working on this message; its reply will "
-                       "appear in the room's history") from None
-    if outcome.status == "rate_limited":
-        per_minute = runtime.settings.rate_limit_per_minute
-        raise ApiError(429, "RATE_LIMITED", SLOW_DOWN,
-                       headers={"Retry-After": str(max(1, math.ceil(60 / max(per_minute, 1))))})
-    replies = collector.replies
-    if not replies and outcome.status == "completed":
-        # Another process of a cluster ran it: its replies are in the store.
-        replies = [(m.id, m.content) for m in await runtime.replies_to(memory)]
-    return Exchange(message=memory, status=outcome.status, replies=replies)
+    return Pending(runtime, memory, ticket.outcome, collector)
 
 
 # History pages -------------------------------------------------------------------------------------

@@ -46,12 +46,18 @@ class AgentList(BaseModel):
     agents: list[AgentOut]
 
 
+TRANSPORT_DESCRIPTION = ("sse: answer with Server-Sent Events that carry the reply as it is written; http: one "
+                         "JSON answer. Default: sse when the Accept header asks for text/event-stream, else http.")
+Transport = Literal["http", "sse"]
+
+
 class MessageIn(Body):
     text: Text
     user_id: Key
     room_id: Key
     user_name: Key | None = None
     message_id: Key | None = Field(None, description="Optional client id; a repeat is refused with 409.")
+    transport: Transport | None = Field(None, description=TRANSPORT_DESCRIPTION)
 
 
 class ToolCallOut(BaseModel):
@@ -98,6 +104,19 @@ class ReplyOut(BaseModel):
     @classmethod
     def of(cls, reply_id: uuid.UUID, content: Content) -> ReplyOut:
         return cls(id=reply_id, text=content.text, actions=content.actions)
+
+
+class StreamChunk(BaseModel):
+    """A `chunk` event: text the reply `messageId` gained (elizaOS's field names). Appending the
+    chunks of one reply gives its final text; `reset` says to drop what it showed before first."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    message_id: uuid.UUID = Field(alias="messageId", description="The id the reply has in `done` and the history.")
+    chunk: str = Field(description="The new text, to append.")
+    index: int = Field(description="0, 1, 2… within this reply.")
+    reset: bool = Field(False, description="Clear what this reply showed so far, then append `chunk`: the "
+                                           "text shown was not the start of the reply after all.")
 
 
 class MessageResult(BaseModel):

@@ -34,6 +34,12 @@ _ERROR_TEXT = {
     504: "The agent is still working; the reply will appear in the history",
 }
 
+_STREAM = ("Server-Sent Events, for a request with `Accept: text/event-stream` or `\"transport\": \"sse\"` once "
+           "the message is accepted: `user_message` (the stored message), `chunk` events (`messageId`, `chunk`: "
+           "text to append to that reply, `index`, `reset`: clear that reply's text first), then exactly one of "
+           "`done` (the same result as the JSON answer) or `error` (the JSON answer's error body). Each event's "
+           "data is one line of JSON, whose schema is its contentSchema here.")
+
 _ADMIN = ("The server's API_KEY. Without API_KEY only direct loopback clients are served (not through a proxy).")
 _ADMIN_SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
 
@@ -61,6 +67,8 @@ class Operation:
     path_params: dict[str, str] = field(default_factory=dict)
     # OpenAPI links from the success response: name -> (operationId, {parameter: runtime expression}).
     links: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
+    # The success response can also be Server-Sent Events: event name -> its data (`error` is implied).
+    events: dict[str, type[BaseModel]] = field(default_factory=dict)
 
     @property
     def operation_id(self) -> str:
@@ -69,6 +77,14 @@ class Operation:
 
 def _ref(model: type[BaseModel]) -> dict[str, Any]:
     return {"$ref": REF.format(model=model.__name__)}
+
+
+def _event_schema(events: dict[str, type[BaseModel]]) -> dict[str, Any]:
+    """The schema of one event: without OpenAPI 3.2's itemSchema, `schema` describes each event of a stream."""
+    return {"type": "object", "required": ["event", "data"], "description": _STREAM, "oneOf": [
+        {"properties": {"event": {"const": name}, "data": {
+            "type": "string", "contentMediaType": "application/json", "contentSchema": _ref(model)}}}
+        for name, model in {**events, "error": ErrorResponse}.items()]}
 
 
 def _query_parameters(model: type[BaseModel], definitions: dict[str, Any]) -> list[dict[str, Any]]:
@@ -86,6 +102,7 @@ def build_openapi(operations: Sequence[Operation], *, title: str, version: str, 
     models: set[type[BaseModel]] = {ErrorResponse}
     for op in operations:
         models.update(m for m in op.responses.values() if m is not None)
+        models.update(op.events.values())
         if op.body is not None:
             models.add(op.body)
     ordered = sorted(models, key=lambda m: m.__name__)
@@ -113,6 +130,8 @@ def build_openapi(operations: Sequence[Operation], *, title: str, version: str, 
             entry: dict[str, Any] = {"description": "OK" if status < 300 else "Result"}
             if model is not None:
                 entry["content"] = {"application/json": {"schema": _ref(model)}}
+            if status < 300 and op.events:
+                entry.setdefault("content", {})["text/event-stream"] = {"schema": _event_schema(op.events)}
             if status < 300 and op.links:
                 entry["links"] = {name: {"operationId": target, "parameters": params}
                                   for name, (target, params) in op.links.items()}

@@ -9,13 +9,16 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from bot.types import Memory
+
 from .access import CALLER, Access, AccessPolicy
 from .api import RestApi, reply_timeout
 from .app import check_metadata, json_response, parse_body, parse_query
-from .conversation import converse, memory_page, room_id_for
-from .models import Key, Limit, ReplyOut, Text, ToolCallOut
+from .conversation import Exchange, accept_message, memory_page, room_id_for
+from .models import TRANSPORT_DESCRIPTION, Key, Limit, ReplyOut, StreamChunk, Text, ToolCallOut, Transport
 from .openapi import Operation
 from .sessions import MINUTE, EffectiveConfig, Session, SessionManager, TimeoutConfig
+from .sse import stream_reply, wants_stream
 
 if TYPE_CHECKING:
     from bot.runtime import AgentRuntime
@@ -53,6 +56,7 @@ class SessionMessageIn(_Camel):
     content: Text = Field(None, validate_default=False)
     text: Text = Field(None, description="Accepted instead of content.", validate_default=False)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    transport: Transport | None = Field(None, description=TRANSPORT_DESCRIPTION)
 
     @model_validator(mode="after")
     def _one_text(self) -> SessionMessageIn:
@@ -96,6 +100,12 @@ class SessionMessage(_Camel):
     in_reply_to: uuid.UUID | None = Field(None, alias="inReplyTo")
     created_at: int = Field(alias="createdAt")
     tool_call: ToolCallOut | None = Field(None, alias="toolCall")
+
+    @classmethod
+    def of(cls, m: Memory, agent_id: uuid.UUID) -> SessionMessage:
+        return cls(id=m.id, content=m.content.text, author_id=m.entity_id, is_agent=m.entity_id == agent_id,
+                   actions=m.content.actions, in_reply_to=m.content.in_reply_to, created_at=m.created_at,
+                   tool_call=ToolCallOut.of(m))
 
 
 class SessionMessagesQuery(_Camel):
@@ -150,18 +160,30 @@ class SessionApi:
         return json_response(self._out(await self.manager.get(request.match_info["session_id"],
                                                               request[CALLER].owner)))
 
-    async def send_session_message(self, request: web.Request) -> web.Response:
+    async def send_session_message(self, request: web.Request) -> web.StreamResponse:
         session_id, caller = request.match_info["session_id"], request[CALLER]
         await self.manager.get(session_id, caller.owner)  # 404 before reading the body
         body = await parse_body(request, SessionMessageIn)
         check_metadata(body.metadata, self._metadata_cap())
         await self.policy.check_message(caller, session_id)
         session, renewed = await self.manager.touch(session_id, caller.owner)
-        exchange = await converse(
+        streaming = wants_stream(request, body.transport)
+        pending = await accept_message(
             self.runtime, user=session.user_id, user_name=None, room_key=session.room_key,
             room_name=f"session {session.id}", text=body.content or body.text or "",
-            context={"session_id": session.id}, client_metadata=body.metadata, timeout=reply_timeout(self.runtime),
+            context={"session_id": session.id}, client_metadata=body.metadata, stream=streaming,
         )
+
+        def result(exchange: Exchange) -> SessionMessageResult:
+            return self._result(session, renewed, exchange)
+
+        timeout = reply_timeout(self.runtime)
+        if streaming:
+            return await stream_reply(request, pending, timeout=timeout, result=result,
+                                      user_message=SessionMessage.of(pending.message, self.runtime.agent_id))
+        return json_response(result(await pending.reply(timeout)))
+
+    def _result(self, session: Session, renewed: bool, exchange: Exchange) -> SessionMessageResult:
         now = self.manager.clock()
         remaining_ms = int(session.remaining(now) * 1000)
         warning = None
@@ -170,14 +192,14 @@ class SessionApi:
                                     "minute(s).", expires_in=remaining_ms)
         replies = [ReplyOut.of(reply_id, content) for reply_id, content in exchange.replies]
         message = exchange.message
-        return json_response(SessionMessageResult(
+        return SessionMessageResult(
             id=message.id, content=message.content.text, author_id=message.entity_id,
             created_at=message.created_at, status=exchange.status, reply=replies[0] if replies else None,
             replies=replies, expires_at=_time(session.expires_at), warning=warning,
             session_status=SessionStatus(expires_at=_time(session.expires_at), time_remaining=remaining_ms,
                                          renewal_count=session.renewal_count, was_renewed=renewed,
                                          is_near_expiration=session.near_expiry(now)),
-        ))
+        )
 
     async def list_session_messages(self, request: web.Request) -> web.Response:
         session = await self.manager.get(request.match_info["session_id"], request[CALLER].owner)
@@ -185,14 +207,8 @@ class SessionApi:
         page, cursor = await memory_page(self.runtime, room_id=room_id_for(self.runtime, session.room_key),
                                          limit=query.limit, cursor=query.cursor)
         agent_id = self.runtime.agent_id
-        return json_response(SessionMessagePage(
-            messages=[SessionMessage(id=m.id, content=m.content.text, author_id=m.entity_id,
-                                     is_agent=m.entity_id == agent_id, actions=m.content.actions,
-                                     in_reply_to=m.content.in_reply_to, created_at=m.created_at,
-                                     tool_call=ToolCallOut.of(m))
-                      for m in page],
-            next_cursor=cursor, has_more=cursor is not None,
-        ))
+        return json_response(SessionMessagePage(messages=[SessionMessage.of(m, agent_id) for m in page],
+                                                next_cursor=cursor, has_more=cursor is not None))
 
     async def renew_session(self, request: web.Request) -> web.Response:
         return json_response(self._out(await self.manager.renew(request.match_info["session_id"],
@@ -226,7 +242,8 @@ class SessionApi:
                       {200: SessionOut}, errors=[404], path_params=sid),
             Operation("POST", "/api/sessions/{session_id}/messages", self.send_session_message,
                       "Send a message in a session and get the reply", "sessions", {200: SessionMessageResult},
-                      body=SessionMessageIn, errors=[404, 429, 504], path_params=sid),
+                      body=SessionMessageIn, errors=[404, 429, 504], path_params=sid,
+                      events={"user_message": SessionMessage, "chunk": StreamChunk, "done": SessionMessageResult}),
             Operation("GET", "/api/sessions/{session_id}/messages", self.list_session_messages,
                       "A session's messages, newest first", "sessions", {200: SessionMessagePage},
                       query=SessionMessagesQuery, errors=[404], path_params=sid),

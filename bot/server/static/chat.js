@@ -1,6 +1,7 @@
 // The web chat: talks to the agent through the Sessions API. No build step, no dependencies.
 // WEB_CHAT=public: a visitor holds no key; the server's HttpOnly cookie scopes it to its own sessions.
 // WEB_CHAT=admin: the page asks for the server's API key and keeps it in this browser only.
+// Replies stream as Server-Sent Events (read from the POST's body) and show as they are written.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -20,16 +21,53 @@ class ApiError extends Error {
 
 let publicChat = false;
 
-async function api(method, path, body) {
-  const headers = { "Accept": "application/json" };
+async function request(method, path, body, accept = "application/json") {
+  const headers = { "Accept": accept };
   const key = publicChat ? null : store.get("apiKey");
   if (key) headers["Authorization"] = "Bearer " + key;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  const data = await response.json().catch(() => null);
   if (response.status === 401 && !publicChat) $("key-form").hidden = false;
-  if (!response.ok) throw new ApiError(response.status, data);
-  return data;
+  if (!response.ok) throw new ApiError(response.status, await response.json().catch(() => null));
+  return response;
+}
+
+async function api(method, path, body) {
+  const response = await request(method, path, body);
+  return response.json().catch(() => null);
+}
+
+// One Server-Sent Event from its lines; comments (": ping") and events without data give null.
+function parseEvent(block) {
+  let event = "message";
+  const data = [];
+  for (const line of block.split(/\r\n|\r|\n/)) {
+    if (line.startsWith(":")) continue;
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+    if (field === "event") event = value;
+    else if (field === "data") data.push(value);
+  }
+  return data.length ? { event, data: JSON.parse(data.join("\n")) } : null;
+}
+
+// The events of a text/event-stream body, each as soon as its closing blank line has arrived.
+async function* serverEvents(response) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = /\r\n\r\n|\n\n|\r\r/.exec(buffer))) {
+      const event = parseEvent(buffer.slice(0, end.index));
+      buffer = buffer.slice(end.index + end[0].length);
+      if (event) yield event;
+    }
+  }
 }
 
 function show(text, role) {
@@ -38,6 +76,7 @@ function show(text, role) {
   item.textContent = text;  // never innerHTML: replies are untrusted text
   $("messages").append(item);
   item.scrollIntoView({ block: "end" });
+  return item;
 }
 
 function setStatus(text) { $("status").textContent = text; }
@@ -87,14 +126,36 @@ async function start() {
   }
 }
 
-async function sendMessage(text) {
-  const post = () => api("POST", `/api/sessions/${encodeURIComponent(sessionId)}/messages`, { content: text });
+// Streams one message's reply into `drafts` (reply id -> its bubble, text as written so far);
+// resolves with the final result (`done`), rejects with the API's error (`error`).
+async function streamMessage(text, drafts) {
+  const path = `/api/sessions/${encodeURIComponent(sessionId)}/messages`;
+  const response = await request("POST", path, { content: text, transport: "sse" }, "text/event-stream");
+  if (!(response.headers.get("Content-Type") || "").startsWith("text/event-stream")) return response.json();
+  for await (const { event, data } of serverEvents(response)) {
+    if (event === "chunk") {
+      let item = drafts.get(data.messageId);
+      if (!item) drafts.set(data.messageId, item = show("", "agent"));
+      item.textContent = (data.reset ? "" : item.textContent) + data.chunk;  // reset: what it showed is void
+      item.hidden = !item.textContent;
+      $("typing").hidden = true;  // the reply itself shows the agent is writing
+      item.scrollIntoView({ block: "end" });
+    } else if (event === "done") {
+      return data;
+    } else if (event === "error") {
+      throw new ApiError(response.status, data);
+    }
+  }
+  throw new Error("The connection closed before the reply was complete; reload to see it.");
+}
+
+async function sendMessage(text, drafts) {
   try {
-    return await post();
+    return await streamMessage(text, drafts);
   } catch (error) {
     if (error.status !== 404) throw error;
     await newSession();  // the session expired: start a fresh one and send again
-    return await post();
+    return await streamMessage(text, drafts);
   }
 }
 
@@ -105,13 +166,24 @@ $("composer").addEventListener("submit", async (event) => {
   $("input").value = "";
   show(text, "user");
   typing(true);
+  const drafts = new Map();
   try {
-    const result = await sendMessage(text);
-    for (const reply of result.replies) show(reply.text, "agent");
+    const result = await sendMessage(text, drafts);
+    for (const reply of result.replies) {  // the final text replaces what was shown while it was written
+      const item = drafts.get(reply.id);
+      if (item) {
+        item.textContent = reply.text;
+        item.hidden = false;
+        drafts.delete(reply.id);
+      } else {
+        show(reply.text, "agent");
+      }
+    }
     if (result.warning) show(result.warning.message, "notice");
   } catch (error) {
     show(error.message, "notice");
   } finally {
+    for (const item of drafts.values()) item.remove();  // text no final reply kept
     typing(false);
     $("input").focus();
   }
