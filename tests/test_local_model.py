@@ -139,3 +139,19 @@ async def test_a_fact_placed_before_the_question_is_answered(local_runtime: Agen
         "prompt": "What is my dog called?", "messages": turns, "system": "You are a helpful assistant.",
         "max_tokens": 24, "temperature": 0.0})
     assert "rex" in text.lower()
+
+
+async def test_smollm2_streams_the_same_reply_it_returns(local_runtime: AgentRuntime) -> None:
+    """llama.cpp's pieces reach the listener while it writes; the returned reply is the same one a
+    call without a listener gets (the same seed), so streaming changes nothing that is stored."""
+    pieces: list[str] = []
+    params = {"prompt": "Say hello to Ada.", "max_tokens": 24}
+
+    async def listen(piece: str) -> None:
+        pieces.append(piece)
+
+    streamed = await local_runtime.use_model(ModelType.TEXT_SMALL, {**params, "stream": listen})
+    plain = await local_runtime.use_model(ModelType.TEXT_SMALL, params)
+    assert len(pieces) > 3, "one piece per token or so, not the whole reply at the end"
+    assert streamed == plain
+    assert "".join(pieces).strip().startswith(streamed.rstrip(".!?")[: len(streamed) // 2])
