@@ -331,7 +331,9 @@ def process_env(tmp_path: Path, name: str, model: ClusterModel, telegram: FakeTe
         tmp_path, model.base_url, OPENAI_API_KEY=model.key_for(name), DATA_DIR=str(tmp_path / name / "data"),
         PORT=str(port), CONSOLE="off", TELEGRAM_BOT_TOKEN=telegram.token, TELEGRAM_API_ROOT=telegram.root,
         TELEGRAM_WEBHOOK_URL=PUBLIC_WEBHOOK_URL, TELEGRAM_WEBHOOK_SECRET=WEBHOOK_SECRET,
-        RATE_LIMIT_PER_MINUTE="0", **({"DATABASE_URL": database_url} if database_url else {}), **overrides,
+        RATE_LIMIT_PER_MINUTE="0", **({"DATABASE_URL": database_url} if database_url else {}),
+        # The ledgers count what each send request carried; a streamed reply's first send is a preview.
+        STREAMING="off", **overrides,
     )
 
 
