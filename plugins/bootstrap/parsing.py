@@ -28,7 +28,7 @@ class ParsedResponse:
         return self.params.get(normalise_action(action), {})
 
 
-def _tag(body: str, name: str) -> str | None:
+def tag_text(body: str, name: str) -> str | None:
     match = re.search(_TAG.format(name), body, re.DOTALL | re.IGNORECASE)
     return None if match is None else html.unescape(match.group(1).strip())
 
@@ -39,7 +39,7 @@ def _raw_tag(body: str, name: str) -> str | None:
     return None if match is None else match.group(1).strip()
 
 
-def _names(value: str | None) -> list[str]:
+def action_names(value: str | None) -> list[str]:
     if not value:
         return []
     return [part.strip().upper() for part in re.split(r"[,\n]", value) if part.strip()]
@@ -67,16 +67,16 @@ def parse_params(raw: str | None) -> dict[str, dict[str, Any]]:
 
 def parse_response(raw: str) -> ParsedResponse | None:
     """The `<response>` block, or None when the model did not produce one with a <text>."""
-    body = _tag(raw, "response") or raw
-    text = _tag(body, "text")
+    body = tag_text(raw, "response") or raw
+    text = tag_text(body, "text")
     if text is None:
         return None
-    options = [o.strip() for o in re.split(r"[|\n]", _tag(body, "options") or "") if o.strip()]
+    options = [o.strip() for o in re.split(r"[|\n]", tag_text(body, "options") or "") if o.strip()]
     return ParsedResponse(
         text=text,
-        thought=_tag(body, "thought") or "",
-        actions=_names(_tag(body, "actions")),
-        providers=_names(_tag(body, "providers")),
+        thought=tag_text(body, "thought") or "",
+        actions=action_names(tag_text(body, "actions")),
+        providers=action_names(tag_text(body, "providers")),
         options=options,
         params=parse_params(_raw_tag(body, "params")),
     )

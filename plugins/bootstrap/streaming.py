@@ -14,7 +14,7 @@ import re
 
 from bot.streaming import ReplyStream, TextListener
 
-from .parsing import _names, _tag, clean_plain_reply
+from .parsing import action_names, clean_plain_reply, tag_text
 
 PLAIN_REPLY = {"REPLY", "NONE"}  # actions that mean "send the text", and nothing else
 _OPEN = "<text>"
@@ -37,9 +37,9 @@ def xml_reply_text(raw: str) -> str | None:
     if start < 0:
         return None
     head = raw[:start]
-    actions = _tag(head, "actions")
-    names = _names(actions)
-    if not names or any(name not in PLAIN_REPLY for name in names) or _names(_tag(head, "providers")):
+    actions = tag_text(head, "actions")
+    names = action_names(actions)
+    if not names or any(name not in PLAIN_REPLY for name in names) or action_names(tag_text(head, "providers")):
         return None  # unknown yet, or actions that send the text themselves, or providers to compose first
     body = raw[start + len(_OPEN):]
     end = body.lower().find(_CLOSE)
@@ -59,7 +59,7 @@ def plain_reply_text(raw: str) -> str | None:
 
 
 def _may_be_ignore(text: str) -> bool:
-    return "IGNORE".startswith(text.upper().strip(".! ")) or text.upper().strip(".! ") == "IGNORE"
+    return "IGNORE".startswith(text.upper().strip(".! "))
 
 
 class ReplyText:
