@@ -224,17 +224,23 @@ class App:
         """Stop taking work, finish replies in flight (≤ SHUTDOWN_TIMEOUT), then close everything."""
         if self.server is not None:
             self.server.mark_stopping()
-        for connector in self.runtime.connectors:
+        try:
+            for connector in self.runtime.connectors:
+                try:
+                    await connector.stop_receiving()
+                except Exception:
+                    log.exception("%s connector could not stop receiving", connector.source)
+            if self.runtime.message_handler is not None:
+                await self.runtime.message_handler.drain(self.settings.shutdown_timeout)
+            await self.runtime.stop()
+        finally:
+            # Whatever failed above, the port and the database are let go: an open SQLite
+            # connection's worker thread would keep the process from exiting.
             try:
-                await connector.stop_receiving()
-            except Exception:
-                log.exception("%s connector could not stop receiving", connector.source)
-        if self.runtime.message_handler is not None:
-            await self.runtime.message_handler.drain(self.settings.shutdown_timeout)
-        await self.runtime.stop()
-        if self.server is not None:
-            await self.server.stop()
-        await self.store.close()
+                if self.server is not None:
+                    await self.server.stop()
+            finally:
+                await self.store.close()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

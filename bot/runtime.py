@@ -194,7 +194,10 @@ class AgentRuntime(ModelsMixin, ActionsMixin):
         """
         if self.message_handler is not None:
             await self.message_handler.drain(0)
-        await self.flush_usage()
+        try:
+            await self.flush_usage()
+        except Exception as error:  # a lost usage batch must not keep the services and the store open
+            log.error("shutdown: token usage could not be stored: %s", getattr(error, "orig", None) or error)
         for service in reversed(self.services):
             try:
                 await service.stop()

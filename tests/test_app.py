@@ -124,3 +124,43 @@ def test_a_character_plugin_that_is_not_a_plugin_is_one_startup_line(tmp_path: P
     monkeypatch.setitem(sys.modules, "brokenplugin", types.SimpleNamespace(plugin=factory))
     with pytest.raises(StartupError, match=r"'brokenplugin:plugin': plugin\(settings\) failed: KeyError"):
         load_python_plugin("brokenplugin:plugin", settings)
+
+
+async def test_shutdown_closes_the_store_and_stops_services_when_usage_cannot_be_written(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """A failed last usage write (e.g. `database is locked`) is one log line: the services still
+    stop and the store still closes, whose open SQLite connection would keep the process alive."""
+    import logging
+    import threading
+
+    from bot.app import App
+    from bot.plugin import Connector, Plugin, Priority
+    from bot.types import ModelType
+    from tests.runtime_helpers import ScriptedModel
+
+    stopped = []
+
+    class Recording(Connector):
+        source = "recording"
+
+        async def stop(self) -> None:
+            stopped.append(self.source)
+
+    model = ScriptedModel()
+    app = App(make_settings(tmp_path, host="127.0.0.1"), make_character(), model_plugins=[
+        model.plugin(), Plugin("recording", priority=Priority.PLATFORM, services=[Recording])])
+    model.script(ModelType.TEXT_SMALL, "ok")
+    await app.start()
+    await app.runtime.use_model(ModelType.TEXT_SMALL, {"prompt": "count these tokens, please"})
+    assert app.runtime._usage, "the call's usage waits in the buffer for the next batch"
+
+    async def locked(usages: object) -> None:
+        raise RuntimeError("database is locked")
+
+    app.store.record_model_usage = locked
+    with caplog.at_level(logging.ERROR, logger="bot.runtime"):
+        await app.stop()
+    assert stopped == ["recording"]
+    assert [r.getMessage() for r in caplog.records if r.name == "bot.runtime"] == [
+        "shutdown: token usage could not be stored: database is locked"]
+    assert not [t.name for t in threading.enumerate() if "_connection_worker_thread" in t.name]

@@ -154,7 +154,8 @@ async def test_page_asks_for_the_api_key_when_the_server_has_one(tmp_path: Path,
             document.getElementById('input').value = 'hello';
             document.getElementById('send').click();
         """)
-        assert await page.wait_for("document.querySelector('#messages li.agent')?.textContent") == "Hello from Test."
+        # The reply streams in: wait for its final text, not its first chunk.
+        await page.wait_for("document.querySelector('#messages li.agent')?.textContent === 'Hello from Test.'")
 
 
 async def test_public_web_chat_works_without_the_key_and_reaches_nothing_else(tmp_path: Path,
@@ -169,7 +170,8 @@ async def test_public_web_chat_works_without_the_key_and_reaches_nothing_else(tm
             document.getElementById('input').value = 'hello from a visitor';
             document.getElementById('send').click();
         """)
-        assert await page.wait_for("document.querySelector('#messages li.agent')?.textContent") == "Hello from Test."
+        # The reply streams in: wait for its final text, not its first chunk.
+        await page.wait_for("document.querySelector('#messages li.agent')?.textContent === 'Hello from Test.'")
         await page.send("Page.reload")
         await page.wait_for("document.querySelectorAll('#messages li').length === 2")
 

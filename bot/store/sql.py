@@ -262,11 +262,13 @@ class SqlStore(Store):
         return current
 
     async def close(self) -> None:
-        if self._checkpoint_task is not None:
-            await self._checkpoint_task
-        if self._fast is not None:
-            await self._fast.close()
-        await self.engine.dispose()
+        try:
+            if self._checkpoint_task is not None:
+                await self._checkpoint_task
+            if self._fast is not None:
+                await self._fast.close()
+        finally:
+            await self.engine.dispose()
 
     async def ping(self) -> bool:
         try:
