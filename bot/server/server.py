@@ -17,10 +17,13 @@ from bot.settings import Settings, WebChatMode
 from .access import API_PREFIX, Access, AccessPolicy, is_loopback_host
 from .api import RestApi
 from .app import Lifecycle, ServerState, build_application, json_response
+from .eliza_api import ElizaApi
+from .eliza_sessions import ElizaSessionApi
 from .health import Health
 from .metrics import Metrics
 from .models import WebChatInfo
 from .openapi import Operation, build_openapi
+from .realtime import Realtime
 from .session_api import SessionApi
 from .sessions import SessionManager
 
@@ -49,9 +52,13 @@ class WebServer:
         self.sessions = SessionManager(runtime, clock=clock)
         self.metrics = Metrics(runtime, active_sessions=self.sessions.active_count)
         self.health = Health(runtime, self.state)
+        self.realtime = Realtime(runtime, self.policy, self.sessions)
         rest = RestApi(runtime)
-        self.operations: list[Operation] = [*rest.operations(),
-                                            *SessionApi(runtime, self.sessions, rest, self.policy).operations()]
+        self.operations: list[Operation] = [
+            *rest.operations(), *ElizaApi(runtime, rest).operations(),
+            *SessionApi(runtime, self.sessions, rest, self.policy).operations(),
+            *ElizaSessionApi(runtime, self.sessions, rest, self.policy, self.realtime).operations(),
+        ]
         if settings.web_chat is not WebChatMode.OFF:
             self.operations.append(Operation("GET", WEB_CHAT_PATH, self.web_chat_info, "What the web chat page "
                                              "needs: the character's name and who may chat", "web chat",
@@ -78,6 +85,7 @@ class WebServer:
             for route in plugin.routes:
                 app.router.add_route(route.method, route.path, route.handler)
                 policy.allow(route.method, route.path, Access.PUBLIC if route.public else Access.ADMIN)
+        self.realtime.attach(app)
         if self.settings.web_chat is not WebChatMode.OFF:
             app.router.add_get("/", self._index)
             app.router.add_static("/static/", STATIC, append_version=True)
@@ -132,6 +140,7 @@ class WebServer:
             self._cleanup.cancel()
             await asyncio.gather(self._cleanup, return_exceptions=True)
             self._cleanup = None
+        await self.realtime.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

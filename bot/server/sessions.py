@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from .channels import session_channel_id
 from .errors import ApiError
 
 if TYPE_CHECKING:
@@ -239,6 +240,20 @@ class SessionManager:
         session.expires_at = expires_at
         session.renewal_count += 1
         return True
+
+    async def live(self) -> list[Session]:
+        """Every session that has not expired, oldest first."""
+        async with self._lock:
+            await self._ensure_loaded()
+            now = self.clock()
+            return sorted((s for s in self._sessions.values() if s.expires_at > now), key=lambda s: s.created_at)
+
+    async def by_channel(self, channel_id: uuid.UUID) -> Session | None:
+        """The live session whose elizaOS channel this is (see `channels.session_channel_id`)."""
+        for session in await self.live():
+            if session_channel_id(self.runtime, session) == channel_id:
+                return session
+        return None
 
     async def delete(self, session_id: str, viewer: str | None = None) -> None:
         await self.get(session_id, viewer)
