@@ -232,6 +232,15 @@ class SessionManager:
         await self._save(session)
         return session
 
+    async def reconfigure(self, session_id: str, requested: TimeoutConfig, viewer: str | None = None) -> Session:
+        """New timeouts for a live session; its expiry counts from its last activity under them."""
+        session = await self.get(session_id, viewer)
+        changed = requested.model_dump(exclude_none=True)
+        session.config = session.config.model_copy(update=changed)
+        session.expires_at = min(session.last_activity + session.config.timeout_minutes * MINUTE, session.hard_limit)
+        await self._save(session)
+        return session
+
     @staticmethod
     def _extend(session: Session, now: float) -> bool:
         expires_at = min(now + session.config.timeout_minutes * MINUTE, session.hard_limit)
