@@ -107,6 +107,14 @@ class Settings(BaseSettings):
     tasks_per_user: int = Field(20, ge=0)
     tasks_per_room: int = Field(100, ge=0)
 
+    # Knowledge: documents the agent answers from (the character's `knowledge`, a folder, uploads)
+    knowledge: bool = True  # on|off
+    knowledge_path: Path | None = None  # a folder of documents for every character run from here
+    knowledge_max_file_mb: float = Field(20, gt=0)  # bigger files are skipped with a warning
+    knowledge_top_k: int = Field(5, ge=0, le=50)  # passages per prompt at most (0: none)
+    knowledge_token_budget: int = Field(1500, ge=50)  # tokens all passages of one prompt may take
+    knowledge_min_score: float = Field(0.3, ge=-1, le=1)  # cosine similarity a passage must reach
+
     # Models
     model_providers: StrList = Field(default_factory=list)
     openai_native_tools: bool = True  # false for an OpenAI-compatible server without tool calling
@@ -216,7 +224,7 @@ class Settings(BaseSettings):
     @field_validator(
         "database_url", "openai_base_url", "anthropic_base_url", "telegram_webhook_url",
         "discord_application_id", "discord_guild_id", "discord_voice_channel_id", "local_model_path",
-        "openai_embedding_dimensions", "mcp_servers", "shard_count", mode="before",
+        "openai_embedding_dimensions", "mcp_servers", "shard_count", "knowledge_path", mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:

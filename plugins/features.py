@@ -12,7 +12,7 @@ from bot.character import Character
 from bot.plugin import Plugin
 from bot.settings import Settings
 
-FEATURES: list[str] = ["plugins.mcp", "plugins.tasks"]
+FEATURES: list[str] = ["plugins.mcp", "plugins.tasks", "plugins.knowledge"]
 
 
 def feature_plugins(settings: Settings, character: Character) -> list[Plugin]:
