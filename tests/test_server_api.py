@@ -51,12 +51,14 @@ async def test_health_ready_and_agents_without_secrets(tmp_path: Path, fake: Fak
         for secret in ("character-secret-value", "hidden-setting", API_KEY_FOR_MODEL):
             assert secret not in raw
         status, agents = await bot.call("GET", "/api/agents")
-        agent = agents["agents"][0]
-        assert agent["name"] == "Test" and "secrets" not in agent["character"]
-        assert (await bot.call("GET", f"/api/agents/{agent['id']}"))[1]["id"] == agent["id"]
+        agent = agents["data"]["agents"][0]
+        assert agents["success"] is True and agent["name"] == "Test" and agent["status"] == "active"
+        detail = (await bot.call("GET", f"/api/agents/{agent['id']}"))[1]["data"]
+        assert detail["id"] == agent["id"] and "secrets" not in detail and "settings" not in detail
         assert (await bot.call("GET", "/api/agents/default"))[0] == 200
         status, body = await bot.call("GET", "/api/agents/someone-else")
-        assert status == 404 and body["error"]["code"] == "AGENT_NOT_FOUND"
+        assert status == 404 and body == {"success": False,
+                                          "error": {"code": "NOT_FOUND", "message": "Agent not found"}}
 
 
 async def test_message_gets_the_reply_and_both_are_stored(tmp_path: Path, fake: FakeOpenAI) -> None:

@@ -206,7 +206,7 @@ async def test_over_the_rate_limit_the_stream_ends_with_the_apis_error(tmp_path:
         assert (await bot.stream("/api/messages", send("first")))[1][-1].name == "done"
         response, events = await bot.stream("/api/messages", send("one too many"))
         assert response.status == 200 and [e.name for e in events] == ["user_message", "error"]
-        assert events[-1].data == {"error": {"code": "RATE_LIMITED", "message": SLOW_DOWN}}
+        assert events[-1].data == {"success": False, "error": {"code": "RATE_LIMITED", "message": SLOW_DOWN}}
         async with bot.http.get(bot.url + "/api/messages", params={"room_id": "lobby"}) as r:
             texts = [m["text"] for m in (await r.json())["messages"]]
         assert "one too many" in texts  # stored all the same, as without streaming

@@ -1,4 +1,4 @@
-"""The REST API: agents, messages (send one and get the reply; read a room's history) and memories."""
+"""The REST API: messages (send one and get the reply; read a room's history) and memories."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from .app import check_metadata, json_response, parse_body, parse_query
 from .conversation import Exchange, accept_message, memory_page, room_id_for, user_id_for
 from .errors import ApiError
 from .models import (
-    AgentList,
-    AgentOut,
     MemoriesQuery,
     MemoryHit,
     MemoryIn,
@@ -51,11 +49,6 @@ class RestApi:
     def __init__(self, runtime: AgentRuntime) -> None:
         self.runtime = runtime
 
-    def _agent(self) -> AgentOut:
-        character = self.runtime.character
-        return AgentOut(id=self.runtime.agent_id, name=character.name, username=character.username,
-                        character=character.public_dict())
-
     def resolve_agent(self, agent: str | None) -> uuid.UUID:
         """One agent runs per process: accept its id, its name, "default" or nothing."""
         runtime = self.runtime
@@ -63,13 +56,6 @@ class RestApi:
             return runtime.agent_id
         raise ApiError(404, "AGENT_NOT_FOUND", f"no agent {agent!r} runs here; use 'default' or "
                        f"{runtime.agent_id}")
-
-    async def list_agents(self, request: web.Request) -> web.Response:
-        return json_response(AgentList(agents=[self._agent()]))
-
-    async def get_agent(self, request: web.Request) -> web.Response:
-        self.resolve_agent(request.match_info["agent_id"])
-        return json_response(self._agent())
 
     async def send_message(self, request: web.Request) -> web.StreamResponse:
         body = await parse_body(request, MessageIn)
@@ -140,9 +126,6 @@ class RestApi:
 
     def operations(self) -> list[Operation]:
         return [
-            Operation("GET", "/api/agents", self.list_agents, "List agents", "agents", {200: AgentList}),
-            Operation("GET", "/api/agents/{agent_id}", self.get_agent, "Get an agent", "agents",
-                      {200: AgentOut}, errors=[404], path_params={"agent_id": "the agent's id or 'default'"}),
             Operation("POST", "/api/messages", self.send_message, "Send a message and get the agent's reply",
                       "messages", {200: MessageResult}, body=MessageIn, errors=[409, 429, 504],
                       events={"user_message": MessageOut, "chunk": StreamChunk, "done": MessageResult},

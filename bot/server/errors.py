@@ -9,7 +9,10 @@ from aiohttp import web
 
 
 class ApiError(Exception):
-    """An error for the client: HTTP status, a stable code, a human message and optional details."""
+    """An error for the client: HTTP status, a stable code, a human message and optional details.
+
+    The body is elizaOS's error envelope, `{"success": false, "error": {"code", "message"}}`, which
+    its official client turns into an ApiError with that code and message."""
 
     def __init__(self, status: int, code: str, message: str, *, details: list[dict[str, str]] | None = None,
                  headers: Mapping[str, str] | None = None) -> None:
@@ -22,4 +25,4 @@ class ApiError(Exception):
         body: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.details:
             body["details"] = self.details
-        return web.json_response({"error": body}, status=self.status, headers=self.headers)
+        return web.json_response({"success": False, "error": body}, status=self.status, headers=self.headers)

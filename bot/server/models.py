@@ -32,18 +32,10 @@ class ErrorInfo(BaseModel):
 
 
 class ErrorResponse(BaseModel):
+    """Every error, in elizaOS's envelope: its client reads `error.code` and `error.message`."""
+
+    success: Literal[False] = False
     error: ErrorInfo
-
-
-class AgentOut(BaseModel):
-    id: uuid.UUID
-    name: str
-    username: str | None = None
-    character: dict[str, Any]
-
-
-class AgentList(BaseModel):
-    agents: list[AgentOut]
 
 
 TRANSPORT_DESCRIPTION = ("sse: answer with Server-Sent Events that carry the reply as it is written; http: one "

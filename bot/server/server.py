@@ -55,7 +55,7 @@ class WebServer:
         self.realtime = Realtime(runtime, self.policy, self.sessions)
         rest = RestApi(runtime)
         self.operations: list[Operation] = [
-            *rest.operations(), *ElizaApi(runtime, rest).operations(),
+            *rest.operations(), *ElizaApi(runtime, rest, self.sessions).operations(),
             *SessionApi(runtime, self.sessions, rest, self.policy).operations(),
             *ElizaSessionApi(runtime, self.sessions, rest, self.policy, self.realtime).operations(),
         ]
