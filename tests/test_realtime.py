@@ -298,3 +298,22 @@ async def test_stopping_the_server_disconnects_sockets(tmp_path: Path, fake: Fak
         await sock.join(str(uuid.uuid4()))
     await sock.wait("disconnect")
     assert not sock.client.connected
+
+
+async def test_a_page_of_another_origin_may_long_poll_with_the_key(tmp_path: Path) -> None:
+    """The browser guard leaves Socket.IO's polling posts to engine.io: the key admits the socket."""
+    async with FakeOpenAI(reply=xml_reply(REPLY)) as fake, running_app(tmp_path, fake, api_key=KEY) as bot:
+        foreign = {"Origin": "https://dashboard.example"}
+        async with bot.http.get(bot.url + "/socket.io/?EIO=4&transport=polling", headers=foreign) as response:
+            assert response.status == 200
+            sid = (await response.text()).split('"sid":"', 1)[1].split('"', 1)[0]
+        url = bot.url + f"/socket.io/?EIO=4&transport=polling&sid={sid}"
+        connect = '40{"entityId":"%s","apiKey":"%s"}' % (USER, KEY)
+        async with bot.http.post(url, data=connect, headers={**foreign, "Content-Type": "text/plain"}) as response:
+            assert response.status == 200, await response.text()
+        received = ""
+        while "connection_established" not in received:  # each poll returns what the server queued
+            async with bot.http.get(url, headers=foreign) as response:
+                assert response.status == 200
+                received += await response.text()
+        assert '"authenticated"' in received

@@ -31,6 +31,7 @@ from .limits import KeyedLimiter
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 API_PREFIX = "/api"
+SOCKET_IO_PREFIX = "/socket.io/"
 VISITOR_COOKIE = "parley_visitor"
 VISITOR_COOKIE_MAX_AGE = 30 * 24 * 3600
 PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Real-IP", "Via",
@@ -238,8 +239,9 @@ def _foreign_origin(request: web.Request) -> bool:
 @web.middleware
 async def browser_guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """CSRF: state-changing requests from another origin get 403; an /api body must be JSON (else 415),
-    so no HTML form or `text/plain` fetch can post one."""
-    if request.method in STATE_CHANGING:
+    so no HTML form or `text/plain` fetch can post one. Socket.IO's long-polling posts are left to
+    engine.io's own origin check: a socket is admitted by the key in its handshake, not by cookies."""
+    if request.method in STATE_CHANGING and not request.path.startswith(SOCKET_IO_PREFIX):
         if _foreign_origin(request):
             raise ApiError(403, "FOREIGN_ORIGIN", "requests from another origin are refused; call the API from "
                            "this server's own pages or from a non-browser client")

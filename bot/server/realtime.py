@@ -97,8 +97,7 @@ class Realtime:
 
     def attach(self, app: web.Application) -> None:
         """Serve Socket.IO at /socket.io/ on `app`. Its requests are public to the HTTP middlewares:
-        the socket's own handshake auth admits it. (A page of another origin can use the websocket
-        transport only: the browser guard refuses its long-polling POSTs.)"""
+        the socket's own handshake auth admits it."""
         self.sio.attach(app)
         self._state = app[STATE]
 
@@ -285,8 +284,12 @@ class Realtime:
         self._stopped = True
         for sid in list(self._entities):
             await self.sio.disconnect(sid)
-        if self.sio.eio.sockets:  # handshakes that never became sockets
-            await self.sio.eio.disconnect()
+        # Engine.IO sessions left (handshakes that never became sockets, long-polling clients): closed
+        # without waiting for a poll to carry the close packet, which a client that left never sends.
+        engine = self.sio.eio
+        for session in list(engine.sockets.values()):
+            await session.close(wait=False, reason=engine.reason.SERVER_DISCONNECT)
+        engine.sockets.clear()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
