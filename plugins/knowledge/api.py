@@ -1,0 +1,158 @@
+"""Admin API for the knowledge base: list, upload (multipart) and delete documents.
+
+    GET    /api/knowledge/documents                 the agent's documents, files and uploads alike
+    POST   /api/knowledge/documents                 multipart/form-data, one or more files (any field name)
+    DELETE /api/knowledge/documents/{document_id}   a document and its fragments
+
+Plugin routes are admin-only unless marked public, and errors use the server's JSON envelope
+(`ApiError`). An upload's type is checked from its file name before its bytes are read, and its
+size while they stream in, so a 200 MB file is refused after KNOWLEDGE_MAX_FILE_MB, not after
+200 MB sit in memory. Type and size problems refuse the whole request before anything is indexed;
+a file whose content cannot be read (binary, corrupt or encrypted PDF) is refused on its own,
+and the error says which other files were indexed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aiohttp import BodyPartReader, web
+from pydantic import BaseModel
+
+from bot.plugin import Route
+from bot.server.errors import ApiError
+
+from .indexer import KnowledgeInputError
+from .loaders import SUPPORTED, kind_of
+
+if TYPE_CHECKING:
+    from .indexer import DocumentInfo, KnowledgeBase
+
+DOCUMENTS = "/api/knowledge/documents"
+CHUNK_BYTES = 64 * 1024
+MAX_FILES = 20
+
+
+class DocumentOut(BaseModel):
+    id: uuid.UUID
+    source: str  # the name the model cites: a path relative to the character file or folder, or the file name
+    origin: str  # character | folder | upload
+    title: str
+    path: str | None
+    size: int  # bytes of the original file
+    fragments: int
+    shared: bool
+    embedded: bool  # every fragment has a vector (else it is found by full text only, for now)
+    indexed_at: int  # ms since the epoch
+
+    @classmethod
+    def of(cls, info: DocumentInfo) -> DocumentOut:
+        return cls(id=info.id, source=info.source, origin=info.origin, title=info.title, path=info.path,
+                   size=info.size, fragments=info.fragments, shared=info.shared, embedded=info.embedded,
+                   indexed_at=info.created_at)
+
+
+class DocumentList(BaseModel):
+    documents: list[DocumentOut]
+
+
+class Deleted(BaseModel):
+    deleted: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    name: str
+    data: bytes
+
+
+def _json(model: BaseModel, status: int = 200) -> web.Response:
+    return web.Response(text=model.model_dump_json(), status=status, content_type="application/json")
+
+
+class KnowledgeApi:
+    def __init__(self, base: KnowledgeBase) -> None:
+        self.base = base
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.base.settings.knowledge_max_file_mb * 1_000_000)
+
+    async def list_documents(self, request: web.Request) -> web.Response:
+        documents = await self.base.list_documents()
+        return _json(DocumentList(documents=[DocumentOut.of(d) for d in documents]))
+
+    async def upload_documents(self, request: web.Request) -> web.Response:
+        """Index the uploaded files now (their vectors follow in the background): 201 with each document."""
+        uploads = await self._read_uploads(request)
+        indexed: list[DocumentOut] = []
+        refused: list[dict[str, str]] = []
+        for upload in uploads:
+            try:
+                indexed.append(DocumentOut.of(await self.base.add_upload(upload.name, upload.data)))
+            except KnowledgeInputError as error:  # one line naming the file and the fix
+                refused.append({"field": upload.name, "message": str(error)})
+        if refused:
+            done = f"; indexed: {', '.join(d.source for d in indexed)}" if indexed else ""
+            raise ApiError(400, "UNREADABLE_FILE", "; ".join(r["message"] for r in refused) + done, details=refused)
+        return _json(DocumentList(documents=indexed), status=201)
+
+    async def _read_uploads(self, request: web.Request) -> list[Upload]:
+        if request.content_type != "multipart/form-data":
+            raise ApiError(400, "NOT_MULTIPART", "upload files as multipart/form-data (e.g. curl -F "
+                           "file=@guide.md); supported types: " + SUPPORTED)
+        try:
+            reader = await request.multipart()
+        except (ValueError, AssertionError):
+            raise ApiError(400, "NOT_MULTIPART", "the multipart body cannot be read (missing boundary?)") from None
+        uploads: list[Upload] = []
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise ApiError(400, "NESTED_MULTIPART", "send each file as its own part, not nested multipart")
+            if part.filename is None:
+                await part.release()  # a plain form field: nothing to index
+                continue
+            if len(uploads) == MAX_FILES:
+                raise ApiError(400, "TOO_MANY_FILES", f"at most {MAX_FILES} files per upload; send the rest in "
+                               "another request")
+            uploads.append(Upload(part.filename, await self._read_file(part)))
+        if not uploads:
+            raise ApiError(400, "NO_FILE", "the upload has no file part; send one or more files, e.g. curl -F "
+                           "file=@guide.md")
+        return uploads
+
+    async def _read_file(self, part: BodyPartReader) -> bytes:
+        name = part.filename or ""
+        if kind_of(name) is None:
+            raise ApiError(400, "UNSUPPORTED_FILE_TYPE", f"{name or 'the file'} is not a supported type; upload "
+                           f"{SUPPORTED} files")
+        data = bytearray()
+        while chunk := await part.read_chunk(CHUNK_BYTES):
+            data += chunk
+            if len(data) > self.max_bytes:
+                mb = self.base.settings.knowledge_max_file_mb
+                raise ApiError(413, "FILE_TOO_LARGE", f"{name} is larger than KNOWLEDGE_MAX_FILE_MB ({mb:g} MB); "
+                               "split it into smaller files")
+        return bytes(data)
+
+    async def delete_document(self, request: web.Request) -> web.Response:
+        raw = request.match_info["document_id"]
+        try:
+            document_id = uuid.UUID(raw)
+        except ValueError:
+            raise ApiError(400, "INVALID_ID", f"{raw!r} is not a document id; GET {DOCUMENTS} lists them") from None
+        if not await self.base.delete(document_id):
+            raise ApiError(404, "DOCUMENT_NOT_FOUND", f"no document {document_id}; GET {DOCUMENTS} lists them")
+        return _json(Deleted(deleted=document_id))
+
+
+def knowledge_routes(base: KnowledgeBase) -> list[Route]:
+    """The admin routes over `base` (admin-only: plugin routes are unless marked public)."""
+    api = KnowledgeApi(base)
+    return [
+        Route("GET", DOCUMENTS, api.list_documents),
+        Route("POST", DOCUMENTS, api.upload_documents),
+        Route("DELETE", DOCUMENTS + "/{document_id}", api.delete_document),
+    ]
