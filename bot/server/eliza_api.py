@@ -21,7 +21,7 @@ from bot.types import now_ms
 
 from .api import RestApi
 from .app import json_response
-from .eliza_memory import AGENT_PARAM, ElizaMemoryApi
+from .eliza_memory import AGENT_PARAM, AGENT_SCHEMA, ElizaMemoryApi
 from .eliza_wire import CamelModel, Envelope
 from .errors import ApiError
 from .models import ErrorInfo
@@ -183,7 +183,8 @@ class ElizaApi:
                           **self.memory.links("$response.body#/data/agents/0/id")}),
             Operation("GET", "/api/agents/{agent_id}", self.get_agent, "Get an agent: its character's public "
                       "fields at the top level (elizaOS)", "agents", {200: ElizaAgentResponse}, errors=[404],
-                      path_params=AGENT_PARAM, links=self.memory.links("$response.body#/data/id")),
+                      path_params=AGENT_PARAM, links=self.memory.links("$response.body#/data/id"),
+                      path_schemas={"agent_id": AGENT_SCHEMA}),
             Operation("GET", "/api/server/ping", self.server_ping, "Ping (elizaOS)", "server", {200: ElizaPing},
                       description=bare),
             Operation("GET", "/api/server/hello", self.server_hello, "Hello (elizaOS)", "server",

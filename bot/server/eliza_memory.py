@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 
 PREFIX = "/api/memory/{agent_id}"
 AGENT_PARAM = {"agent_id": "The agent's id, its name, or 'default'."}
+AGENT_SCHEMA = {"examples": ["default"]}  # "default" always names the running agent
+UUID_SCHEMA = {"format": "uuid"}  # anything else is 400 INVALID_ID
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
 Links = dict[str, tuple[str, dict[str, str]]]
 Q = TypeVar("Q", bound=BaseModel)
@@ -260,4 +262,6 @@ class ElizaMemoryApi:
                "list_rooms": {"room": first_room}, "create_room": {"room": this_room}, "get_room": {"room": this_room}}
         for op in operations:  # every route leads to the others: the agent's id is in its path
             op.links = self.links("$request.path.agent_id", ids.get(op.operation_id))
+            op.path_schemas = {"agent_id": AGENT_SCHEMA, "room_id": UUID_SCHEMA, "channel_id": UUID_SCHEMA,
+                               "memory_id": UUID_SCHEMA}
         return operations

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from bot.runtime import AgentRuntime
 
 PREFIX = "/api/messaging/sessions"
+SESSION_ID = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 _STARTED = time.monotonic()
 
 
@@ -170,7 +171,7 @@ class ElizaSessionApi:
     def operations(self) -> list[Operation]:
         sid = {"session_id": "the sessionId that creating the session returned"}
         one = PREFIX + "/{session_id}"
-        return [
+        operations = [
             Operation("POST", PREFIX, self.create_messaging_session, "Start a session (elizaOS)", "elizaOS sessions",
                       {201: SessionInfo}, body=CreateSession, errors=[404, 429],
                       description="timeoutConfig overrides the agent's settings, which override the SESSION_* "
@@ -201,6 +202,9 @@ class ElizaSessionApi:
             Operation("DELETE", one, self.end_messaging_session, "End a session", "elizaOS sessions",
                       {200: Ended}, errors=[404], path_params=sid),
         ]
+        for operation in operations:  # a session id is a UUID, so `/health` is never taken for one
+            operation.path_schemas = {"session_id": {"pattern": SESSION_ID}}
+        return operations
 
 
 def _agent_response(exchange: Exchange) -> AgentResponse | None:

@@ -65,10 +65,21 @@ class Operation:
     access: Access = Access.ADMIN
     description: str = ""
     path_params: dict[str, str] = field(default_factory=dict)
+    # More JSON Schema for a path parameter: {"format": "uuid"}, or {"examples": ["default"]} for a value
+    # that always names something, so a tester (schemathesis) can reach the operation.
+    path_schemas: dict[str, dict[str, Any]] = field(default_factory=dict)
     # OpenAPI links from the success response: name -> (operationId, {parameter: runtime expression}).
     links: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
     # The success response can also be Server-Sent Events: event name -> its data (`error` is implied).
     events: dict[str, type[BaseModel]] = field(default_factory=dict)
+
+    @property
+    def route_path(self) -> str:
+        """The path for aiohttp's router: a parameter with a `pattern` in `path_schemas` matches only it."""
+        def parameter(found: re.Match[str]) -> str:
+            pattern = self.path_schemas.get(found.group(1), {}).get("pattern")
+            return f"{{{found.group(1)}:{pattern.strip('^$')}}}" if pattern else found.group(0)
+        return _PATH_PARAM.sub(parameter, self.path)
 
     @property
     def operation_id(self) -> str:
@@ -115,7 +126,7 @@ def build_openapi(operations: Sequence[Operation], *, title: str, version: str, 
             item["description"] = op.description
         parameters = [
             {"name": name, "in": "path", "required": True, "description": op.path_params.get(name, ""),
-             "schema": {"type": "string", "minLength": 1}}
+             "schema": {"type": "string", "minLength": 1, **op.path_schemas.get(name, {})}}
             for name in _PATH_PARAM.findall(op.path)
         ]
         if op.query is not None:
@@ -130,12 +141,13 @@ def build_openapi(operations: Sequence[Operation], *, title: str, version: str, 
             entry: dict[str, Any] = {"description": "OK" if status < 300 else "Result"}
             if model is not None:
                 entry["content"] = {"application/json": {"schema": _ref(model)}}
-            if status < 300 and op.events:
-                entry.setdefault("content", {})["text/event-stream"] = {"schema": _event_schema(op.events)}
             if status < 300 and op.links:
                 entry["links"] = {name: {"operationId": target, "parameters": params}
                                   for name, (target, params) in op.links.items()}
             responses[str(status)] = entry
+        if op.events:  # a stream is always a 200, whatever the JSON answer's status
+            streamed = responses.setdefault("200", {"description": "OK"})
+            streamed.setdefault("content", {})["text/event-stream"] = {"schema": _event_schema(op.events)}
         errors = set(op.errors) | ({400, 413} if op.body is not None else set()) | (
             {400} if op.query is not None else set()) | ({401, 503} if op.access is not Access.PUBLIC else set()) | (
             {429} if visitors and op.access in (Access.VISITOR, Access.VISITOR_START) else set()) | ({403, 415} if op.method in STATE_CHANGING else set())

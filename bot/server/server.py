@@ -79,7 +79,7 @@ class WebServer:
         app.router.add_get(OPENAPI_PATH, self._openapi)
         policy.allow("GET", OPENAPI_PATH, Access.PUBLIC)
         for op in self.operations:
-            app.router.add_route(op.method, op.path, op.handler)
+            app.router.add_route(op.method, op.route_path, op.handler)
             policy.allow(op.method, op.path, op.access)
         for plugin in self.runtime.plugins:
             for route in plugin.routes:
