@@ -104,7 +104,7 @@ def test_character_can_load_python_plugins(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.syspath_prepend(str(tmp_path))
     character = make_character(plugins=["@elizaos/plugin-bootstrap", "weather_mod:weather", "weather_mod:build"])
     names = [p.name for p in select_plugins(make_settings(tmp_path), character, models=[]).plugins]
-    assert [n for n in names if n != "tasks"] == ["bootstrap", "weather", "built-0"]
+    assert [n for n in names if n not in ("tasks", "knowledge")] == ["bootstrap", "weather", "built-0"]
     with pytest.raises(StartupError, match=r"character plugin 'weather_mod:nope': cannot load it"):
         select_plugins(make_settings(tmp_path), make_character(plugins=["weather_mod:nope"]), models=[])
 
