@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from bot.server.channels import channel_room_key
 from bot.server.conversation import room_id_for
+from bot.server.eliza.channels import channel_room_key
 from bot.types import Content, Memory, MemoryType
 from tests.fakes.openai_server import FakeOpenAI
 from tests.server_helpers import API_KEY_FOR_MODEL, Running, fake_model, running_app

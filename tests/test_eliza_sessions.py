@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.server.channels import session_channel_id
+from bot.server.eliza.channels import session_channel_id
 from tests.fakes.openai_server import FakeOpenAI
 from tests.server_helpers import Running, fake_model, running_app, xml_reply
 from tests.test_server_streaming import read_events

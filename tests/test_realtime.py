@@ -5,6 +5,7 @@ message to the channel's other sockets, the reply as chunks and as a broadcast, 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -15,8 +16,8 @@ import pytest
 import socketio
 
 from bot.runtime import SLOW_DOWN
-from bot.server.channels import channel_room_key, session_channel_id
 from bot.server.conversation import accept_message, room_id_for, user_id_for
+from bot.server.eliza.channels import channel_room_key, session_channel_id
 from tests.fakes.openai_server import FakeOpenAI
 from tests.server_helpers import Running, running_app, xml_reply
 from tests.test_server_sessions import Clock
@@ -308,7 +309,7 @@ async def test_a_page_of_another_origin_may_long_poll_with_the_key(tmp_path: Pat
             assert response.status == 200
             sid = (await response.text()).split('"sid":"', 1)[1].split('"', 1)[0]
         url = bot.url + f"/socket.io/?EIO=4&transport=polling&sid={sid}"
-        connect = '40{"entityId":"%s","apiKey":"%s"}' % (USER, KEY)
+        connect = "40" + json.dumps({"entityId": USER, "apiKey": KEY})
         async with bot.http.post(url, data=connect, headers={**foreign, "Content-Type": "text/plain"}) as response:
             assert response.status == 200, await response.text()
         received = ""

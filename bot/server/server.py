@@ -17,13 +17,13 @@ from bot.settings import Settings, WebChatMode
 from .access import API_PREFIX, Access, AccessPolicy, is_loopback_host
 from .api import RestApi
 from .app import Lifecycle, ServerState, build_application, json_response
-from .eliza_api import ElizaApi
-from .eliza_sessions import ElizaSessionApi
+from .eliza.agents import ElizaApi
+from .eliza.realtime import Realtime
+from .eliza.sessions import ElizaSessionApi
 from .health import Health
 from .metrics import Metrics
 from .models import WebChatInfo
 from .openapi import Operation, build_openapi
-from .realtime import Realtime
 from .session_api import SessionApi
 from .sessions import SessionManager
 

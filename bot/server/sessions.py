@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from .channels import session_channel_id
+from .eliza.channels import session_channel_id
 from .errors import ApiError
 
 if TYPE_CHECKING:

@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bot.sanitize import replace_surrogates
 
-from .app import validation_error
-from .models import Key, Text
+from ..app import validation_error
+from ..models import Key, Text
 
 In = TypeVar("In", bound="_In")
 

@@ -1,5 +1,5 @@
 """elizaOS 1.7's agents and server routes, shaped as `@elizaos/api-client` reads them; the memory
-routes are in `eliza_memory`.
+routes are in `memory`.
 
 Agents answer in elizaOS's envelope, `{"success": true, "data": ...}` (the client returns `data`,
 and reads `error.code`/`error.message` from a failure); the server routes answer bare JSON (the
@@ -19,14 +19,14 @@ from pydantic import ConfigDict, Field
 
 from bot.types import now_ms
 
-from .api import RestApi
-from .app import json_response
-from .eliza_memory import AGENT_PARAM, AGENT_SCHEMA, ElizaMemoryApi
-from .eliza_wire import CamelModel, Envelope
-from .errors import ApiError
-from .models import ErrorInfo
-from .openapi import Operation
-from .sessions import SessionManager
+from ..api import RestApi
+from ..app import json_response
+from ..errors import ApiError
+from ..models import ErrorInfo
+from ..openapi import Operation
+from ..sessions import SessionManager
+from .memory import AGENT_PARAM, AGENT_SCHEMA, ElizaMemoryApi
+from .wire import CamelModel, Envelope
 
 if TYPE_CHECKING:
     from bot.runtime import AgentRuntime

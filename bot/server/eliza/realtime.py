@@ -27,13 +27,14 @@ from socketio.exceptions import ConnectionRefusedError as Refused
 
 from bot.types import Content, now_ms
 
-from .access import AccessPolicy, is_direct_loopback
-from .api import reply_timeout
-from .app import STATE, Lifecycle, ServerState, check_metadata
+from ..access import AccessPolicy, is_direct_loopback
+from ..api import reply_timeout
+from ..app import STATE, Lifecycle, ServerState, check_metadata
+from ..conversation import Exchange, Pending, StreamingCollector, accept_message
+from ..errors import ApiError
+from ..models import StreamChunk
+from ..sessions import SessionManager
 from .channels import DEFAULT_SERVER_ID, channel_room_key
-from .conversation import Exchange, Pending, StreamingCollector, accept_message
-from .errors import ApiError
-from .models import StreamChunk
 from .realtime_events import (
     AgentBroadcast,
     Authenticated,
@@ -49,7 +50,6 @@ from .realtime_events import (
     StreamChunkEvent,
     UserBroadcast,
 )
-from .sessions import SessionManager
 
 if TYPE_CHECKING:
     from bot.runtime import AgentRuntime

@@ -11,7 +11,7 @@ from pydantic.alias_generators import to_camel
 
 from bot.types import ChannelType, Content, Memory, MemoryType, Room
 
-from .models import Key, Vector
+from ..models import Key, Vector
 
 MAX_TIME = 2**53  # milliseconds: the largest time JavaScript holds exactly
 PatchText = Annotated[str, Field(max_length=8000, pattern=r"^[^\x00]*$")]

@@ -23,10 +23,13 @@ from pydantic import BaseModel
 
 from bot.types import Entity, Memory, MemoryType, Room, World, now_ms
 
-from .app import check_metadata, json_response, parse_body, parse_query
+from ..app import check_metadata, json_response, parse_body, parse_query
+from ..conversation import room_id_for
+from ..errors import ApiError
+from ..openapi import Operation
+from ..sessions import SessionManager
 from .channels import channel_room_key, session_channel_id
-from .conversation import room_id_for
-from .eliza_wire import (
+from .wire import (
     ElizaCreatedRoom,
     ElizaCreatedRoomResponse,
     ElizaMemoriesQuery,
@@ -45,9 +48,6 @@ from .eliza_wire import (
     ElizaRoomMemoriesQuery,
     ElizaRoomResponse,
 )
-from .errors import ApiError
-from .openapi import Operation
-from .sessions import SessionManager
 
 if TYPE_CHECKING:
     from bot.runtime import AgentRuntime

@@ -11,7 +11,7 @@ from bot.ids import create_unique_uuid
 if TYPE_CHECKING:
     from bot.runtime import AgentRuntime
 
-    from .sessions import Session
+    from ..sessions import Session
 
 # elizaOS's default message server: clients send it with every message.
 DEFAULT_SERVER_ID = uuid.UUID("00000000-0000-0000-0000-000000000000")

@@ -15,12 +15,17 @@ from aiohttp import web
 
 from bot.types import Memory, MemoryType
 
-from .access import AccessPolicy
-from .api import RestApi, reply_timeout
-from .app import check_metadata, json_response, parse_body, parse_query
+from ..access import AccessPolicy
+from ..api import RestApi, reply_timeout
+from ..app import check_metadata, json_response, parse_body, parse_query
+from ..conversation import Exchange, accept_message, room_id_for
+from ..models import StreamChunk
+from ..openapi import Operation
+from ..sessions import Session, SessionManager, TimeoutConfig
+from ..sse import stream_reply
 from .channels import session_channel_id
-from .conversation import Exchange, accept_message, room_id_for
-from .eliza_models import (
+from .realtime import Realtime
+from .session_models import (
     AgentResponse,
     CreateSession,
     Cursors,
@@ -41,11 +46,6 @@ from .eliza_models import (
     from_seconds,
     session_info,
 )
-from .models import StreamChunk
-from .openapi import Operation
-from .realtime import Realtime
-from .sessions import Session, SessionManager, TimeoutConfig
-from .sse import stream_reply
 
 if TYPE_CHECKING:
     from bot.runtime import AgentRuntime

@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 from bot.types import Content, Memory
 
-from .models import Key, Limit, Text
-from .sessions import EffectiveConfig, Session, TimeoutConfig
+from ..models import Key, Limit, Text
+from ..sessions import EffectiveConfig, Session, TimeoutConfig
 
 MAX_TIME_MS = 2**53
 
