@@ -9,7 +9,8 @@ answer is `text/event-stream`, each event one JSON `data:` line:
   client appends the chunks of one `messageId`; `reset: true` means to clear that reply's text
   first (what was shown will not be the reply, e.g. the model called a tool instead);
 - then exactly one of `done`: the same result the JSON answer carries (final replies, ids, status),
-  or `error`: `{"error": {"code", "message"}}`, as the JSON answer's error (RATE_LIMITED, REPLY_TIMEOUT…).
+  or `error`: `{"success": false, "error": {"code", "message"}}`, as the JSON answer's error
+  (RATE_LIMITED, REPLY_TIMEOUT…).
 
 Comment lines (`: ping`) keep idle connections open. A client that hangs up changes nothing for the
 run: it goes on and its reply is stored, to be read from the history.
