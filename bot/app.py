@@ -93,15 +93,19 @@ def select_plugins(
 ) -> PluginSelection:
     """Bootstrap, the model providers in fallback order, and a connector per configured platform.
 
-    `models` replaces provider discovery (benchmarks and tests bring their own model).
+    `models` replaces provider discovery, embeddings included (benchmarks and tests bring their
+    own model).
     """
     from plugins.bootstrap import bootstrap_plugin
     from plugins.features import feature_plugins
     from plugins.models import model_plugins
+    from plugins.offline_embedding import choose_embedding
 
     notes: list[str] = []
     if models is None:
         models, notes = model_plugins(settings, character)
+        models, embedding_notes = choose_embedding(settings, models)
+        notes += embedding_notes
     extra, extra_notes = character_plugins(character, settings)
     features = feature_plugins(settings, character)
     selection = PluginSelection([bootstrap_plugin(), *models, *features, *extra], [*notes, *extra_notes])

@@ -46,6 +46,12 @@ class Streaming(StrEnum):
     ALL = "all"
 
 
+class Embedding(StrEnum):
+    AUTO = "auto"  # the model provider's embeddings (OpenAI), else the offline model
+    OFFLINE = "offline"  # always the offline model shipped with the install
+    OFF = "off"  # none: no search by meaning
+
+
 class LatePolicy(StrEnum):
     REPORT = "report"  # fire it, saying how late it is
     DROP = "drop"  # skip it (a repeating task moves on to its next time)
@@ -126,6 +132,7 @@ class Settings(BaseSettings):
     openai_large_model: str = "gpt-4o"
     openai_embedding_model: str = "text-embedding-3-small"
     openai_embedding_dimensions: int | None = Field(None, ge=1)
+    embedding: Embedding = Embedding.AUTO  # where TEXT_EMBEDDING comes from
     openai_transcription_model: str = "whisper-1"
     openai_tts_model: str = "tts-1"
     openai_tts_voice: str = "alloy"

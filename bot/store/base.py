@@ -223,6 +223,10 @@ class Store(ABC):
         """Attach embeddings (any dimension) to existing memories in one batch."""
 
     @abstractmethod
+    async def count_embeddings(self, agent_id: uuid.UUID) -> dict[int, int]:
+        """How many of the agent's memories have an embedding, per vector size."""
+
+    @abstractmethod
     async def search_memories_by_embedding(
         self,
         embedding: Sequence[float],

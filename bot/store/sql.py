@@ -669,6 +669,15 @@ class SqlStore(Store):
             row = Row(o.id, o.room_id, o.entity_id, o.type, np.asarray(vector, dtype=np.float32))
             self._index_touch(lambda index, row=row: index.add([row]), (o.agent_id, len(vector)))
 
+    async def count_embeddings(self, agent_id: uuid.UUID) -> dict[int, int]:
+        stmt = (
+            sa.select(embeddings.c.dim, sa.func.count())
+            .select_from(embeddings.join(memories, memories.c.id == embeddings.c.memory_id))
+            .where(memories.c.agent_id == str(agent_id))
+            .group_by(embeddings.c.dim)
+        )
+        return {int(dim): int(count) for dim, count in await self._rows(stmt)}
+
     async def search_memories_by_embedding(
         self,
         embedding: Sequence[float],

@@ -9,6 +9,7 @@ from bot.types import EventType
 
 from .actions import ACTIONS
 from .dispatcher import MessageDispatcher, ShuttingDown
+from .embeddings import VectorSizeCheck
 from .evaluators import ReflectionCounter, reflection_evaluator
 from .providers import Recall, make_providers
 
@@ -31,6 +32,7 @@ def bootstrap_plugin() -> Plugin:
         actions=list(ACTIONS),
         providers=make_providers(recall),
         evaluators=[reflection_evaluator(counter, recall)],
+        services=[VectorSizeCheck],
         events={EventType.MESSAGE_RECEIVED: [counter.on_message]},
     )
 

@@ -1,4 +1,5 @@
-"""Background, batched embedding of stored memories: never on the reply's critical path."""
+"""Background, batched embedding of stored memories: never on the reply's critical path; and the
+start-up check that says when stored vectors have another size than the embedding model's."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from bot.plugin import Service
+from bot.runtime import ModelError
 from bot.types import Memory, ModelType
 
 if TYPE_CHECKING:
@@ -59,3 +62,43 @@ class EmbeddingQueue:
         await self.flush()
         if self._task is not None:
             self._task.cancel()
+
+
+class VectorSizeCheck(Service):
+    """One line at start when stored vectors have another size than the embedding model makes
+    (the model was changed, e.g. an OpenAI key was added after offline embeddings).
+
+    Nothing is mixed up: the store keeps one vector index per size, so those vectors are simply
+    not found by meaning. Messages and facts keep them (re-embedding a history would cost an API
+    bill); the knowledge indexer re-embeds its fragments. Learning the model's size costs one
+    embedding of one word, and only when vectors are stored.
+    """
+
+    service_type = "vector-size-check"
+
+    async def start(self) -> None:
+        self.task = self.runtime.run_in_background(self.check(), "vector-size-check")
+
+    async def stop(self) -> None:
+        self.task.cancel()
+
+    async def check(self) -> None:
+        runtime = self.runtime
+        if not runtime.has_model(ModelType.TEXT_EMBEDDING):
+            return
+        sizes = await runtime.store.count_embeddings(runtime.agent_id)
+        if not sizes:
+            return
+        try:
+            size = len(await runtime.use_model(ModelType.TEXT_EMBEDDING, {"text": "size"}))
+        except ModelError as error:  # the queue will say so when it embeds; nothing to compare with
+            log.debug("vector sizes not checked: %s", error)
+            return
+        other = {dim: count for dim, count in sorted(sizes.items()) if dim != size}
+        if other:
+            log.warning(
+                "%d stored memories have embeddings of another size (%s) than the embedding model's %d: "
+                "search by meaning leaves them out; messages and facts are not re-embedded, knowledge "
+                "fragments are re-embedded by the knowledge indexer", sum(other.values()),
+                ", ".join(f"{count} of size {dim}" for dim, count in other.items()), size,
+            )
