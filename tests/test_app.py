@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import sys
@@ -164,4 +165,7 @@ async def test_shutdown_closes_the_store_and_stops_services_when_usage_cannot_be
     assert stopped == ["recording"]
     assert [r.getMessage() for r in caplog.records if r.name == "bot.runtime"] == [
         "shutdown: token usage could not be stored: database is locked"]
-    assert not [t.name for t in set(threading.enumerate()) - before if "_connection_worker_thread" in t.name]
+    workers = [t for t in set(threading.enumerate()) - before if "_connection_worker_thread" in t.name]
+    for worker in workers:  # a closed connection's thread ends right after close returns
+        await asyncio.to_thread(worker.join, 10)
+    assert not [t.name for t in workers if t.is_alive()]
