@@ -217,6 +217,9 @@ class Route:
     path: str
     handler: Callable[[Any], Awaitable[Any]]
     public: bool = False  # True: not under /api auth (e.g. a webhook with its own secret)
+    # Body types an /api route accepts beside JSON, e.g. multipart/form-data for an upload. Only bodies
+    # from this origin or a non-browser client reach it either way (the CSRF guard's origin check).
+    body_types: tuple[str, ...] = ()
 
 
 class Service(ABC):  # noqa: B024 - concrete services override what they need

@@ -134,11 +134,18 @@ class AccessPolicy:
         self.web_chat = settings.web_chat
         self.trusted_proxies = settings.trusted_proxies
         self.routes: dict[tuple[str, str], Access] = {}
+        self.body_types: dict[tuple[str, str], frozenset[str]] = {}
         self.ip_limit = KeyedLimiter(settings.web_chat_ip_per_minute)
         self.message_limit = KeyedLimiter(settings.web_chat_messages_per_minute)
 
-    def allow(self, method: str, path: str, access: Access) -> None:
+    def allow(self, method: str, path: str, access: Access, body_types: tuple[str, ...] = ()) -> None:
         self.routes[(method.upper(), path)] = access
+        if body_types:
+            self.body_types[(method.upper(), path)] = frozenset(body_types)
+
+    def accepted_types(self, request: web.Request) -> list[str]:
+        """The body types an /api route takes: JSON, and what the route declared besides."""
+        return ["application/json", *sorted(self.body_types.get(route_key(request), ()))]
 
     @property
     def visitors(self) -> bool:
@@ -239,14 +246,16 @@ def _foreign_origin(request: web.Request) -> bool:
 @web.middleware
 async def browser_guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """CSRF: state-changing requests from another origin get 403; an /api body must be JSON (else 415),
-    so no HTML form or `text/plain` fetch can post one. Socket.IO's long-polling posts are left to
+    so no HTML form or `text/plain` fetch can post one, unless its route declares another type (an
+    upload's multipart/form-data), which the origin check still guards. Socket.IO's long-polling posts are left to
     engine.io's own origin check: a socket is admitted by the key in its handshake, not by cookies."""
     if request.method in STATE_CHANGING and not request.path.startswith(SOCKET_IO_PREFIX):
         if _foreign_origin(request):
             raise ApiError(403, "FOREIGN_ORIGIN", "requests from another origin are refused; call the API from "
                            "this server's own pages or from a non-browser client")
+        accepted = request.app[POLICY].accepted_types(request)
         if request.path.startswith(API_PREFIX + "/") and request.body_exists \
-                and request.content_type != "application/json":
-            raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "send the body as JSON with "
-                           "'Content-Type: application/json'")
+                and request.content_type not in accepted:
+            raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "send the body as JSON with 'Content-Type: "
+                           "application/json'" + "".join(f" or as {kind}" for kind in accepted[1:]))
     return await handler(request)

@@ -84,7 +84,8 @@ class WebServer:
         for plugin in self.runtime.plugins:
             for route in plugin.routes:
                 app.router.add_route(route.method, route.path, route.handler)
-                policy.allow(route.method, route.path, Access.PUBLIC if route.public else Access.ADMIN)
+                policy.allow(route.method, route.path, Access.PUBLIC if route.public else Access.ADMIN,
+                             route.body_types)
         self.realtime.attach(app)
         if self.settings.web_chat is not WebChatMode.OFF:
             app.router.add_get("/", self._index)
