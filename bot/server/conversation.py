@@ -39,6 +39,11 @@ def room_id_for(runtime: AgentRuntime, room_key: str) -> uuid.UUID:
     return create_unique_uuid(runtime.agent_id, room_key)
 
 
+def channel_room_key(channel_id: uuid.UUID) -> str:
+    """The room of a channel: a conversation named by a UUID (elizaOS's clients, sessions)."""
+    return f"eliza:channel:{channel_id}"
+
+
 @dataclass
 class Exchange:
     """A message the agent accepted and what it said back (empty `replies` when it chose silence)."""

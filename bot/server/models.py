@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 from bot.types import Content, Memory, MemoryType
 
@@ -18,6 +19,28 @@ Vector = Annotated[list[Annotated[float, Field(ge=-1e9, le=1e9)]], Field(min_len
 
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class Camel(BaseModel):
+    """A body with elizaOS's camelCase field names (`alias`), also built by field name."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def iso(moment: datetime) -> str:
+    """As JavaScript's toISOString writes it (milliseconds, Z), which elizaOS's clients parse."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+IsoTime = Annotated[datetime, PlainSerializer(iso, return_type=str)]
+
+
+def from_seconds(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def from_ms(milliseconds: int) -> datetime:
+    return datetime.fromtimestamp(milliseconds / 1000, UTC)
 
 
 class ErrorDetail(BaseModel):

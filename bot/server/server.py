@@ -57,7 +57,7 @@ class WebServer:
         self.operations: list[Operation] = [
             *rest.operations(), *ElizaApi(runtime, rest, self.sessions).operations(),
             *SessionApi(runtime, self.sessions, rest, self.policy).operations(),
-            *ElizaSessionApi(runtime, self.sessions, rest, self.policy, self.realtime).operations(),
+            *ElizaSessionApi(runtime, self.sessions, rest, self.realtime, self.health.started_at).operations(),
         ]
         if settings.web_chat is not WebChatMode.OFF:
             self.operations.append(Operation("GET", WEB_CHAT_PATH, self.web_chat_info, "What the web chat page "

@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from bot.types import Memory
 
 from .access import CALLER, Access, AccessPolicy
 from .api import RestApi, reply_timeout
 from .app import check_metadata, json_response, parse_body, parse_query
-from .conversation import Exchange, accept_message, memory_page, room_id_for
-from .models import TRANSPORT_DESCRIPTION, Key, Limit, ReplyOut, StreamChunk, Text, ToolCallOut, Transport
+from .conversation import Exchange, Pending, accept_message, memory_page, room_id_for
+from .models import (
+    TRANSPORT_DESCRIPTION,
+    Camel,
+    IsoTime,
+    Key,
+    Limit,
+    ReplyOut,
+    StreamChunk,
+    Text,
+    ToolCallOut,
+    Transport,
+    from_seconds,
+)
 from .openapi import Operation
 from .sessions import MINUTE, EffectiveConfig, Session, SessionManager, TimeoutConfig
 from .sse import stream_reply, wants_stream
@@ -24,24 +35,20 @@ if TYPE_CHECKING:
     from bot.runtime import AgentRuntime
 
 
-class _Camel(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-class SessionCreate(_Camel):
+class SessionCreate(Camel):
     agent_id: Key | None = Field(None, alias="agentId", description="Omit, or 'default', when one agent runs.")
     user_id: Key = Field(alias="userId")
     timeout_config: TimeoutConfig | None = Field(None, alias="timeoutConfig")
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-class SessionOut(_Camel):
+class SessionOut(Camel):
     session_id: str = Field(alias="sessionId")
     agent_id: uuid.UUID = Field(alias="agentId")
     user_id: str = Field(alias="userId")
-    created_at: datetime = Field(alias="createdAt")
-    last_activity: datetime = Field(alias="lastActivity")
-    expires_at: datetime = Field(alias="expiresAt")
+    created_at: IsoTime = Field(alias="createdAt")
+    last_activity: IsoTime = Field(alias="lastActivity")
+    expires_at: IsoTime = Field(alias="expiresAt")
     time_remaining: int = Field(alias="timeRemaining", description="Milliseconds until expiry.")
     is_near_expiration: bool = Field(alias="isNearExpiration")
     renewal_count: int = Field(alias="renewalCount")
@@ -49,7 +56,7 @@ class SessionOut(_Camel):
     metadata: dict[str, Any]
 
 
-class SessionMessageIn(_Camel):
+class SessionMessageIn(Camel):
     model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["content"]}, {"required": ["text"]}]})
 
     # Optional but never null, as the schema says: exactly one of the two is given.
@@ -65,20 +72,20 @@ class SessionMessageIn(_Camel):
         return self
 
 
-class SessionStatus(_Camel):
-    expires_at: datetime = Field(alias="expiresAt")
+class SessionStatus(Camel):
+    expires_at: IsoTime = Field(alias="expiresAt")
     time_remaining: int = Field(alias="timeRemaining")
     renewal_count: int = Field(alias="renewalCount")
     was_renewed: bool = Field(alias="wasRenewed")
     is_near_expiration: bool = Field(alias="isNearExpiration")
 
 
-class ExpiryWarning(_Camel):
+class ExpiryWarning(Camel):
     message: str
     expires_in: int = Field(alias="expiresIn", description="Milliseconds until expiry.")
 
 
-class SessionMessageResult(_Camel):
+class SessionMessageResult(Camel):
     id: uuid.UUID
     content: str
     author_id: uuid.UUID = Field(alias="authorId")
@@ -87,11 +94,11 @@ class SessionMessageResult(_Camel):
     reply: ReplyOut | None
     replies: list[ReplyOut]
     session_status: SessionStatus = Field(alias="sessionStatus")
-    expires_at: datetime = Field(alias="expiresAt")
+    expires_at: IsoTime = Field(alias="expiresAt")
     warning: ExpiryWarning | None = None
 
 
-class SessionMessage(_Camel):
+class SessionMessage(Camel):
     id: uuid.UUID
     content: str
     author_id: uuid.UUID = Field(alias="authorId")
@@ -108,24 +115,40 @@ class SessionMessage(_Camel):
                    tool_call=ToolCallOut.of(m))
 
 
-class SessionMessagesQuery(_Camel):
+class SessionMessagesQuery(Camel):
     cursor: Key | None = None
     limit: Limit = 50
 
 
-class SessionMessagePage(_Camel):
+class SessionMessagePage(Camel):
     messages: list[SessionMessage]
     next_cursor: str | None = Field(alias="nextCursor")
     has_more: bool = Field(alias="hasMore")
 
 
-class SessionEnded(_Camel):
+class SessionEnded(Camel):
     success: bool
     message: str
 
 
-def _time(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
+def session_status(session: Session, renewed: bool, now: float) -> SessionStatus:
+    return SessionStatus(expires_at=from_seconds(session.expires_at), time_remaining=int(session.remaining(now) * 1000),
+                         renewal_count=session.renewal_count, was_renewed=renewed,
+                         is_near_expiration=session.near_expiry(now))
+
+
+async def accept_in_session(runtime: AgentRuntime, manager: SessionManager, session_id: str, *,
+                            viewer: str | None, text: str, metadata: dict[str, Any],
+                            stream: bool) -> tuple[Session, bool, Pending]:
+    """A message from the session's user into its room (activity renews it): the session, whether
+    it was renewed, and the accepted message. The user's own id is kept with the message, so the
+    history can name the author as the client knows it."""
+    session, renewed = await manager.touch(session_id, viewer)
+    pending = await accept_message(
+        runtime, user=session.user_id, user_name=None, room_key=session.room_key, room_name=f"session {session.id}",
+        text=text, context={"session_id": session.id, "author": session.user_id}, client_metadata=metadata,
+        stream=stream)
+    return session, renewed, pending
 
 
 class SessionApi:
@@ -141,8 +164,8 @@ class SessionApi:
         now = self.manager.clock()
         return SessionOut(
             session_id=session.id, agent_id=session.agent_id, user_id=session.user_id,
-            created_at=_time(session.created_at), last_activity=_time(session.last_activity),
-            expires_at=_time(session.expires_at), time_remaining=int(session.remaining(now) * 1000),
+            created_at=from_seconds(session.created_at), last_activity=from_seconds(session.last_activity),
+            expires_at=from_seconds(session.expires_at), time_remaining=int(session.remaining(now) * 1000),
             is_near_expiration=session.near_expiry(now), renewal_count=session.renewal_count,
             timeout_config=session.config, metadata=session.metadata,
         )
@@ -166,13 +189,10 @@ class SessionApi:
         body = await parse_body(request, SessionMessageIn)
         check_metadata(body.metadata, self._metadata_cap())
         await self.policy.check_message(caller, session_id)
-        session, renewed = await self.manager.touch(session_id, caller.owner)
         streaming = wants_stream(request, body.transport)
-        pending = await accept_message(
-            self.runtime, user=session.user_id, user_name=None, room_key=session.room_key,
-            room_name=f"session {session.id}", text=body.content or body.text or "",
-            context={"session_id": session.id}, client_metadata=body.metadata, stream=streaming,
-        )
+        session, renewed, pending = await accept_in_session(
+            self.runtime, self.manager, session_id, viewer=caller.owner, text=body.content or body.text or "",
+            metadata=body.metadata, stream=streaming)
 
         def result(exchange: Exchange) -> SessionMessageResult:
             return self._result(session, renewed, exchange)
@@ -195,10 +215,8 @@ class SessionApi:
         return SessionMessageResult(
             id=message.id, content=message.content.text, author_id=message.entity_id,
             created_at=message.created_at, status=exchange.status, reply=replies[0] if replies else None,
-            replies=replies, expires_at=_time(session.expires_at), warning=warning,
-            session_status=SessionStatus(expires_at=_time(session.expires_at), time_remaining=remaining_ms,
-                                         renewal_count=session.renewal_count, was_renewed=renewed,
-                                         is_near_expiration=session.near_expiry(now)),
+            replies=replies, expires_at=from_seconds(session.expires_at), warning=warning,
+            session_status=session_status(session, renewed, now),
         )
 
     async def list_session_messages(self, request: web.Request) -> web.Response:

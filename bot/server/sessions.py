@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from .eliza.channels import session_channel_id
+from bot.ids import create_unique_uuid
+
+from .conversation import channel_room_key
 from .errors import ApiError
 
 if TYPE_CHECKING:
@@ -64,10 +66,17 @@ class Session(_Camel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     owner: str | None = None  # None: an admin's; "visitor:<hash>": one web chat visitor's
     client: str | None = None  # a visitor's pseudonymised address, to cap sessions per client
+    # The channel the session talks in (elizaOS's clients join it over Socket.IO). Its room outlives
+    # the session: the channel still names the conversation afterwards. None: stored before channels.
+    channel_id: uuid.UUID | None = Field(None, alias="channelId")
+
+    @property
+    def channel(self) -> uuid.UUID:
+        return self.channel_id or create_unique_uuid(self.agent_id, f"api:session-channel:{self.id}")
 
     @property
     def room_key(self) -> str:
-        return f"api:session:{self.id}"
+        return channel_room_key(self.channel_id) if self.channel_id else f"api:session:{self.id}"
 
     @property
     def hard_limit(self) -> float:
@@ -104,6 +113,7 @@ class SessionManager:
         self.runtime = runtime
         self.clock = clock or runtime.clock
         self._sessions: dict[str, Session] = {}
+        self._channels: dict[uuid.UUID, str] = {}  # channel -> session id
         self._loaded = False
         self._lock = asyncio.Lock()
 
@@ -136,6 +146,7 @@ class SessionManager:
                 await self.runtime.store.delete_cache(self.runtime.agent_id, key)
                 continue
             self._sessions.setdefault(session.id, session)
+            self._channels[session.channel] = session.id
         self._loaded = True
 
     async def _save(self, session: Session) -> None:
@@ -143,7 +154,9 @@ class SessionManager:
                                            session.model_dump(mode="json", by_alias=True))
 
     async def _forget(self, session_id: str) -> bool:
-        self._sessions.pop(session_id, None)
+        session = self._sessions.pop(session_id, None)
+        if session is not None:
+            self._channels.pop(session.channel, None)
         return await self.runtime.store.delete_cache(self.runtime.agent_id, CACHE_PREFIX + session_id)
 
     # Lifecycle ----------------------------------------------------------------------------------
@@ -171,9 +184,10 @@ class SessionManager:
             now = self.clock()
             session = Session(id=str(uuid.uuid4()), agent_id=self.runtime.agent_id, user_id=user_id,
                               created_at=now, last_activity=now, expires_at=now, config=config,
-                              metadata=metadata or {}, owner=owner, client=client)
+                              metadata=metadata or {}, owner=owner, client=client, channel_id=uuid.uuid4())
             session.expires_at = min(now + config.timeout_minutes * MINUTE, session.hard_limit)
             self._sessions[session.id] = session
+            self._channels[session.channel] = session.id
             await self._save(session)
         return session
 
@@ -235,8 +249,13 @@ class SessionManager:
     async def reconfigure(self, session_id: str, requested: TimeoutConfig, viewer: str | None = None) -> Session:
         """New timeouts for a live session; its expiry counts from its last activity under them."""
         session = await self.get(session_id, viewer)
-        changed = requested.model_dump(exclude_none=True)
-        session.config = session.config.model_copy(update=changed)
+        config = session.config.model_copy(update=requested.model_dump(exclude_none=True))
+        if config.timeout_minutes > config.max_duration_minutes:
+            message = (f"timeoutMinutes ({config.timeout_minutes:g}) is longer than maxDurationMinutes "
+                       f"({config.max_duration_minutes:g})")
+            raise ApiError(400, "INVALID_BODY", f"invalid body: {message}",
+                           details=[{"field": "timeoutMinutes", "message": message}])
+        session.config = config
         session.expires_at = min(session.last_activity + session.config.timeout_minutes * MINUTE, session.hard_limit)
         await self._save(session)
         return session
@@ -258,11 +277,11 @@ class SessionManager:
             return sorted((s for s in self._sessions.values() if s.expires_at > now), key=lambda s: s.created_at)
 
     async def by_channel(self, channel_id: uuid.UUID) -> Session | None:
-        """The live session whose elizaOS channel this is (see `channels.session_channel_id`)."""
-        for session in await self.live():
-            if session_channel_id(self.runtime, session) == channel_id:
-                return session
-        return None
+        """The live session that talks in this channel."""
+        async with self._lock:
+            await self._ensure_loaded()
+            session = self._sessions.get(self._channels.get(channel_id, ""))
+        return session if session is not None and session.expires_at > self.clock() else None
 
     async def delete(self, session_id: str, viewer: str | None = None) -> None:
         await self.get(session_id, viewer)

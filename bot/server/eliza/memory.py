@@ -3,8 +3,8 @@ elizaOS's envelope with its camelCase names and epoch-millisecond times.
 
 elizaOS clients name conversations by *channel* (a UUID); parley names them by room. A path that
 takes a room also takes a channel: a room id of the agent is used as is; otherwise the id is a
-channel, whose room is the live session's that owns it (`channels.session_channel_id`) or else
-the room of a free channel (`channels.channel_room_key`), as the Socket.IO endpoint uses it.
+channel, whose room is the one `conversation.channel_room_key` names (a session's channel is its
+session's room, also after the session ended), as the Socket.IO endpoint uses it.
 
 What a client writes never poses as the platform's: PATCH changes a memory's text, thought,
 actions and embedding, and its metadata only under `metadata["client"]`; a room a client creates
@@ -28,7 +28,7 @@ from ..conversation import room_id_for
 from ..errors import ApiError
 from ..openapi import Operation
 from ..sessions import SessionManager
-from .channels import channel_room_key, session_channel_id
+from .channels import channel_room_key
 from .wire import (
     ElizaCreatedRoom,
     ElizaCreatedRoomResponse,
@@ -102,7 +102,7 @@ class ElizaMemoryApi:
 
     async def _channels(self) -> dict[str, str]:
         """Room key → elizaOS channel id, for the rooms of live sessions."""
-        return {s.room_key: str(session_channel_id(self.runtime, s)) for s in await self.sessions.live()}
+        return {s.room_key: str(s.channel) for s in await self.sessions.live()}
 
     @staticmethod
     def _channel_of(room: Room, sessions: dict[str, str]) -> str | None:

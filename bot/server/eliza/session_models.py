@@ -8,46 +8,27 @@ same millisecond, so a page boundary splits the history exactly.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import Field, field_validator
 
 from bot.types import Content, Memory
 
-from ..models import Key, Limit, Text
+from ..models import Camel, IsoTime, Key, Text, ToolCallOut, from_ms, from_seconds
+from ..session_api import SessionStatus
 from ..sessions import EffectiveConfig, Session, TimeoutConfig
 
 MAX_TIME_MS = 2**53
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-IsoTime = Annotated[datetime, PlainSerializer(_iso, return_type=str)]
-
-
-def from_seconds(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
-
-
-def from_ms(milliseconds: int) -> datetime:
-    return datetime.fromtimestamp(milliseconds / 1000, UTC)
-
-
-class _Camel(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-class CreateSession(_Camel):
+class CreateSession(Camel):
     agent_id: Key = Field(alias="agentId", description="The agent's id (or its name, or 'default').")
     user_id: Key = Field(alias="userId")
     metadata: dict[str, Any] = Field(default_factory=dict)
     timeout_config: TimeoutConfig | None = Field(None, alias="timeoutConfig")
 
 
-class SessionInfo(_Camel):
+class SessionInfo(Camel):
     session_id: str = Field(alias="sessionId")
     channel_id: uuid.UUID = Field(alias="channelId", description="Join it over Socket.IO to get the replies of "
                                                                  "`websocket` sends.")
@@ -63,7 +44,7 @@ class SessionInfo(_Camel):
     is_near_expiration: bool = Field(alias="isNearExpiration")
 
 
-class SessionsHealth(_Camel):
+class SessionsHealth(Camel):
     status: Literal["healthy"]
     active_sessions: int = Field(alias="activeSessions")
     expiring_soon: int = Field(alias="expiringSoon")
@@ -71,13 +52,13 @@ class SessionsHealth(_Camel):
     uptime: float = Field(description="Seconds since the server started.")
 
 
-class SessionStats(_Camel):
+class SessionStats(Camel):
     total_sessions: int = Field(alias="totalSessions")
     active_sessions: int = Field(alias="activeSessions")
     expired_sessions: int = Field(alias="expiredSessions")
 
 
-class SessionList(_Camel):
+class SessionList(Camel):
     sessions: list[SessionInfo]
     total: int
     stats: SessionStats
@@ -87,7 +68,7 @@ Transport = Literal["http", "sse", "websocket", "sync", "stream"]
 _TRANSPORTS = {"sync": "http", "stream": "sse"}
 
 
-class SendMessage(_Camel):
+class SendMessage(Camel):
     content: Text
     metadata: dict[str, Any] = Field(default_factory=dict)
     attachments: list[dict[str, Any]] = Field(default_factory=list, max_length=0,
@@ -103,16 +84,16 @@ class SendMessage(_Camel):
         return _TRANSPORTS.get(chosen, chosen)
 
 
-class UserMessage(_Camel):
+class UserMessage(Camel):
     id: uuid.UUID
     content: str
-    author_id: uuid.UUID = Field(alias="authorId")
+    author_id: str = Field(alias="authorId", description="The session's userId.")
     channel_id: uuid.UUID = Field(alias="channelId")
     created_at: IsoTime = Field(alias="createdAt")
     metadata: dict[str, Any]
 
 
-class AgentResponse(_Camel):
+class AgentResponse(Camel):
     id: uuid.UUID
     text: str
     thought: str | None = None
@@ -125,20 +106,12 @@ class AgentResponse(_Camel):
                    in_reply_to=message_id)
 
 
-class SessionStatusInfo(_Camel):
-    expires_at: IsoTime = Field(alias="expiresAt")
-    time_remaining: int = Field(alias="timeRemaining")
-    renewal_count: int = Field(alias="renewalCount")
-    was_renewed: bool = Field(alias="wasRenewed")
-    is_near_expiration: bool = Field(alias="isNearExpiration")
-
-
-class SendResult(_Camel):
+class SendResult(Camel):
     user_message: UserMessage = Field(alias="userMessage")
     agent_response: AgentResponse | None = Field(None, alias="agentResponse",
                                                  description="http transport: the first reply (none when the "
                                                              "agent chose not to answer).")
-    session_status: SessionStatusInfo = Field(alias="sessionStatus")
+    session_status: SessionStatus = Field(alias="sessionStatus")
 
 
 class SendAnswer(SendResult):
@@ -148,16 +121,21 @@ class SendAnswer(SendResult):
     data: SendResult
 
 
-class HistoryQuery(_Camel):
-    limit: Limit = 50
+class HistoryQuery(Camel):
+    limit: int = Field(50, description="1 to 100; others are clamped, as elizaOS does.")
     before: int | None = Field(None, ge=0, le=MAX_TIME_MS, description="Epoch ms: only older messages.")
     after: int | None = Field(None, ge=0, le=MAX_TIME_MS, description="Epoch ms: only newer messages.")
 
+    @field_validator("limit")
+    @classmethod
+    def _clamp(cls, limit: int) -> int:
+        return min(max(limit, 1), 100)
 
-class HistoryMessage(_Camel):
+
+class HistoryMessage(Camel):
     id: uuid.UUID
     content: str
-    author_id: uuid.UUID = Field(alias="authorId")
+    author_id: str = Field(alias="authorId", description="The session's userId for the user's messages.")
     is_agent: bool = Field(alias="isAgent")
     created_at: IsoTime = Field(alias="createdAt")
     metadata: dict[str, Any]
@@ -173,30 +151,33 @@ class HistoryMessage(_Camel):
             metadata = dict(memory.metadata.get("client") or {})
         if session_id := memory.metadata.get("session_id"):
             metadata["sessionId"] = session_id
-        return cls(id=memory.id, content=memory.content.text, author_id=memory.entity_id, is_agent=is_agent,
-                   created_at=from_ms(memory.created_at), metadata=metadata)
+        if tool_call := ToolCallOut.of(memory):  # a tool's call and result, not something said
+            metadata["toolCall"] = tool_call.model_dump(mode="json", by_alias=True)
+        author = memory.metadata.get("author") if not is_agent else None
+        return cls(id=memory.id, content=memory.content.text, author_id=str(author or memory.entity_id),
+                   is_agent=is_agent, created_at=from_ms(memory.created_at), metadata=metadata)
 
 
-class Cursors(_Camel):
+class Cursors(Camel):
     before: int = Field(description="Pass as `before` for the older page.")
     after: int = Field(description="Pass as `after` for newer messages.")
 
 
-class History(_Camel):
+class History(Camel):
     messages: list[HistoryMessage]
     has_more: bool = Field(alias="hasMore", description="More messages lie beyond this page in its direction.")
     cursors: Cursors | None = None
 
 
-class Ended(_Camel):
+class Ended(Camel):
     success: Literal[True] = True
     message: str
     data: dict[str, Any] = Field(description="The same fields, for the official client.")
 
 
-def session_info(session: Session, channel_id: uuid.UUID, now: float) -> SessionInfo:
+def session_info(session: Session, now: float) -> SessionInfo:
     return SessionInfo(
-        session_id=session.id, channel_id=channel_id, agent_id=session.agent_id, user_id=session.user_id,
+        session_id=session.id, channel_id=session.channel, agent_id=session.agent_id, user_id=session.user_id,
         created_at=from_seconds(session.created_at), last_activity=from_seconds(session.last_activity),
         metadata=session.metadata, expires_at=from_seconds(session.expires_at), timeout_config=session.config,
         renewal_count=session.renewal_count, time_remaining=int(session.remaining(now) * 1000),

@@ -15,15 +15,15 @@ from aiohttp import web
 
 from bot.types import Memory, MemoryType
 
-from ..access import AccessPolicy
 from ..api import RestApi, reply_timeout
 from ..app import check_metadata, json_response, parse_body, parse_query
-from ..conversation import Exchange, accept_message, room_id_for
-from ..models import StreamChunk
+from ..conversation import Exchange, room_id_for
+from ..errors import ApiError
+from ..models import StreamChunk, from_ms, from_seconds
 from ..openapi import Operation
-from ..sessions import Session, SessionManager, TimeoutConfig
+from ..session_api import accept_in_session, session_status
+from ..sessions import Session, SessionExpired, SessionManager, SessionNotFound, TimeoutConfig
 from ..sse import stream_reply
-from .channels import session_channel_id
 from .realtime import Realtime
 from .session_models import (
     AgentResponse,
@@ -40,10 +40,7 @@ from .session_models import (
     SessionList,
     SessionsHealth,
     SessionStats,
-    SessionStatusInfo,
     UserMessage,
-    from_ms,
-    from_seconds,
     session_info,
 )
 
@@ -52,18 +49,29 @@ if TYPE_CHECKING:
 
 PREFIX = "/api/messaging/sessions"
 SESSION_ID = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-_STARTED = time.monotonic()
 
 
 class ElizaSessionApi:
     """Admin only: elizaOS's clients hold the API key (web chat visitors use `/api/sessions`)."""
 
-    def __init__(self, runtime: AgentRuntime, manager: SessionManager, rest: RestApi, policy: AccessPolicy,
-                 realtime: Realtime) -> None:
-        self.runtime, self.manager, self.rest, self.policy, self.realtime = runtime, manager, rest, policy, realtime
+    def __init__(self, runtime: AgentRuntime, manager: SessionManager, rest: RestApi, realtime: Realtime,
+                 started_at: float) -> None:
+        self.runtime, self.manager, self.rest, self.realtime = runtime, manager, rest, realtime
+        self.started_at = started_at  # time.monotonic() when the server started, for `uptime`
 
     def _info(self, session: Session) -> SessionInfo:
-        return session_info(session, session_channel_id(self.runtime, session), self.manager.clock())
+        return session_info(session, self.manager.clock())
+
+    async def _session(self, session_id: str) -> Session:
+        """The live session; an expired one is 410 Gone, as elizaOS answers."""
+        try:
+            return await self.manager.get(session_id)
+        except SessionExpired:
+            raise ApiError(410, "SESSION_EXPIRED", f"session {session_id!r} has expired; create a new one with "
+                           f"POST {PREFIX}") from None
+        except SessionNotFound:
+            raise ApiError(404, "SESSION_NOT_FOUND", f"no session {session_id!r}; create one with POST "
+                           f"{PREFIX}") from None
 
     async def create_messaging_session(self, request: web.Request) -> web.Response:
         body = await parse_body(request, CreateSession)
@@ -73,7 +81,7 @@ class ElizaSessionApi:
         return json_response(self._info(session), status=201)
 
     async def get_messaging_session(self, request: web.Request) -> web.Response:
-        return json_response(self._info(await self.manager.get(request.match_info["session_id"])))
+        return json_response(self._info(await self._session(request.match_info["session_id"])))
 
     async def list_messaging_sessions(self, request: web.Request) -> web.Response:
         sessions = [self._info(s) for s in await self.manager.live()]
@@ -84,32 +92,28 @@ class ElizaSessionApi:
         live = [self._info(s) for s in await self.manager.live()]
         return json_response(SessionsHealth(
             status="healthy", active_sessions=len(live), expiring_soon=sum(s.is_near_expiration for s in live),
-            timestamp=from_seconds(time.time()), uptime=round(time.monotonic() - _STARTED, 3)))
+            timestamp=from_seconds(time.time()), uptime=round(time.monotonic() - self.started_at, 3)))
 
     async def send_messaging_session_message(self, request: web.Request) -> web.StreamResponse:
         session_id = request.match_info["session_id"]
-        await self.manager.get(session_id)  # 404 before reading the body
+        await self._session(session_id)  # 404 before reading the body
         body = await parse_body(request, SendMessage)
         check_metadata(body.metadata, self.runtime.settings.session_max_metadata_bytes)
-        session, renewed = await self.manager.touch(session_id)
         transport = body.chosen_transport
-        pending = await accept_message(
-            self.runtime, user=session.user_id, user_name=None, room_key=session.room_key,
-            room_name=f"session {session.id}", text=body.content, context={"session_id": session.id},
-            client_metadata=body.metadata, stream=transport != "http",
-        )
-        channel_id = session_channel_id(self.runtime, session)
-        user_message = UserMessage(id=pending.message.id, content=body.content, author_id=pending.message.entity_id,
-                                   channel_id=channel_id, created_at=from_ms(pending.message.created_at),
+        session, renewed, pending = await accept_in_session(
+            self.runtime, self.manager, session_id, viewer=None, text=body.content, metadata=body.metadata,
+            stream=transport != "http")
+        user_message = UserMessage(id=pending.message.id, content=body.content, author_id=session.user_id,
+                                   channel_id=session.channel, created_at=from_ms(pending.message.created_at),
                                    metadata={**body.metadata, "sessionId": session.id})
-        status = self._status(session, renewed)
+        status = session_status(session, renewed, self.manager.clock())
         if transport == "sse":
             return await stream_reply(
                 request, pending, timeout=reply_timeout(self.runtime), user_message=user_message,
                 result=lambda exchange: SendResult(user_message=user_message, session_status=status,
                                                    agent_response=_agent_response(exchange)))
         if transport == "websocket":
-            self.realtime.relay(pending, channel_id)
+            self.realtime.relay(pending, session.channel)
             return self._answer(SendResult(user_message=user_message, session_status=status))
         exchange = await pending.reply(reply_timeout(self.runtime))
         return self._answer(SendResult(user_message=user_message, agent_response=_agent_response(exchange),
@@ -117,18 +121,12 @@ class ElizaSessionApi:
 
     @staticmethod
     def _answer(result: SendResult) -> web.Response:
-        fields = result.model_dump(by_alias=True)
-        return json_response(SendAnswer.model_validate({**fields, "data": fields}), status=201)
-
-    def _status(self, session: Session, renewed: bool) -> SessionStatusInfo:
-        now = self.manager.clock()
-        return SessionStatusInfo(expires_at=from_seconds(session.expires_at),
-                                 time_remaining=int(session.remaining(now) * 1000),
-                                 renewal_count=session.renewal_count, was_renewed=renewed,
-                                 is_near_expiration=session.near_expiry(now))
+        """elizaOS's fields at top level and under `data`; no agentResponse key when there is none."""
+        fields = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return web.json_response({"success": True, **fields, "data": fields}, status=201)
 
     async def list_messaging_session_messages(self, request: web.Request) -> web.Response:
-        session = await self.manager.get(request.match_info["session_id"])
+        session = await self._session(request.match_info["session_id"])
         query = parse_query(request, HistoryQuery)
         page, has_more = await self._history(session, query)
         agent_id = self.runtime.agent_id
@@ -137,33 +135,47 @@ class ElizaSessionApi:
                                      cursors=cursors))
 
     async def _history(self, session: Session, query: HistoryQuery) -> tuple[list[Memory], bool]:
-        """Newest first. With `after`, the oldest `limit` messages after it (the page next to the
-        cursor), so paging forward from a cursor skips nothing."""
+        """Newest first, `limit` at most. With `after`, the oldest messages after it (the page next to
+        the cursor). A page never splits a millisecond, so the next page's `before`/`after` (this
+        page's cursors) starts exactly where it ends."""
         store, agent_id = self.runtime.store, self.runtime.agent_id
         room_id = room_id_for(self.runtime, session.room_key)
-        if query.after is None:
-            found = await store.get_memories(agent_id=agent_id, room_id=room_id, type=MemoryType.MESSAGE,
-                                             count=query.limit + 1, before=query.before)
-            return found[:query.limit], len(found) > query.limit
-        found = await store.get_memories(agent_id=agent_id, room_id=room_id, type=MemoryType.MESSAGE, count=None,
-                                         before=query.before, after=query.after)
-        return found[-query.limit:], len(found) > query.limit
+        forward = query.after is not None
+        found = await store.get_memories(agent_id=agent_id, room_id=room_id, type=MemoryType.MESSAGE,
+                                         count=None if forward else query.limit + 1, before=query.before,
+                                         after=query.after)
+        found.sort(key=lambda m: (m.created_at, str(m.id)), reverse=True)
+        if len(found) <= query.limit:
+            return found, False
+        page = found[-query.limit:] if forward else found[:query.limit]
+        beyond = found[-query.limit - 1] if forward else found[query.limit]
+        edge = beyond.created_at
+        whole = [m for m in page if m.created_at != edge]
+        if whole:
+            return whole, True
+        # Every message of the page shares the edge's millisecond: all of that millisecond, then.
+        ties = await store.get_memories(agent_id=agent_id, room_id=room_id, type=MemoryType.MESSAGE, count=None,
+                                        before=edge + 1, after=edge - 1)
+        return sorted(ties, key=lambda m: str(m.id), reverse=True), True
 
     async def renew_messaging_session(self, request: web.Request) -> web.Response:
+        await self._session(request.match_info["session_id"])
         return json_response(self._info(await self.manager.renew(request.match_info["session_id"])))
 
     async def messaging_session_heartbeat(self, request: web.Request) -> web.Response:
+        await self._session(request.match_info["session_id"])
         session, _ = await self.manager.touch(request.match_info["session_id"])
         return json_response(self._info(session))
 
     async def update_messaging_session_timeout(self, request: web.Request) -> web.Response:
         session_id = request.match_info["session_id"]
-        await self.manager.get(session_id)
+        await self._session(session_id)
         body = await parse_body(request, TimeoutConfig)
         return json_response(self._info(await self.manager.reconfigure(session_id, body)))
 
     async def end_messaging_session(self, request: web.Request) -> web.Response:
         session_id = request.match_info["session_id"]
+        await self._session(session_id)
         await self.manager.delete(session_id)
         message = f"Session {session_id} deleted successfully"
         return json_response(Ended(message=message, data={"success": True, "message": message}))
