@@ -19,9 +19,12 @@ import pytest
 from bot.ids import create_unique_uuid
 from bot.plugin import Plugin, State
 from bot.types import ChannelType, Content, Memory, MemoryType, ModelType
+from plugins.knowledge import terms
 from plugins.knowledge.api import DOCUMENTS
+from plugins.knowledge.indexer import fragment_id
 from plugins.knowledge.retrieval import (
     KNOWLEDGE_PROVIDER,
+    STATS,
     Limits,
     knowledge_changed,
     render,
@@ -60,9 +63,8 @@ async def put_document(store, agent_id: uuid.UUID, source: str, fragments: list[
                                      type=MemoryType.DOCUMENT, content=Content(text=source, source="knowledge"),
                                      metadata={"knowledge": meta}))
     for position, (heading, text) in enumerate(fragments):
-        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         await store.create_memory(Memory(
-            id=create_unique_uuid(agent_id, f"{document_id}:{position}:{digest}"), entity_id=agent_id,
+            id=fragment_id(agent_id, document_id, position, meta["hash"]), entity_id=agent_id,
             agent_id=agent_id, room_id=agent_id, type=MemoryType.FRAGMENT,
             content=Content(text=text, source="knowledge"), embedding=bow_vector(text) if vectors else None,
             metadata={"knowledge": {"document_id": str(document_id), "source": source, "position": position,
@@ -300,3 +302,24 @@ async def test_the_knowledge_api_is_for_admins_only(tmp_path):
         assert (await app.call("DELETE", f"{DOCUMENTS}/{uuid.uuid4()}"))[0] == 401
         status, _ = await app.call("GET", DOCUMENTS, headers={"Authorization": "Bearer admin-key-0123456789"})
         assert status == 200
+
+
+async def test_words_most_fragments_hold_are_left_out_of_the_full_text_query(store, tmp_path, model, monkeypatch):
+    monkeypatch.setattr(terms, "MAX_ROWS", 10)
+    widgets = {f"widgets/w{i}.md": [(None, f"Widget number {i} is painted blue and shipped in a box.")]
+               for i in range(40)}
+    runtime = await runtime_with_docs(store, tmp_path, model, docs={**DOCS, **widgets}, embeddings=False)
+    queries: list[str] = []
+    search = store.search_memories_by_text
+
+    async def spy(query, **kwargs):
+        queries.append(query)
+        return await search(query, **kwargs)
+
+    monkeypatch.setattr(store, "search_memories_by_text", spy)
+    await provide(runtime, "warm up")  # the first search counts the fragments and samples their words
+    await STATS.settled(runtime)
+    assert STATS.common_words(runtime).is_common("widget") and not STATS.common_words(runtime).is_common("zorblax")
+    result = await provide(runtime, "Which widget box has the Zorblax 3000 warranty?")
+    assert "seven year warranty" in result.text
+    assert "zorblax" in queries[-1].split() and "widget" not in queries[-1].split()

@@ -9,7 +9,9 @@ heading) so the model can say where an answer comes from.
 
 It runs only when the prompt is composed, i.e. for messages the agent answers (should-respond asks
 for RECENT_MESSAGES alone). An agent with no fragments costs nothing per message: the count is
-cached, and rechecked only when knowledge changes or, while empty, every few seconds.
+cached, and rechecked only when knowledge changes or, while empty, every few seconds. Words that
+many fragments hold are left out of the full-text query (terms.py): they would make it slow and
+hardly change its ranking.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import re
 import time
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bot.plugin import Provider, ProviderResult, State
@@ -28,6 +30,8 @@ from bot.runtime import ModelError
 from bot.store.base import ScoredMemory
 from bot.types import Memory, MemoryType, ModelType
 from plugins.bootstrap.recall import STOPWORDS
+
+from .terms import CommonWords, sample_common_words, worth_sampling
 
 if TYPE_CHECKING:
     from bot.runtime import AgentRuntime
@@ -93,36 +97,79 @@ class Limits:
         return cls(settings.knowledge_top_k, budget, settings.knowledge_min_score)
 
 
-class FragmentCounts:
-    """Whether each runtime's agent has any fragments, without a query per message.
+@dataclass
+class _Stats:
+    count: int | None = None  # the agent's fragments; None: count them on the next search
+    counted_at: float = 0.0
+    common: CommonWords = field(default_factory=lambda: CommonWords.none(0))
+    sampled: bool = False  # whether `common` describes the fragments as they are now
+    generation: int = 0  # bumped by every change, so a sample taken across one is not trusted
+    sampling: asyncio.Task[None] | None = None
 
-    A known non-empty count stays true until `changed` (a search that finds nothing then costs one
-    query, no harm); an empty one is trusted for EMPTY_RECHECK_SECONDS, so fragments indexed by
-    another path still show up soon.
+
+class KnowledgeStats:
+    """Per runtime, what searches need to know without a query per message: how many fragments
+    the agent has, and which words are too common among them to search for (terms.py).
+
+    A count is kept until the knowledge changes; a zero only for EMPTY_RECHECK_SECONDS, so
+    fragments written by another path still show up soon. Common words are sampled in the
+    background after a change, the old ones serving meanwhile.
     """
 
     def __init__(self) -> None:
-        self._known: weakref.WeakKeyDictionary[AgentRuntime, tuple[bool, float]] = weakref.WeakKeyDictionary()
+        self._stats: weakref.WeakKeyDictionary[AgentRuntime, _Stats] = weakref.WeakKeyDictionary()
 
-    async def any(self, runtime: AgentRuntime) -> bool:
-        known = self._known.get(runtime)
-        if known is not None and (known[0] or time.monotonic() - known[1] < EMPTY_RECHECK_SECONDS):
-            return known[0]
-        count = await runtime.store.count_memories(agent_id=runtime.agent_id, room_id=runtime.agent_id,
-                                                   type=MemoryType.FRAGMENT)
-        self._known[runtime] = (count > 0, time.monotonic())
-        return count > 0
+    def _of(self, runtime: AgentRuntime) -> _Stats:
+        return self._stats.setdefault(runtime, _Stats())
+
+    async def fragments(self, runtime: AgentRuntime) -> int:
+        stats = self._of(runtime)
+        stale_zero = stats.count == 0 and time.monotonic() - stats.counted_at >= EMPTY_RECHECK_SECONDS
+        if stats.count is None or stale_zero:
+            stats.count = await runtime.store.count_memories(agent_id=runtime.agent_id, room_id=runtime.agent_id,
+                                                             type=MemoryType.FRAGMENT)
+            stats.counted_at = time.monotonic()
+        return stats.count
+
+    def common_words(self, runtime: AgentRuntime) -> CommonWords:
+        stats = self._of(runtime)
+        if not worth_sampling(stats.count or 0):
+            return CommonWords.none(stats.count or 0)
+        if not stats.sampled and stats.sampling is None:
+            stats.sampling = runtime.run_in_background(self._sample(runtime, stats), "knowledge-common-words")
+        return stats.common
+
+    async def settled(self, runtime: AgentRuntime) -> None:
+        """Until a sample of common words under way has been taken (benchmarks, tests)."""
+        task = self._of(runtime).sampling
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+
+    @staticmethod
+    async def _sample(runtime: AgentRuntime, stats: _Stats) -> None:
+        generation = stats.generation
+        try:
+            stats.common = await sample_common_words(runtime)
+            stats.sampled = stats.generation == generation
+        except Exception as error:  # searches go on with the words they had; the next change tries again
+            stats.sampled = True
+            log.warning("knowledge: could not sample the fragments' common words (%s: %s); full-text searches "
+                        "keep the previous ones", type(error).__name__, error)
+        finally:
+            stats.sampling = None
 
     def changed(self, runtime: AgentRuntime) -> None:
-        self._known.pop(runtime, None)
+        stats = self._of(runtime)
+        stats.count, stats.sampled = None, False
+        stats.generation += 1
 
 
-COUNTS = FragmentCounts()
+STATS = KnowledgeStats()
 
 
 def knowledge_changed(runtime: AgentRuntime) -> None:
     """Tell retrieval that the agent's fragments were added or removed (indexing, upload, delete)."""
-    COUNTS.changed(runtime)
+    STATS.changed(runtime)
 
 
 def content_words(text: str) -> list[str]:
@@ -135,20 +182,28 @@ def content_words(text: str) -> list[str]:
 
 def forms(word: str) -> list[str]:
     """A word and its regular English inflections, so "charging" finds "charge" and "charges"
-    (full-text search matches whole words only). Forms that are not words match nothing."""
+    (full-text search matches whole words only). A guess that is not a word matches nothing."""
     if len(word) <= 4 or not word.isalpha():
         return [word]
-    stem = _SUFFIX.sub("", word)
-    found = [word, *(stem + ending for ending in ("", "e", "s", "es", "d", "ed", "ing"))]
-    if stem.endswith("e"):
-        found.append(stem[:-1] + "ing")
+    suffix = _SUFFIX.search(word)
+    stem = word[:suffix.start()] if suffix else word
+    if stem.endswith("e"):  # phone: phones, phoned, phoning; guaranteed: guarantee
+        found = [word, stem, stem + "s", stem + "d", stem[:-1] + "ing", stem + "e", stem + "es"]
+    else:  # hour: hours, houred, houring
+        found = [word, stem, stem + "s", stem + "ed", stem + "ing"]
+        if suffix and suffix.group() != "s":  # charging, charged: the "e" the suffix dropped
+            found += [stem + "e", stem + "es"]
+        if stem.endswith(("s", "x", "z", "ch", "sh")):  # box: boxes
+            found.append(stem + "es")
     return list(dict.fromkeys(found))
 
 
-def _text_query(words: list[str]) -> str:
-    """The words themselves first (they survive the store's cap), then their inflections."""
-    forms_ = [form for word in words for form in forms(word)]
-    return " ".join(list(dict.fromkeys([*words, *forms_]))[:MAX_QUERY_WORDS])
+def text_query(words: list[str], common: CommonWords) -> str:
+    """The words themselves first (they survive the store's cap), then their inflections; none
+    that many fragments hold ("" when only such words are left: the search would be slow and
+    rank by noise)."""
+    terms = [*words, *(form for word in words for form in forms(word))]
+    return " ".join(list(dict.fromkeys(t for t in terms if not common.is_common(t)))[:MAX_QUERY_WORDS])
 
 
 def coverage(words: Sequence[str], text: str) -> float:
@@ -186,11 +241,12 @@ async def _vector_hits(runtime: AgentRuntime, message: Memory, count: int,
 
 
 async def _text_hits(runtime: AgentRuntime, words: list[str], count: int) -> list[tuple[ScoredMemory, float]]:
-    """Full-text hits that hold enough of the message's words, each with its coverage."""
-    if not words:
+    """Full-text hits that hold enough of the message's words (common ones too), each with its coverage."""
+    query = text_query(words, STATS.common_words(runtime))
+    if not query:
         return []
     hits = await runtime.store.search_memories_by_text(
-        _text_query(words), agent_id=runtime.agent_id, type=MemoryType.FRAGMENT, count=count)
+        query, agent_id=runtime.agent_id, type=MemoryType.FRAGMENT, count=count)
     scored = ((hit, coverage(words, hit.memory.content.text)) for hit in hits)
     return [(hit, share) for hit, share in scored if share >= WORD_COVERAGE]
 
@@ -252,7 +308,7 @@ async def search_knowledge(runtime: AgentRuntime, message: Memory,
                            limits: Limits | None = None) -> list[tuple[Passage, str]]:
     """The passages for a message with the text each goes into the prompt with, best first."""
     limits = limits or Limits.of(runtime)
-    if limits.top_k <= 0 or not message.content.text.strip() or not await COUNTS.any(runtime):
+    if limits.top_k <= 0 or not message.content.text.strip() or not await STATS.fragments(runtime):
         return []
     words = content_words(message.content.text)
     count = limits.top_k * CANDIDATES
