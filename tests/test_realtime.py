@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -16,8 +17,7 @@ import pytest
 import socketio
 
 from bot.runtime import SLOW_DOWN
-from bot.server.conversation import accept_message, room_id_for, user_id_for
-from bot.server.eliza.channels import channel_room_key, session_channel_id
+from bot.server.conversation import accept_message, channel_room_key, room_id_for, user_id_for
 from tests.fakes.openai_server import FakeOpenAI
 from tests.server_helpers import Running, running_app, xml_reply
 from tests.test_server_sessions import Clock
@@ -53,8 +53,9 @@ class Sock:
         await self._record("disconnect", None)
 
     async def connect(self, bot: Running, *, entity: str = USER, key: str | None = KEY,
-                      transports: list[str] | None = None, headers: dict[str, str] | None = None) -> None:
-        auth = {"entityId": entity, **({"apiKey": key} if key is not None else {})}
+                      transports: list[str] | None = None, headers: dict[str, str] | None = None,
+                      **extra: Any) -> None:
+        auth = {"entityId": entity, **({"apiKey": key} if key is not None else {}), **extra}
         await self.client.connect(bot.url, auth=auth, headers=headers or {},
                                   transports=transports or ["websocket"], wait_timeout=10)
         await self.wait("connection_established")
@@ -158,7 +159,8 @@ async def test_a_message_streams_its_reply_to_the_channel_and_nowhere_else(tmp_p
         assert reply["senderId"] == agent_of(bot) and reply["senderName"] == "Test"
         assert reply["serverId"] == SERVER
         assert reply["channelId"] == channel and reply["actions"] == ["REPLY"] and reply["thought"] == "ok"
-        assert isinstance(reply["createdAt"], int)
+        stored_reply = await runtime.store.get_memory(uuid.UUID(reply["id"]))
+        assert stored_reply is not None and reply["createdAt"] == stored_reply.created_at  # as history shows it
         assert names[-1] == "messageComplete" and tab.named("messageComplete") == [{"channelId": channel,
                                                                                   "roomId": channel}]
 
@@ -226,6 +228,119 @@ async def test_bad_sends_get_message_errors_and_no_reply(tmp_path: Path, fake: F
         assert len(sock.named("messageAck")) == 1 and len(sock.named("messageError")) == 1 + len(bad)
 
 
+def nested(depth: int) -> Any:
+    value: Any = "x"
+    for _ in range(depth - 1):
+        value = {"d": value}
+    return value
+
+
+class Polling:
+    """A raw Engine.IO long-polling session: packets as the wire has them, whatever a client library
+    would refuse to encode."""
+
+    def __init__(self, bot: Running, headers: dict[str, str] | None = None) -> None:
+        self.bot, self.headers, self.url = bot, headers or {}, ""
+
+    async def open(self) -> None:
+        async with self.bot.http.get(self.bot.url + "/socket.io/?EIO=4&transport=polling",
+                                     headers=self.headers) as response:
+            assert response.status == 200
+            sid = (await response.text()).split('"sid":"', 1)[1].split('"', 1)[0]
+        self.url = self.bot.url + f"/socket.io/?EIO=4&transport=polling&sid={sid}"
+
+    async def post(self, packet: str) -> None:
+        headers = {**self.headers, "Content-Type": "text/plain"}
+        async with self.bot.http.post(self.url, data=packet, headers=headers) as response:
+            assert response.status == 200, await response.text()
+
+    async def poll_until(self, text: str) -> str:
+        """Everything received until `text` has come (each poll returns what the server queued)."""
+        received = ""
+        async with asyncio.timeout(20):
+            while text not in received:
+                async with self.bot.http.get(self.url, headers=self.headers) as response:
+                    assert response.status == 200
+                    received += await response.text()
+        return received
+
+
+async def test_payloads_meet_the_http_intake_rules(tmp_path: Path, fake: FakeOpenAI,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """NaN, Infinity and deep nesting are refused as the HTTP API refuses them: a messageError on a
+    send or a join, a refusal of a handshake, and nothing logged as an error."""
+    async with running_app(tmp_path, fake, api_key=KEY, headers=ADMIN) as bot, sockets(2) as (sock, deep):
+        channel = str(uuid.uuid4())
+        await sock.connect(bot)
+        await sock.join(channel)
+        for metadata in ({"n": float("nan")}, {"n": [float("inf")]}, nested(33)):
+            await sock.send(channel, "hi", metadata=metadata)
+        # Deeper than python-socketio's client encodes: the raw event (600 levels exhausted the stack).
+        payload = {"senderId": USER, "message": "hi", "channelId": channel, "metadata": nested(600)}
+        await sock.client.eio.send("2" + json.dumps(["message", {"type": 2, "payload": payload}]))
+        await sock.client.eio.send("2" + json.dumps(["message", {"type": 1, "payload": payload}]))
+        errors = [e["error"] for e in await sock.wait("messageError", count=5)]
+        assert all(e.startswith("the message holds a number JSON does not have") for e in errors[:2]), errors
+        assert errors[2:] == [f"the {where} nests arrays and objects deeper than 32 levels"
+                              for where in ("message", "message", "join")]
+
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await deep.connect(bot, extra=nested(100))
+        assert deep.refused == {"message": "Authentication failed"}
+        polling = Polling(bot)
+        await polling.open()
+        await polling.post("40" + json.dumps({"entityId": USER, "apiKey": KEY, "extra": nested(600)}))
+        assert '44{"message":"Authentication failed"}' in await polling.poll_until("44")  # no wait for a timeout
+
+        await sock.send(channel, "still fine")
+        await sock.reply(channel)
+        assert len(sock.named("messageAck")) == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_undecodable_packets_log_no_traceback(tmp_path: Path, fake: FakeOpenAI,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Anyone may send a packet python-socketio cannot decode (here JSON nested past the recursion
+    limit, before any key): it is dropped without an error in the log, and the server goes on."""
+    async with running_app(tmp_path, fake, api_key=KEY, headers=ADMIN) as bot, sockets(1) as (sock,):
+        polling = Polling(bot)
+        await polling.open()
+        for packet in ("40" + "[" * 5000 + "]" * 5000, "42" + "[" * 5000 + "]" * 5000, "9"):
+            await polling.post(packet)
+        await sock.connect(bot)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_sockets_messages_are_stored_and_answered_in_order(tmp_path: Path, fake: FakeOpenAI) -> None:
+    """python-socketio runs each event in its own task; a burst from one socket is still accepted,
+    stored and answered in the order it was sent: in a session's channel (a lookup and a write before
+    each message is stored) and in a channel of its own."""
+    async with running_app(tmp_path, fake, api_key=KEY, headers=ADMIN, rate_limit_per_minute=0) as bot, \
+            sockets(1) as (sock,):
+        runtime = bot.app.runtime
+        status, session = await bot.call("POST", "/api/messaging/sessions",
+                                         json={"agentId": agent_of(bot), "userId": USER})
+        assert status == 201, session
+        await sock.connect(bot)
+        texts = [f"m{i:02d}" for i in range(30)]
+        for channel in (session["channelId"], str(uuid.uuid4())):
+            await sock.join(channel)
+            sent = [await sock.send(channel, text) for text in texts]
+            acks = await sock.wait("messageAck", lambda d, c=channel: d["channelId"] == c, count=len(texts))
+            assert [ack["clientMessageId"] for ack in acks] == sent
+            stored = [await runtime.store.get_memory(uuid.UUID(ack["messageId"])) for ack in acks]
+            assert [m.content.text for m in stored if m is not None] == texts
+            times = [m.created_at for m in stored if m is not None]
+            assert times == sorted(times) and len({m.room_id for m in stored if m is not None}) == 1
+            room = await runtime.store.get_memories(agent_id=runtime.agent_id, room_id=stored[0].room_id,
+                                                    count=None)
+            assert sorted(m.id for m in room if m.entity_id != runtime.agent_id) == sorted(m.id for m in stored)
+            # Answered in order: each reply (in the order broadcast) is to the next message.
+            replies = await sock.reply(channel, count=len(texts))
+            answered = [await runtime.store.get_memory(uuid.UUID(reply["id"])) for reply in replies]
+            assert [m.content.in_reply_to for m in answered if m is not None] == [m.id for m in stored]
+
+
 async def test_a_repeated_message_id_gets_no_second_reply(tmp_path: Path, fake: FakeOpenAI) -> None:
     async with running_app(tmp_path, fake, api_key=KEY, headers=ADMIN) as bot, sockets(1) as (sock,):
         channel = str(uuid.uuid4())
@@ -263,7 +378,7 @@ async def test_a_session_channel_is_the_session_room(tmp_path: Path, fake: FakeO
         runtime, manager = bot.app.runtime, bot.server.sessions
         session = await manager.get(created["sessionId"])
         clock.advance(5)
-        channel = str(session_channel_id(runtime, session))
+        channel = str(session.channel)
         await sock.connect(bot, transports=["polling"])  # long-polling passes the HTTP middlewares too
         await sock.join(channel)
         await sock.send(channel, "into the session")
@@ -304,17 +419,7 @@ async def test_stopping_the_server_disconnects_sockets(tmp_path: Path, fake: Fak
 async def test_a_page_of_another_origin_may_long_poll_with_the_key(tmp_path: Path) -> None:
     """The browser guard leaves Socket.IO's polling posts to engine.io: the key admits the socket."""
     async with FakeOpenAI(reply=xml_reply(REPLY)) as fake, running_app(tmp_path, fake, api_key=KEY) as bot:
-        foreign = {"Origin": "https://dashboard.example"}
-        async with bot.http.get(bot.url + "/socket.io/?EIO=4&transport=polling", headers=foreign) as response:
-            assert response.status == 200
-            sid = (await response.text()).split('"sid":"', 1)[1].split('"', 1)[0]
-        url = bot.url + f"/socket.io/?EIO=4&transport=polling&sid={sid}"
-        connect = "40" + json.dumps({"entityId": USER, "apiKey": KEY})
-        async with bot.http.post(url, data=connect, headers={**foreign, "Content-Type": "text/plain"}) as response:
-            assert response.status == 200, await response.text()
-        received = ""
-        while "connection_established" not in received:  # each poll returns what the server queued
-            async with bot.http.get(url, headers=foreign) as response:
-                assert response.status == 200
-                received += await response.text()
-        assert '"authenticated"' in received
+        polling = Polling(bot, headers={"Origin": "https://dashboard.example"})
+        await polling.open()
+        await polling.post("40" + json.dumps({"entityId": USER, "apiKey": KEY}))
+        assert '"authenticated"' in await polling.poll_until("connection_established")

@@ -16,7 +16,7 @@ import hmac
 import ipaddress
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import urlsplit
@@ -106,7 +106,8 @@ def is_direct_loopback(request: web.Request) -> bool:
             and (host in LOOPBACK_HOSTS or host.startswith("127.")))
 
 
-def _presented_keys(request: web.Request) -> list[str]:
+def presented_keys(request: web.Request) -> list[str]:
+    """The keys a request carries: `X-API-KEY` and a Bearer token."""
     keys = [request.headers.get("X-API-KEY", "").strip()]
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer":
@@ -160,16 +161,22 @@ class AccessPolicy:
         default = Access.ADMIN if request.path.startswith(API_PREFIX + "/") else Access.PUBLIC
         return self.routes.get(route_key(request), default)
 
+    def key_matches(self, candidates: Iterable[object]) -> bool:
+        """Whether one of the keys a client presented (anything, from anywhere: headers, a Socket.IO
+        handshake) is API_KEY. Every string is compared in full (constant time); nothing matches
+        without API_KEY."""
+        key = self.api_key.encode()
+        given = [c.strip().encode("utf-8", "replace") for c in candidates if isinstance(c, str) and c.strip()]
+        return bool(key) and any([hmac.compare_digest(candidate, key) for candidate in given])
+
     def _is_admin(self, request: web.Request) -> bool:
         """With API_KEY: a key that matches, and a wrong one is refused (never demoted to a visitor)."""
-        presented = _presented_keys(request)
         if not self.api_key:
             return is_direct_loopback(request)
+        presented = presented_keys(request)
         if not presented:
             return False
-        key = self.api_key.encode()
-        # Every candidate is compared in full (constant time), whichever header it came in.
-        if any([hmac.compare_digest(given.encode("utf-8", "replace"), key) for given in presented]):
+        if self.key_matches(presented):
             return True
         raise self.unauthorized()
 

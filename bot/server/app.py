@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
@@ -45,6 +46,12 @@ STATE = web.AppKey("state", ServerState)
 MAX_BODY = web.AppKey("max_body_bytes", int)
 MAX_JSON_DEPTH = 32
 
+
+def internal_error() -> ApiError:
+    """What a client learns of a failure of ours (the details go to the log, never to the client)."""
+    return ApiError(500, "INTERNAL", "internal error; the operator can find details in the logs")
+
+
 _HTTP_CODES = {400: "BAD_REQUEST", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "BODY_TOO_LARGE"}
 
 
@@ -64,7 +71,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return ApiError(error.status, code, message, headers=headers).response()
     except Exception:
         log.exception("unhandled error serving %s %s", request.method, request.path)
-        return ApiError(500, "INTERNAL", "internal error; the operator can find details in the logs").response()
+        return internal_error().response()
 
 
 
@@ -77,17 +84,20 @@ async def body_limit_middleware(request: web.Request, handler: Handler) -> web.S
     return await handler(request)
 
 
+def check_running(state: ServerState) -> None:
+    """API work needs a running runtime: 503 while starting up and once a shutdown has begun (for the
+    HTTP API and the Socket.IO endpoint alike)."""
+    if state.lifecycle is Lifecycle.STARTING:
+        raise ApiError(503, "STARTING", "the agent is starting; try again in a moment", headers={"Retry-After": "2"})
+    if state.lifecycle is Lifecycle.STOPPING:
+        raise ApiError(503, "SHUTTING_DOWN", "the server is shutting down and takes no new work",
+                       headers={"Retry-After": "10"})
+
+
 @web.middleware
 async def lifecycle_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """API work needs a running runtime: 503 while starting up and once a shutdown has begun."""
     if request.app[POLICY].access_of(request) is not Access.PUBLIC and request.path.startswith(API_PREFIX + "/"):
-        lifecycle = request.app[STATE].lifecycle
-        if lifecycle is Lifecycle.STARTING:
-            raise ApiError(503, "STARTING", "the agent is starting; try again in a moment",
-                           headers={"Retry-After": "2"})
-        if lifecycle is Lifecycle.STOPPING:
-            raise ApiError(503, "SHUTTING_DOWN", "the server is shutting down and takes no new work",
-                           headers={"Retry-After": "10"})
+        check_running(request.app[STATE])
     return await handler(request)
 
 
@@ -127,8 +137,8 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-def _too_deep() -> ApiError:
-    return ApiError(400, "INVALID_JSON", f"the body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels")
+def _too_deep(where: str) -> ApiError:
+    return ApiError(400, "INVALID_JSON", f"the {where} nests arrays and objects deeper than {MAX_JSON_DEPTH} levels")
 
 
 def _depth(data: Any) -> int:
@@ -143,6 +153,31 @@ def _depth(data: Any) -> int:
     return deepest
 
 
+def _cleaned(value: Any, where: str) -> Any:
+    """Lone surrogates replaced; a number that is not finite refused. (Recursion is safe: the depth is
+    checked first.)"""
+    if isinstance(value, str):
+        return replace_surrogates(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ApiError(400, "INVALID_JSON", f"the {where} holds a number JSON does not have (NaN or Infinity)")
+    if isinstance(value, dict):
+        return {replace_surrogates(str(k)): _cleaned(v, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cleaned(v, where) for v in value]
+    return value
+
+
+def checked_json(data: Any, where: str = "body") -> Any:
+    """Decoded JSON from a client (an HTTP body, a Socket.IO payload) held to the rules of every
+    intake: nested at most MAX_JSON_DEPTH deep, so validating and storing it cannot exhaust the
+    stack; numbers finite (a decoder takes NaN, Infinity and 1e999, but JSON and the store have no
+    such values); lone surrogates replaced, as they cannot be stored. NULs are left for the schema
+    to refuse. A 400 `ApiError` naming `where` otherwise."""
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise _too_deep(where)
+    return _cleaned(data, where)
+
+
 def check_metadata(metadata: dict[str, Any], limit: int, field: str = "metadata") -> None:
     """Client metadata is kept (in memory and in the store), so its size is capped."""
     size = len(json.dumps(metadata, separators=(",", ":")).encode())
@@ -155,32 +190,20 @@ def check_metadata(metadata: dict[str, Any], limit: int, field: str = "metadata"
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
-def _cleaned(value: Any) -> Any:
-    """Lone surrogates replaced; NULs are left for the schema to refuse (400), as before."""
-    if isinstance(value, str):
-        return replace_surrogates(value)
-    if isinstance(value, dict):
-        return {replace_surrogates(k): _cleaned(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_cleaned(v) for v in value]
-    return value
-
-
 async def parse_body(request: web.Request, model: type[M]) -> M:
     """The request's JSON body validated by `model`; 400 for bad JSON or bad fields, 413 when too big."""
     raw = await request.read()
     try:
         data = json.loads(raw, parse_constant=_no_constant) if raw.strip() else None
     except RecursionError:
-        raise _too_deep() from None
+        raise _too_deep("body") from None
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "INVALID_JSON", "the body is not valid JSON") from None
-    if _depth(data) > MAX_JSON_DEPTH:
-        raise _too_deep()
+    data = checked_json(data)
     if not isinstance(data, dict):
         raise ApiError(400, "INVALID_BODY", "the body must be a JSON object")
-    if _SURROGATE_ESCAPE.search(raw):  # lone surrogates are replaced here, as at every intake
-        raw = json.dumps(_cleaned(data), ensure_ascii=False).encode()
+    if _SURROGATE_ESCAPE.search(raw):  # the cleaned text is validated: its lone surrogates are replaced
+        raw = json.dumps(data, ensure_ascii=False).encode()
     try:
         # strict: JSON types must match the schema (no false → 0.0); strings still parse to UUIDs and enums.
         return model.model_validate_json(raw, strict=True)

@@ -18,17 +18,19 @@ run: it goes on and its reply is stored, to be read from the history.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
+from contextlib import aclosing
 
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 from pydantic import BaseModel
 
+from .app import internal_error
 from .conversation import Exchange, Pending, StreamingCollector
 from .errors import ApiError
-from .models import ErrorInfo, ErrorResponse
+from .models import ErrorInfo, ErrorResponse, StreamChunk
+from .replies import reply_events
 
 log = logging.getLogger(__name__)
 
@@ -51,45 +53,38 @@ def _error(code: str, message: str, details: list[dict[str, str]] | None = None)
     return ErrorResponse(error=info).model_dump_json(exclude_none=True)
 
 
-def _last_event(reply: asyncio.Task[Exchange], result: Callable[[Exchange], BaseModel]) -> tuple[str, str]:
-    try:
-        return "done", _json(result(reply.result()))
-    except ApiError as error:
-        return "error", _error(error.code, error.message, error.details)
-    except Exception:
-        log.exception("a streamed reply could not be completed")
-        return "error", _error("INTERNAL", "internal error; the operator can find details in the logs")
+def _last_event(end: Exchange | ApiError, result: Callable[[Exchange], BaseModel]) -> tuple[str, str]:
+    """`done` with what the JSON answer carries, or `error` with the JSON answer's error."""
+    if isinstance(end, Exchange):
+        try:
+            return "done", _json(result(end))
+        except ApiError as error:
+            end = error
+        except Exception:
+            log.exception("a streamed reply could not be completed")
+            end = internal_error()
+    return "error", _error(end.code, end.message, end.details)
 
 
 def _json(data: BaseModel) -> str:
     return data.model_dump_json(by_alias=True)
 
 
-def _settle(reply: asyncio.Task[Exchange]) -> None:
-    """Read a finished reply's error, so one nobody sent (the client had gone) is not logged as lost."""
-    if not reply.cancelled():
-        reply.exception()
-
-
 async def stream_reply(request: web.Request, pending: Pending, *, timeout: float, user_message: BaseModel,
                        result: Callable[[Exchange], BaseModel]) -> web.StreamResponse:
     """Send the accepted message, its reply's chunks as they are written, then `done` or `error`."""
-    collector = pending.collector
-    assert isinstance(collector, StreamingCollector)
-    reply = asyncio.create_task(pending.reply(timeout), name="api-stream-reply")
-    reply.add_done_callback(_settle)
-    reply.add_done_callback(lambda _: collector.chunks.put_nowait(None))  # after every chunk of the run
+    assert isinstance(pending.collector, StreamingCollector)
     response = EventSourceResponse(headers=_HEADERS, allow_all_methods=True)
     try:
         await response.prepare(request)
-        async with response:
+        async with response, aclosing(reply_events(pending, timeout)) as events:
             await response.send(_json(user_message), event="user_message")
-            while (chunk := await collector.chunks.get()) is not None:
-                await response.send(_json(chunk), event="chunk")
-            name, data = _last_event(reply, result)
-            await response.send(data, event=name)
+            async for event in events:
+                if isinstance(event, StreamChunk):
+                    await response.send(_json(event), event="chunk")
+                else:
+                    name, data = _last_event(event, result)
+                    await response.send(data, event=name)
     except (ConnectionResetError, TimeoutError):  # the client left (or stalled): the run is not its to end
         log.debug("a client left the reply stream of message %s", pending.message.id)
-    finally:
-        reply.cancel()  # stops waiting only: the run's own future is shielded
     return response

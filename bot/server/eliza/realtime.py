@@ -6,7 +6,9 @@ API_KEY, or without API_KEY the socket must come straight from this machine, as 
 Its `auth.entityId` (a UUID) is who it speaks as; it cannot send as anyone else.
 
 A socket joins channels (UUIDs; each is a parley room, a session's channel is the session's room)
-and sends messages into them. Everything about a message is sent to the channel's Socket.IO room:
+and sends messages into them, which are stored and answered in the order it sent them (its events
+are handled one at a time; a message's reply is not waited for). Its payloads meet the HTTP bodies'
+intake rules. Everything about a message is sent to the channel's Socket.IO room:
 the user's message, the reply's text while it is written (`messageStreamChunk`), the reply
 (`messageBroadcast`) and `messageComplete`. `relay` does the reply part for the session API too.
 Errors reach clients as `messageError {error}` with the REST API's messages.
@@ -15,10 +17,11 @@ Errors reach clients as `messageError {error}` with the REST API's messages.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import aclosing
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import socketio
@@ -27,14 +30,15 @@ from socketio.exceptions import ConnectionRefusedError as Refused
 
 from bot.types import Content, now_ms
 
-from ..access import AccessPolicy, is_direct_loopback
+from ..access import AccessPolicy, is_direct_loopback, presented_keys
 from ..api import reply_timeout
-from ..app import STATE, Lifecycle, ServerState, check_metadata
-from ..conversation import Exchange, Pending, StreamingCollector, accept_message
+from ..app import STATE, ServerState, check_metadata, check_running, internal_error
+from ..conversation import Exchange, Pending, accept_message, channel_room_key
 from ..errors import ApiError
 from ..models import StreamChunk
+from ..replies import reply_events
 from ..sessions import SessionManager
-from .channels import DEFAULT_SERVER_ID, channel_room_key
+from .channels import DEFAULT_SERVER_ID
 from .realtime_events import (
     AgentBroadcast,
     Authenticated,
@@ -58,20 +62,42 @@ log = logging.getLogger(__name__)
 
 BAD_KEY = "Invalid or missing API Key"
 BAD_ENTITY = "Valid entityId required"
+AUTH_FAILED = "Authentication failed"
 NO_CHANNEL = "channelId is required for joining."
-INTERNAL = "internal error; the operator can find details in the logs"
-
-
-def _settle(task: asyncio.Task[Any]) -> None:
-    """Read a finished task's error, so one nobody awaited (its relay was stopped) is not logged as lost."""
-    if not task.cancelled():
-        task.exception()
+TURN_GRACE_SECONDS = 5.0  # what stop() gives events being handled, as the HTTP runner gives its requests
 
 
 def _report(task: asyncio.Task[None]) -> None:
     """A background task's unexpected error, logged (nobody awaits these tasks for their result)."""
     if not task.cancelled() and (error := task.exception()) is not None:
         log.error("Socket.IO task %s failed", task.get_name(), exc_info=error)
+
+
+class _UndecodablePackets(logging.Filter):
+    """Engine.IO logs a traceback for each packet it or python-socketio cannot decode or place (JSON
+    nested past the recursion limit, an unknown packet type), and anyone may send those, before any
+    key. Each becomes a debug line. Nothing of ours is hidden: the handlers below answer their own
+    errors."""
+
+    MESSAGES = frozenset({"message async handler error", "post request handler error", "Unknown receive error"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg not in self.MESSAGES or not record.exc_info:
+            return True
+        log.debug("a Socket.IO packet was dropped: %r", record.exc_info[1])
+        return False
+
+
+_UNDECODABLE = _UndecodablePackets()
+
+
+@dataclass
+class _Socket:
+    """A connected socket: the entity it authenticated as, and its turn. python-socketio runs each
+    event in its own task; the turn makes them run one at a time, in the order they came."""
+
+    entity: uuid.UUID
+    turn: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class Realtime:
@@ -87,9 +113,11 @@ class Realtime:
             async_mode="aiohttp", cors_allowed_origins="*" if policy.api_key else None, logger=False,
             engineio_logger=False, max_http_buffer_size=runtime.settings.max_body_bytes,
         )
-        self._entities: dict[str, uuid.UUID] = {}  # socket id → the entity it authenticated as
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._state: ServerState | None = None
+        self.sio.eio.logger.addFilter(_UNDECODABLE)  # engine.io's logger is global: added once
+        self._sockets: dict[str, _Socket] = {}  # by socket id
+        self._tasks: set[asyncio.Task[None]] = set()  # relays and greetings
+        self._turns: set[asyncio.Task[Any]] = set()  # events being handled
+        self._state = ServerState()  # starting, until attached to the app, whose state it is then
         self._stopped = False
         for event, handler in (("connect", self._connect), ("disconnect", self._disconnect),
                                ("message", self._message), ("1", self._join), ("2", self._send)):
@@ -103,18 +131,16 @@ class Realtime:
 
     # Connections -------------------------------------------------------------------------------
     def _is_admin(self, request: web.Request | None, auth: dict[str, Any]) -> bool:
+        """The admin API's rule: with API_KEY, the key (in `auth.apiKey`, or in the headers, which
+        elizaOS reads too); without it, a socket straight from this machine."""
         if not self.policy.api_key:
             return request is not None and is_direct_loopback(request)
-        presented = [auth.get("apiKey")]
-        if request is not None:
-            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-            presented += [request.headers.get("X-API-KEY", ""), token if scheme.lower() == "bearer" else ""]
-        key = self.policy.api_key.encode()
-        # Every candidate is compared in full (constant time), wherever it came from.
-        return any([hmac.compare_digest(given.strip().encode("utf-8", "replace"), key)
-                    for given in presented if isinstance(given, str) and given.strip()])
+        headers = presented_keys(request) if request is not None else []
+        return self.policy.key_matches([auth.get("apiKey"), *headers])
 
     async def _connect(self, sid: str, environ: dict[str, Any], auth: Any) -> None:
+        """Admit the socket or refuse it with elizaOS's reasons. Every failure becomes a refusal: an
+        error escaping here would leave the client waiting for an answer that never comes."""
         if self._stopped:
             raise Refused("the server is shutting down")
         auth = auth if isinstance(auth, dict) else {}
@@ -122,9 +148,12 @@ class Realtime:
             raise Refused(BAD_KEY)
         try:
             entity = Handshake.parse(auth, "auth").entity_id
-        except ApiError:
-            raise Refused(BAD_ENTITY) from None
-        self._entities[sid] = entity
+        except ApiError as error:  # a bad field (the entityId), or JSON no intake takes (too deep, NaN)
+            raise Refused(BAD_ENTITY if error.code == "INVALID_AUTH" else AUTH_FAILED) from None
+        except Exception:
+            log.exception("a Socket.IO handshake could not be read")
+            raise Refused(AUTH_FAILED) from None
+        self._sockets[sid] = _Socket(entity)
         # Socket.IO sends the connect packet after this handler returns: greeting from a task puts
         # the greetings after it, where a client takes them as events of an open socket.
         self._spawn(self._greet(sid, entity), f"socket-greet-{sid}")
@@ -134,7 +163,7 @@ class Realtime:
         await self._emit("connection_established", ConnectionEstablished(socket_id=sid), sid)
 
     async def _disconnect(self, sid: str, reason: str | None = None) -> None:
-        self._entities.pop(sid, None)
+        self._sockets.pop(sid, None)  # its events still queued keep their turn and are handled
 
     # Client events -----------------------------------------------------------------------------
     async def _message(self, sid: str, data: Any) -> None:
@@ -148,35 +177,42 @@ class Realtime:
             await self._send(sid, data["payload"])
 
     async def _join(self, sid: str, payload: Any) -> None:
-        try:
-            join = JoinIn.parse(payload, "join")
-            if join.channel is None:
-                raise ApiError(400, "INVALID_JOIN", NO_CHANNEL)
-        except ApiError as error:
-            await self._emit("messageError", MessageError(error=error.message), sid)
+        await self._in_turn(sid, lambda socket: self._enter(sid, payload))
+
+    async def _send(self, sid: str, payload: Any) -> None:
+        await self._in_turn(sid, lambda socket: self._accept(sid, socket, payload))
+
+    async def _in_turn(self, sid: str, work: Callable[[_Socket], Awaitable[None]]) -> None:
+        """Handle one event of socket `sid` after its earlier ones: its turn is asked for before
+        anything is awaited (here and in python-socketio, whose tasks start in the order the events
+        came), and asyncio's locks are FIFO. Errors reach the socket as messageError."""
+        socket = self._sockets.get(sid)
+        task = asyncio.current_task()
+        if socket is None or task is None:
             return
+        self._turns.add(task)
+        try:
+            async with socket.turn:
+                try:
+                    await work(socket)
+                except ApiError as error:
+                    await self._emit("messageError", MessageError(error=error.message), sid)
+                except Exception:
+                    log.exception("a Socket.IO event could not be handled")
+                    await self._emit("messageError", MessageError(error=internal_error().message), sid)
+        finally:
+            self._turns.discard(task)
+
+    async def _enter(self, sid: str, payload: Any) -> None:
+        join = JoinIn.parse(payload, "join")
+        if join.channel is None:
+            raise ApiError(400, "INVALID_JOIN", NO_CHANNEL)
         channel = join.channel
         await self.sio.enter_room(sid, str(channel))
         joined = Joined(message=f"Socket {sid} successfully joined channel {channel}.", channel_id=channel,
                         room_id=channel, agent_id=join.agent_id)
         await self._emit("channel_joined", joined, sid)
         await self._emit("room_joined", joined, sid)
-
-    async def _send(self, sid: str, payload: Any) -> None:
-        try:
-            await self._accept(sid, payload)
-        except ApiError as error:
-            await self._emit("messageError", MessageError(error=error.message), sid)
-        except Exception:
-            log.exception("a Socket.IO message could not be taken")
-            await self._emit("messageError", MessageError(error=INTERNAL), sid)
-
-    def _check_running(self) -> None:
-        lifecycle = self._state.lifecycle if self._state is not None else Lifecycle.STARTING
-        if lifecycle is Lifecycle.STARTING:
-            raise ApiError(503, "STARTING", "the agent is starting; try again in a moment")
-        if lifecycle is Lifecycle.STOPPING:
-            raise ApiError(503, "SHUTTING_DOWN", "the server is shutting down and takes no new work")
 
     async def _room_of(self, channel: uuid.UUID) -> tuple[str, str]:
         """The parley room a channel's messages go to: its session's, or the channel's own."""
@@ -186,12 +222,13 @@ class Realtime:
         await self.sessions.touch(session.id)
         return session.room_key, f"session {session.id}"
 
-    async def _accept(self, sid: str, payload: Any) -> None:
-        """Store the message (the reply's run starts), tell the channel, then relay the reply."""
+    async def _accept(self, sid: str, socket: _Socket, payload: Any) -> None:
+        """Store the message (the reply's run starts), tell the channel, then relay the reply: the
+        socket's next event waits for this acceptance, never for the reply."""
         send = SendIn.parse(payload, "message")
-        if send.sender_id != self._entities.get(sid):
+        if send.sender_id != socket.entity:
             raise ApiError(403, "FORBIDDEN", "senderId must be the entityId this socket authenticated with")
-        self._check_running()
+        check_running(self._state)
         if send.metadata:
             check_metadata(send.metadata, self.runtime.settings.session_max_metadata_bytes)
         channel = send.channel_id
@@ -227,26 +264,15 @@ class Realtime:
 
     async def _relay(self, pending: Pending, channel_id: uuid.UUID) -> None:
         room = str(channel_id)
-        # The run's own future is shielded in `reply`: cancelling this (stop) only stops the waiting.
-        reply = asyncio.create_task(pending.reply(reply_timeout(self.runtime)), name="socket-relay-reply")
-        reply.add_done_callback(_settle)
-        try:
-            collector = pending.collector
-            if isinstance(collector, StreamingCollector):
-                reply.add_done_callback(lambda _: collector.chunks.put_nowait(None))  # after every chunk
-                while (chunk := await collector.chunks.get()) is not None:
-                    await self._emit("messageStreamChunk", self._chunk(chunk, channel_id), room)
-            exchange = await reply
-        except ApiError as error:
-            await self._emit("messageError", MessageError(error=error.message, channel_id=channel_id), room)
-            return
-        except Exception:
-            log.exception("the reply to message %s could not be relayed", pending.message.id)
-            await self._emit("messageError", MessageError(error=INTERNAL, channel_id=channel_id), room)
-            return
-        finally:
-            reply.cancel()
-        await self._broadcast(exchange, channel_id)
+        async with aclosing(reply_events(pending, reply_timeout(self.runtime))) as events:
+            async for event in events:
+                if isinstance(event, StreamChunk):
+                    await self._emit("messageStreamChunk", self._chunk(event, channel_id), room)
+                elif isinstance(event, ApiError):
+                    error = MessageError(error=event.message, channel_id=channel_id)
+                    await self._emit("messageError", error, room)
+                else:
+                    await self._broadcast(event, channel_id)
 
     def _chunk(self, chunk: StreamChunk, channel_id: uuid.UUID) -> StreamChunkEvent:
         return StreamChunkEvent(message_id=chunk.message_id, chunk=chunk.chunk, index=chunk.index,
@@ -258,14 +284,17 @@ class Realtime:
         room = str(channel_id)
         for reply_id, content in exchange.replies:
             if content.text:
-                await self._emit("messageBroadcast", self._agent_message(reply_id, content, channel_id), room)
+                message = await self._agent_message(reply_id, content, channel_id)
+                await self._emit("messageBroadcast", message, room)
         await self._emit("messageComplete", MessageComplete(channel_id=channel_id, room_id=channel_id), room)
 
-    def _agent_message(self, reply_id: uuid.UUID, content: Content, channel_id: uuid.UUID) -> AgentBroadcast:
+    async def _agent_message(self, reply_id: uuid.UUID, content: Content, channel_id: uuid.UUID) -> AgentBroadcast:
+        """The reply as elizaOS broadcasts it, with the time it was stored (as history shows it)."""
+        stored = await self.runtime.store.get_memory(reply_id)
         return AgentBroadcast(
             id=reply_id, sender_id=self.runtime.agent_id, sender_name=self.runtime.character.name,
             text=content.text, room_id=channel_id, channel_id=channel_id, server_id=DEFAULT_SERVER_ID,
-            created_at=now_ms(),
+            created_at=stored.created_at if stored is not None else now_ms(),
             thought=content.thought or None, actions=content.actions or None,
         )
 
@@ -280,9 +309,10 @@ class Realtime:
         task.add_done_callback(_report)
 
     async def stop(self) -> None:
-        """Disconnect every socket and wait for the relays in flight to end (their runs go on)."""
+        """Disconnect every socket, let the events being handled end (briefly) and wait for the relays
+        in flight to end (their runs go on)."""
         self._stopped = True
-        for sid in list(self._entities):
+        for sid in list(self._sockets):
             await self.sio.disconnect(sid)
         # Engine.IO sessions left (handshakes that never became sockets, long-polling clients): closed
         # without waiting for a poll to carry the close packet, which a client that left never sends.
@@ -290,7 +320,9 @@ class Realtime:
         for session in list(engine.sockets.values()):
             await session.close(wait=False, reason=engine.reason.SERVER_DISCONNECT)
         engine.sockets.clear()
-        tasks = list(self._tasks)
+        if self._turns:  # an acceptance under way is let finish: it stores a message
+            await asyncio.wait(list(self._turns), timeout=TURN_GRACE_SECONDS)
+        tasks = [*self._turns, *self._tasks]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -8,23 +8,10 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bot.sanitize import replace_surrogates
-
-from ..app import validation_error
+from ..app import checked_json, validation_error
 from ..models import Key, Text
 
 In = TypeVar("In", bound="_In")
-
-
-def _cleaned(value: Any) -> Any:
-    """Lone surrogates replaced (they cannot be stored), as every other intake does."""
-    if isinstance(value, str):
-        return replace_surrogates(value)
-    if isinstance(value, dict):
-        return {replace_surrogates(str(k)): _cleaned(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_cleaned(v) for v in value]
-    return value
 
 
 class _In(BaseModel):
@@ -34,9 +21,10 @@ class _In(BaseModel):
 
     @classmethod
     def parse(cls: type[In], payload: Any, where: str) -> In:
-        """The payload validated; an `ApiError` naming every bad field otherwise."""
+        """The payload held to the HTTP bodies' intake rules (`checked_json`) and validated; an
+        `ApiError` naming every bad field otherwise."""
         try:
-            return cls.model_validate(_cleaned(payload if isinstance(payload, dict) else {}))
+            return cls.model_validate(checked_json(payload if isinstance(payload, dict) else {}, where))
         except ValidationError as error:
             raise validation_error(error, where) from None
 
