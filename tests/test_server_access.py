@@ -166,7 +166,8 @@ async def test_client_metadata_never_becomes_platform_context(tmp_path: Path, fa
         assert status == 200 and said["reply"] is not None  # the spoofed author_is_bot did not silence it
         stored = await bot.app.store.get_memory(uuid.UUID(said["id"]))
         assert stored is not None and stored.content.source == "api"
-        assert stored.metadata == {"session_id": session["sessionId"], "client": spoof, "author_is_bot": False}
+        assert stored.metadata == {"session_id": session["sessionId"], "author": "alice", "client": spoof,
+                                   "author_is_bot": False}
         status, memory = await bot.call("POST", "/api/memories", json={"text": "x", "metadata": spoof})
         assert status == 201 and memory["metadata"] == {"client": spoof}
 
