@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 
 from bot.server.conversation import room_id_for
+from bot.server.eliza import memory as eliza_memory
+from bot.server.eliza.agents import UNSUPPORTED
 from bot.server.eliza.channels import channel_room_key
-from bot.types import Content, Memory, MemoryType
+from bot.types import Content, Memory, MemoryType, World
 from tests.fakes.openai_server import FakeOpenAI
 from tests.server_helpers import API_KEY_FOR_MODEL, Running, fake_model, running_app
 
@@ -35,6 +37,10 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
 
 def not_found(message: str) -> dict[str, Any]:
     return {"success": False, "error": {"code": "NOT_FOUND", "message": message}}
+
+
+BAD_AGENT = (400, {"success": False, "error": {
+    "code": "INVALID_ID", "message": "Invalid agent ID format: use the agent's id (a UUID), its name or 'default'"}})
 
 
 async def ok(bot: Running, method: str, path: str, status: int = 200, **kwargs: Any) -> Any:
@@ -60,7 +66,7 @@ async def test_agents_answer_in_the_envelope_with_the_character_at_the_top(tmp_p
         listed = await ok(bot, "GET", "/api/agents")
         assert listed == {"agents": [{"id": agent_id, "name": "Test", "characterName": "Test",
                                       "bio": "First line of the bio.", "status": "active"}]}
-        for name in (agent_id, "Test", "default"):
+        for name in (agent_id, agent_id.upper(), "Test", "default"):
             agent = await ok(bot, "GET", f"/api/agents/{name}")
             assert agent["id"] == agent_id and agent["name"] == "Test" and agent["username"] == "testbot"
             assert agent["status"] == "active" and agent["enabled"] is True
@@ -76,8 +82,43 @@ async def test_agents_answer_in_the_envelope_with_the_character_at_the_top(tmp_p
         async with bot.http.get(f"{bot.url}/api/agents", headers=ADMIN) as response:
             raw += await response.text()
         assert not [secret for secret in SECRETS if secret in raw]
-        for unknown in (str(uuid.uuid4()), "someone-else"):
-            assert await bot.call("GET", f"/api/agents/{unknown}", headers=ADMIN) == (404, not_found("Agent not found"))
+        assert await bot.call("GET", f"/api/agents/{uuid.uuid4()}", headers=ADMIN) == (404, not_found("Agent not found"))
+        for malformed in ("someone-else", "bad", agent_id[:-1]):
+            assert await bot.call("GET", f"/api/agents/{malformed}", headers=ADMIN) == BAD_AGENT
+
+
+async def test_starting_the_running_agent_finds_it_active(tmp_path: Path, fake: FakeOpenAI) -> None:
+    async with running_app(tmp_path, fake, api_key=KEY) as bot:
+        started = {"id": str(bot.app.runtime.agent_id), "name": "Test", "status": "active"}
+        for name in ("default", "Test", started["id"]):
+            assert await ok(bot, "POST", f"/api/agents/{name}/start") == started
+        assert await bot.call("POST", f"/api/agents/{uuid.uuid4()}/start", headers=ADMIN) == (
+            404, not_found("Agent not found"))
+        assert await bot.call("POST", "/api/agents/bad/start", headers=ADMIN) == BAD_AGENT
+        assert (await bot.call("POST", "/api/agents/default/start"))[0] == 401  # the admin key, as everywhere
+
+
+async def test_what_parley_does_not_do_answers_one_clear_error(tmp_path: Path, fake: FakeOpenAI) -> None:
+    async with running_app(tmp_path, fake, api_key=KEY) as bot:
+        messages = {name: message for _, _, name, message in UNSUPPORTED}
+        worlds = ("GET", "/api/agents/worlds", "get_worlds", messages["add_agent_to_world"])  # get_agent's path
+        assert len(UNSUPPORTED) == 16 and worlds[3] == ("parley does not manage worlds over the API; a room's world "
+                                                        "is in GET /api/memory/{agentId}/rooms/{roomId} (worldId, "
+                                                        "worldName)")
+        for method, path, _, message in [*UNSUPPORTED, worlds]:
+            url = path.format(agent_id="default", world_id=uuid.uuid4(), log_id=uuid.uuid4(), server_id=uuid.uuid4())
+            status, body = await bot.call(method, url, headers=ADMIN, json={"name": "x"})
+            assert (status, body) == (409, {"success": False, "error": {"code": "NOT_SUPPORTED", "message": message}})
+            assert (await bot.call(method, url, json={}))[0] == 401  # the admin key first, as everywhere
+        assert messages["create_agent"] == ("parley runs one agent, its character, for the life of the process: to "
+                                            "run another agent, start another parley with its own CHARACTER_PATH")
+        document = (await bot.call("GET", "/api/openapi.json"))[1]
+        for method, path, name, _ in UNSUPPORTED:
+            operation = document["paths"][path][method.lower()]
+            assert operation["operationId"] == name and "NOT_SUPPORTED" in operation["description"]
+            assert operation["responses"]["409"]["content"]["application/json"]["schema"]["$ref"].endswith(
+                "/ErrorResponse")
+        assert "getWorlds" in document["paths"]["/api/agents/{agent_id}"]["get"]["description"]
 
 
 async def test_server_routes_answer_bare_json_to_the_admin(tmp_path: Path, fake: FakeOpenAI) -> None:
@@ -167,6 +208,9 @@ async def test_agent_memories_newest_first_by_table_room_and_channel(tmp_path: P
             assert status == 400 and body["success"] is False, params
         assert await bot.call("GET", f"/api/memory/{uuid.uuid4()}/memories", headers=ADMIN) == (
             404, not_found("Agent not found"))
+        for path in ("memories", "rooms", f"rooms/{uuid.uuid4()}", f"rooms/{uuid.uuid4()}/memories"):
+            assert await bot.call("GET", f"/api/memory/not-an-agent/{path}", headers=ADMIN) == BAD_AGENT, path
+        assert await bot.call("DELETE", "/api/memory/not-an-agent/memories", headers=ADMIN) == BAD_AGENT
 
 
 async def test_room_memories_by_room_id_channel_or_session_channel(tmp_path: Path, fake: FakeOpenAI) -> None:
@@ -185,7 +229,7 @@ async def test_room_memories_by_room_id_channel_or_session_channel(tmp_path: Pat
         assert status == 201
         status, _ = await bot.call("POST", f"/api/messaging/sessions/{session['sessionId']}/messages",
                                    headers=ADMIN, json={"content": "in the session", "transport": "http"})
-        assert status in (200, 201)
+        assert status == 201
         in_session = (await ok(bot, "GET", f"/api/memory/default/rooms/{session['channelId']}/memories"))
         assert [m["content"]["text"] for m in in_session["memories"]] == ["Hello from Test.", "in the session"]
         by_query = await ok(bot, "GET", "/api/memory/default/memories", params={"channelId": session["channelId"]})
@@ -200,8 +244,10 @@ async def test_rooms_list_get_and_create(tmp_path: Path, fake: FakeOpenAI) -> No
         lobby = (await send(bot, "hi"))["room_id"]
         status, session = await bot.call("POST", "/api/messaging/sessions", headers=ADMIN,
                                          json={"agentId": agent_id, "userId": str(uuid.uuid4())})
-        await bot.call("POST", f"/api/messaging/sessions/{session['sessionId']}/messages", headers=ADMIN,
-                       json={"content": "hello", "transport": "http"})
+        assert status == 201
+        status, _ = await bot.call("POST", f"/api/messaging/sessions/{session['sessionId']}/messages", headers=ADMIN,
+                                   json={"content": "hello", "transport": "http"})
+        assert status == 201
         rooms = {r["id"]: r for r in (await ok(bot, "GET", "/api/memory/default/rooms"))["rooms"]}
         assert all(set(room) == ROOM_KEYS and room["agentId"] == agent_id for room in rooms.values())
         assert rooms[lobby]["name"] == "lobby" and rooms[lobby]["type"] == "API"
@@ -226,6 +272,17 @@ async def test_rooms_list_get_and_create(tmp_path: Path, fake: FakeOpenAI) -> No
         for bad in ({}, {"name": "x", "type": "NOT_A_TYPE"}, {"name": "x", "worldId": "nope"}):
             status, answer = await bot.call("POST", "/api/memory/default/rooms", headers=ADMIN, json=bad)
             assert status == 400 and answer["success"] is False, bad
+        # A room joins only a world of this agent: never one that does not exist, nor another agent's.
+        foreign = World(id=uuid.uuid4(), agent_id=uuid.uuid4(), name="not yours")
+        await bot.app.runtime.store.upsert_world(foreign)
+        message = "this agent has no world with this id; leave worldId out to make a new world for the room"
+        for world_id in (uuid.uuid4(), foreign.id):
+            answer = await bot.call("POST", "/api/memory/default/rooms", headers=ADMIN,
+                                    json={"name": "Astray", "worldId": str(world_id)})
+            assert answer == (400, {"success": False, "error": {
+                "code": "INVALID_BODY", "message": f"invalid body: worldId: {message}",
+                "details": [{"field": "worldId", "message": message}]}})
+        assert "Astray" not in {r["name"] for r in (await ok(bot, "GET", "/api/memory/default/rooms"))["rooms"]}
         assert await bot.call("GET", f"/api/memory/default/rooms/{uuid.uuid4()}", headers=ADMIN) == (
             404, not_found("Room not found"))
         status, answer = await bot.call("GET", "/api/memory/default/rooms/xyz", headers=ADMIN)
@@ -270,6 +327,16 @@ async def test_update_and_delete_memories(tmp_path: Path, fake: FakeOpenAI) -> N
         assert status == 400 and body["error"]["code"] == "INVALID_ID" and body["success"] is False
 
 
+def knowledge(agent_id: uuid.UUID, type: MemoryType, room_id: uuid.UUID | None = None) -> Memory:
+    """A row of the knowledge index, as the knowledge plugin stores it."""
+    return Memory(entity_id=agent_id, agent_id=agent_id, room_id=room_id or agent_id, type=type,
+                  content=Content(text=f"knowledge {type}"), metadata={"knowledge": {"source": "guide.md"}})
+
+
+async def ids_of(bot: Running, agent_id: uuid.UUID, type: MemoryType) -> set[uuid.UUID]:
+    return {m.id for m in await bot.app.runtime.store.get_memories(agent_id=agent_id, type=type, count=None)}
+
+
 async def test_clearing_a_room_deletes_its_messages_and_documents_only(tmp_path: Path, fake: FakeOpenAI) -> None:
     async with running_app(tmp_path, fake, api_key=KEY) as bot:
         runtime, agent_id = bot.app.runtime, bot.app.runtime.agent_id
@@ -278,15 +345,49 @@ async def test_clearing_a_room_deletes_its_messages_and_documents_only(tmp_path:
         for table in (MemoryType.DOCUMENT, MemoryType.FACT):
             await runtime.store.create_memory(Memory(entity_id=agent_id, agent_id=agent_id, room_id=room_id,
                                                      type=table, content=Content(text=f"a {table}")))
+        indexed = knowledge(agent_id, MemoryType.DOCUMENT, room_id)
+        await runtime.store.create_memory(indexed)
         async with bot.http.delete(f"{bot.url}/api/memory/default/memories/all/{room_id}", headers=ADMIN) as r:
             assert r.status == 204 and await r.read() == b""
         left = await runtime.store.get_memories(agent_id=agent_id, room_id=room_id, count=None)
-        assert left == [] and await runtime.store.count_memories(agent_id=agent_id, room_id=room_id,
-                                                                 type=MemoryType.DOCUMENT) == 0
+        assert left == [] and await ids_of(bot, agent_id, MemoryType.DOCUMENT) == {indexed.id}
         assert await runtime.store.count_memories(agent_id=agent_id, room_id=room_id, type=MemoryType.FACT) == 1
         assert await runtime.store.count_memories(agent_id=agent_id) == 2  # the other room's
         status, body = await bot.call("DELETE", "/api/memory/default/memories/all/room-1", headers=ADMIN)
         assert status == 400 and body["error"]["code"] == "INVALID_ID"
+
+
+async def test_clearing_the_agents_memories_keeps_the_knowledge_index_and_other_agents(
+        tmp_path: Path, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(eliza_memory, "CLEAR_BATCH", 2)  # many rounds, with kept rows among the deleted
+    async with running_app(tmp_path, fake, api_key=KEY) as bot:
+        store, agent_id = bot.app.runtime.store, bot.app.runtime.agent_id
+        first = await send(bot, "one")
+        await send(bot, "two", room="other")
+        other_agent = uuid.uuid4()
+        foreign = [Memory(entity_id=other_agent, agent_id=other_agent, room_id=uuid.UUID(first["room_id"]), type=t,
+                          content=Content(text="not yours")) for t in (MemoryType.MESSAGE, MemoryType.FACT)]
+        mine = [Memory(entity_id=agent_id, agent_id=agent_id, room_id=agent_id, type=t, content=Content(text=str(t)))
+                for t in MemoryType if t is not MemoryType.FRAGMENT]
+        kept = [knowledge(agent_id, t) for t in (MemoryType.DOCUMENT, MemoryType.DOCUMENT, MemoryType.DOCUMENT,
+                                                  MemoryType.FRAGMENT)]
+        plain = [Memory(entity_id=agent_id, agent_id=agent_id, room_id=agent_id, type=MemoryType.DOCUMENT,
+                        content=Content(text=f"a client's document {n}")) for n in range(3)]
+        assert await store.count_memories(agent_id=agent_id) == 4  # two messages and their replies
+        start = bot.app.runtime.clock() * 1000
+        for n, memory in enumerate([*foreign, *mine, kept[0], *plain[:2], *kept[1:3], plain[2], kept[3]]):
+            assert await store.create_memory(memory.model_copy(update={"created_at": int(start) + n}))
+        cleared = await ok(bot, "DELETE", "/api/memory/default/memories")
+        assert cleared == {"deleted": 4 + len(mine) + len(plain), "message": "All agent memories cleared successfully"}
+        for table in MemoryType:
+            expected = {m.id for m in kept if m.type is table}
+            assert await ids_of(bot, agent_id, table) == expected, table
+            assert await ids_of(bot, other_agent, table) == {m.id for m in foreign if m.type is table}, table
+        assert (await ok(bot, "GET", "/api/memory/default/memories"))["memories"] == []
+        again = await ok(bot, "DELETE", "/api/memory/Test/memories")
+        assert again == {"deleted": 0, "message": "All agent memories cleared successfully"}
+        assert await bot.call("DELETE", f"/api/memory/{uuid.uuid4()}/memories", headers=ADMIN) == (
+            404, not_found("Agent not found"))
 
 
 async def test_the_openapi_document_describes_the_elizaos_routes(tmp_path: Path, fake: FakeOpenAI) -> None:
@@ -296,7 +397,8 @@ async def test_the_openapi_document_describes_the_elizaos_routes(tmp_path: Path,
         for path, method in (("/api/agents", "get"), ("/api/agents/{agent_id}", "get"),
                              ("/api/server/health", "get"), ("/api/memory/{agent_id}/memories", "get"),
                              ("/api/memory/{agent_id}/rooms", "post"),
-                             ("/api/memory/{agent_id}/memories/all/{room_id}", "delete")):
+                             ("/api/memory/{agent_id}/memories/all/{room_id}", "delete"),
+                             ("/api/memory/{agent_id}/memories", "delete"), ("/api/agents/{agent_id}/start", "post")):
             assert method in paths[path], path
         error = document["components"]["schemas"]["ErrorResponse"]["properties"]
         assert error["success"]["const"] is False

@@ -56,9 +56,11 @@ async def test_health_ready_and_agents_without_secrets(tmp_path: Path, fake: Fak
         detail = (await bot.call("GET", f"/api/agents/{agent['id']}"))[1]["data"]
         assert detail["id"] == agent["id"] and "secrets" not in detail and "settings" not in detail
         assert (await bot.call("GET", "/api/agents/default"))[0] == 200
-        status, body = await bot.call("GET", "/api/agents/someone-else")
+        status, body = await bot.call("GET", f"/api/agents/{uuid.uuid4()}")
         assert status == 404 and body == {"success": False,
                                           "error": {"code": "NOT_FOUND", "message": "Agent not found"}}
+        status, body = await bot.call("GET", "/api/agents/someone-else")
+        assert status == 400 and body["error"]["code"] == "INVALID_ID"
 
 
 async def test_message_gets_the_reply_and_both_are_stored(tmp_path: Path, fake: FakeOpenAI) -> None:

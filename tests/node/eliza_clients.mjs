@@ -49,8 +49,18 @@ function join(socket, channelId) {
   return next(socket, 'channel_joined', (d) => d.channelId === channelId);
 }
 
+const CLEARED = 'All agent memories cleared successfully';
+// Every table but the knowledge index's fragments (this bot has no knowledge documents either).
+const TABLES = ['messages', 'facts', 'documents', 'descriptions', 'custom'];
+
 let agentId;
 let session;
+let socketChannel;
+
+function apiError(code, status, message) {
+  return (e) => e instanceof ApiError && e.code === code && e.status === status
+    && (message === undefined || e.message === message);
+}
 
 await step('server: ping, hello, health, status', async () => {
   assert.equal((await client.server.ping()).pong, true);
@@ -70,7 +80,22 @@ await step('agents: list, get (character fields at top level, status)', async ()
   assert.ok(Array.isArray(agent.bio) && agent.bio.length > 0);
   assert.equal(agent.status, 'active');
   assert.equal(agent.secrets, undefined);
-  await assert.rejects(client.agents.getAgent(crypto.randomUUID()), (e) => e instanceof ApiError && e.status === 404);
+});
+
+await step('agents: an unknown id is NOT_FOUND (404), a malformed one INVALID_ID (400)', async () => {
+  await assert.rejects(client.agents.getAgent(crypto.randomUUID()), apiError('NOT_FOUND', 404, 'Agent not found'));
+  await assert.rejects(client.agents.getAgent('bad'), apiError('INVALID_ID', 400));
+  await assert.rejects(client.memory.getAgentMemories('bad'), apiError('INVALID_ID', 400));
+});
+
+await step('agents: startAgent finds it active; createAgent and stopAgent are NOT_SUPPORTED (409)', async () => {
+  const { agents } = await client.agents.listAgents();
+  assert.deepEqual(await client.agents.startAgent(agentId), { id: agentId, name: agents[0].name, status: 'active' });
+  const oneAgent = /^parley runs one agent, its character, for the life of the process: /;
+  for (const call of [client.agents.createAgent({ characterJson: { name: 'Echo2' } }), client.agents.stopAgent(agentId)]) {
+    await assert.rejects(call, (e) => apiError('NOT_SUPPORTED', 409)(e) && oneAgent.test(e.message));
+  }
+  assert.equal((await client.agents.getAgent(agentId)).status, 'active');
 });
 
 await step('auth: a wrong key is refused', async () => {
@@ -156,6 +181,24 @@ await step('memory: update and delete a memory', async () => {
   assert.ok(!after.memories.some((m) => m.id === target.id));
 });
 
+await step('memory: the AgentInternalMemory aliases read, update and delete', async () => {
+  const read = async () => (await client.memory.getAgentInternalMemories(agentId, session.channelId, true)).memories;
+  const target = (await read()).find((m) => m.content.text === 'hello over the socket');
+  const updated = await client.memory.updateAgentInternalMemory(agentId, target.id, { metadata: { note: 'alias' } });
+  assert.deepEqual(updated, { id: target.id, message: 'Memory updated successfully' });
+  assert.deepEqual((await read()).find((m) => m.id === target.id).metadata.client, { note: 'alias' });
+  const deleted = await client.memory.deleteAgentInternalMemory(agentId, target.id);
+  assert.deepEqual(deleted, { message: 'Memory deleted successfully' });
+  assert.ok(!(await read()).some((m) => m.id === target.id));
+});
+
+await step('memory: clearRoomMemories empties the session channel', async () => {
+  const before = await client.memory.getRoomMemories(agentId, session.channelId, { limit: 50 });
+  assert.equal(before.memories.length, 2); // the sync exchange's reply and the socket exchange's reply
+  assert.deepEqual(await client.memory.clearRoomMemories(agentId, session.channelId), { success: true });
+  assert.deepEqual(await client.memory.getRoomMemories(agentId, session.channelId), { memories: [] });
+});
+
 await step('sessions: delete', async () => {
   const ended = await client.sessions.deleteSession(session.sessionId);
   assert.equal(ended.success, true);
@@ -169,6 +212,7 @@ await step('socket.io: refused without the key or without an entityId', async ()
 
 await step('socket.io: join, send, ack, stream chunks, reply to both tabs', async () => {
   const channelId = crypto.randomUUID();
+  socketChannel = channelId;
   const tab = await connect({ entityId: USER, apiKey: KEY });
   const secondTab = await connect({ entityId: USER, apiKey: KEY });
   const joined = await join(tab, channelId);
@@ -197,6 +241,32 @@ await step('socket.io: join, send, ack, stream chunks, reply to both tabs', asyn
   }
   tab.close();
   secondTab.close();
+});
+
+await step('memory: deleteAllAgentInternalMemories empties the socket channel', async () => {
+  const { memories } = await client.memory.getAgentInternalMemories(agentId, socketChannel);
+  assert.deepEqual(memories.map((m) => m.entityId === agentId), [true, false]); // the reply, then the message
+  assert.equal(memories[1].content.text, 'tell me a story');
+  assert.deepEqual(await client.memory.deleteAllAgentInternalMemories(agentId, socketChannel), { success: true });
+  assert.deepEqual(await client.memory.getAgentInternalMemories(agentId, socketChannel), { memories: [] });
+});
+
+// Last: it empties what the steps before read.
+await step('memory: clearAgentMemories deletes every memory of the agent', async () => {
+  const fresh = await client.sessions.createSession({ agentId, userId: USER });
+  await client.sessions.sendMessageSync(fresh.sessionId, { content: 'remember this' });
+  const { memories } = await client.memory.getAgentMemories(agentId);
+  assert.deepEqual(memories.map((m) => m.entityId === agentId), [true, false]); // all that the steps above left
+  assert.equal(memories[1].content.text, 'remember this');
+  let left = 0;
+  for (const tableName of TABLES) {
+    left += (await client.memory.getAgentMemories(agentId, { tableName, limit: 1000 })).memories.length;
+  }
+  assert.deepEqual(await client.memory.clearAgentMemories(agentId), { deleted: left, message: CLEARED });
+  for (const tableName of TABLES) {
+    assert.deepEqual(await client.memory.getAgentMemories(agentId, { tableName }), { memories: [] }, tableName);
+  }
+  assert.deepEqual(await client.memory.clearAgentMemories(agentId), { deleted: 0, message: CLEARED });
 });
 
 console.log('ALL OK');

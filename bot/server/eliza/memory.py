@@ -9,6 +9,12 @@ session's room, also after the session ended), as the Socket.IO endpoint uses it
 What a client writes never poses as the platform's: PATCH changes a memory's text, thought,
 actions and embedding, and its metadata only under `metadata["client"]`; a room a client creates
 keeps the client's metadata there too.
+
+Deleting never reaches the knowledge index (the knowledge plugin's documents and every fragment,
+which /api/knowledge manages and the knowledge files rebuild): removing part of it would leave
+fragments that answer from a document that is gone. Known gap: the runtime keeps each busy room's
+recent messages in memory (`bot.history.MessageHistory`, which has no removal), so a deleted
+message can still reach the agent's prompt in a room it has loaded, until the process restarts.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -30,6 +36,8 @@ from ..openapi import Operation
 from ..sessions import SessionManager
 from .channels import channel_room_key
 from .wire import (
+    ElizaCleared,
+    ElizaClearedResponse,
     ElizaCreatedRoom,
     ElizaCreatedRoomResponse,
     ElizaMemoriesQuery,
@@ -54,19 +62,34 @@ if TYPE_CHECKING:
 
 PREFIX = "/api/memory/{agent_id}"
 AGENT_PARAM = {"agent_id": "The agent's id, its name, or 'default'."}
-AGENT_SCHEMA = {"examples": ["default"]}  # "default" always names the running agent
 UUID_SCHEMA = {"format": "uuid"}  # anything else is 400 INVALID_ID
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
 Links = dict[str, tuple[str, dict[str, str]]]
 Q = TypeVar("Q", bound=BaseModel)
 _TARGETS = ("agent_memories", "room_memories", "update_memory", "delete_memory", "clear_room_memories",
             "list_rooms", "create_room", "get_room")
+CLEAR_BATCH = 500  # memories read per round while deleting many
+
+
+def agent_schema(name: str) -> dict[str, Any]:
+    """What names the running agent (anything else is 400 INVALID_ID, another UUID 404); "default"
+    always does, so a tester (schemathesis) can reach the operation."""
+    return {"anyOf": [{"format": "uuid"}, {"enum": ["default", name]}], "examples": ["default"]}
+
+
+def is_uuid(raw: str) -> bool:
+    return _UUID.match(raw) is not None
 
 
 def parse_id(raw: str, what: str) -> uuid.UUID:
-    if not _UUID.match(raw):
+    if not is_uuid(raw):
         raise ApiError(400, "INVALID_ID", f"Invalid {what} ID format: a UUID is expected")
     return uuid.UUID(raw)
+
+
+def _is_knowledge(memory: Memory) -> bool:
+    """A row of the knowledge index (see the module's docstring)."""
+    return memory.type is MemoryType.FRAGMENT or isinstance(memory.metadata.get("knowledge"), dict)
 
 
 def _query(request: web.Request, model: type[Q]) -> Q:
@@ -111,7 +134,7 @@ class ElizaMemoryApi:
         if key is None or key in sessions:
             return None if key is None else sessions[key]
         tail = key.rsplit(":", 1)[-1]
-        if _UUID.match(tail) and channel_room_key(uuid.UUID(tail)) == key:
+        if is_uuid(tail) and channel_room_key(uuid.UUID(tail)) == key:
             return tail
         return key
 
@@ -138,7 +161,9 @@ class ElizaMemoryApi:
         body = await parse_body(request, ElizaRoomIn)
         check_metadata(body.metadata, self.runtime.settings.session_max_metadata_bytes)
         world = None
-        if body.world_id is None:
+        if body.world_id is not None:
+            await self._check_world(body.world_id)
+        else:
             world = World(id=uuid.uuid4(), agent_id=agent_id, name=f"World for {body.name}",
                           server_id=body.message_server_id)
         room_id = uuid.uuid4()
@@ -152,6 +177,14 @@ class ElizaMemoryApi:
         out = ElizaRoom.of(room, str(room_id), world.name if world else None)
         created = ElizaCreatedRoom(**out.model_dump(), created_at=now_ms())
         return json_response(ElizaCreatedRoomResponse(data=created), status=201)
+
+    async def _check_world(self, world_id: uuid.UUID) -> None:
+        """A room joins only a world of this agent: never a dangling or another agent's world."""
+        world = await self.runtime.store.get_world(world_id)
+        if world is None or world.agent_id != self.runtime.agent_id:
+            message = "this agent has no world with this id; leave worldId out to make a new world for the room"
+            raise ApiError(400, "INVALID_BODY", f"invalid body: worldId: {message}",
+                           details=[{"field": "worldId", "message": message}])
 
     # Memories ----------------------------------------------------------------------------------------
     async def agent_memories(self, request: web.Request) -> web.Response:
@@ -209,12 +242,37 @@ class ElizaMemoryApi:
             raise ApiError(404, "NOT_FOUND", "Memory not found")
         return json_response(ElizaMessageResponse(data=ElizaMessage(message="Memory deleted successfully")))
 
-    async def clear_room_memories(self, request: web.Request) -> web.Response:
-        """A room's messages and documents go, as in elizaOS; its facts stay."""
+    async def _delete_all(self, table: MemoryType, room_id: uuid.UUID | None = None) -> int:
+        """Delete this agent's memories of one table (in one room, if given), a batch at a time, all but
+        the knowledge index's; how many went."""
+        store, deleted, kept = self.runtime.store, 0, 0
+        while True:
+            page = await store.get_memories(agent_id=self.runtime.agent_id, room_id=room_id, type=table,
+                                            count=kept + CLEAR_BATCH)  # the kept ones, then a batch more
+            doomed = [memory for memory in page if not _is_knowledge(memory)]
+            for memory in doomed:
+                deleted += await store.delete_memory(memory.id)
+            if len(page) < kept + CLEAR_BATCH:
+                return deleted
+            kept = len(page) - len(doomed)
+
+    async def clear_agent_memories(self, request: web.Request) -> web.Response:
+        """Every memory of this agent, of every table (messages, facts, ...), as elizaOS's
+        clearAllAgentMemories; the knowledge index stays, and other agents' memories are never read."""
         self.agent(request)
-        room_id = await self.room_of(request.match_info["room_id"])
-        for table in (MemoryType.MESSAGE, MemoryType.DOCUMENT):
-            await self.runtime.store.delete_room_memories(room_id, table)
+        deleted = 0
+        for table in MemoryType:
+            if table is not MemoryType.FRAGMENT:
+                deleted += await self._delete_all(table)
+        done = ElizaCleared(deleted=deleted, message="All agent memories cleared successfully")
+        return json_response(ElizaClearedResponse(data=done))
+
+    async def clear_room_memories(self, request: web.Request) -> web.Response:
+        """A room's messages and documents go, as in elizaOS; its facts (and the knowledge index) stay."""
+        self.agent(request)
+        room_id = await self.room_of(request.match_info["room_id"])  # the agent's own room or channel room
+        await self.runtime.store.delete_room_memories(room_id, MemoryType.MESSAGE)
+        await self._delete_all(MemoryType.DOCUMENT, room_id)
         return web.Response(status=204)
 
     @staticmethod
@@ -236,19 +294,24 @@ class ElizaMemoryApi:
         operations = [
             Operation("GET", PREFIX + "/memories", self.agent_memories, "The agent's memories of one table, newest "
                       "first (elizaOS)", "memory", {200: ElizaMemoryListResponse}, query=ElizaMemoriesQuery,
-                      errors=[404], path_params=agent),
+                      errors=[400, 404], path_params=agent),
+            Operation("DELETE", PREFIX + "/memories", self.clear_agent_memories, "Delete all the agent's memories "
+                      "(elizaOS)", "memory", {200: ElizaClearedResponse}, errors=[400, 404], path_params=agent,
+                      description="Every table (messages, facts, ...); the knowledge index stays, as /api/knowledge "
+                      "manages it. A room the agent has loaded may still show it a deleted message until restart."),
             Operation("PATCH", PREFIX + "/memories/{memory_id}", self.update_memory, "Change a memory's text, "
                       "thought, actions, client metadata or embedding (elizaOS)", "memory",
-                      {200: ElizaMemoryUpdatedResponse}, body=ElizaMemoryPatch, errors=[404], path_params=memory),
+                      {200: ElizaMemoryUpdatedResponse}, body=ElizaMemoryPatch, errors=[400, 404],
+                      path_params=memory),
             Operation("DELETE", PREFIX + "/memories/{memory_id}", self.delete_memory, "Delete a memory (elizaOS)",
                       "memory", {200: ElizaMessageResponse}, errors=[400, 404], path_params=memory),
             Operation("DELETE", PREFIX + "/memories/all/{room_id}", self.clear_room_memories, "Delete a room's "
-                      "messages and documents (elizaOS)", "memory", {204: None}, errors=[400, 404],
+                      "messages and documents, not its facts (elizaOS)", "memory", {204: None}, errors=[400, 404],
                       path_params=room),
             Operation("GET", rooms, self.list_rooms, "The agent's rooms (elizaOS)", "memory",
-                      {200: ElizaRoomListResponse}, errors=[404], path_params=agent),
+                      {200: ElizaRoomListResponse}, errors=[400, 404], path_params=agent),
             Operation("POST", rooms, self.create_room, "Create a room (elizaOS)", "memory",
-                      {201: ElizaCreatedRoomResponse}, body=ElizaRoomIn, errors=[404], path_params=agent),
+                      {201: ElizaCreatedRoomResponse}, body=ElizaRoomIn, errors=[400, 404], path_params=agent),
             Operation("GET", rooms + "/{room_id}", self.get_room, "A room, with its world's name (elizaOS)",
                       "memory", {200: ElizaRoomResponse}, errors=[400, 404], path_params=room),
             Operation("GET", rooms + "/{channel_id}/memories", self.room_memories, "A room's or channel's memories, "
@@ -262,6 +325,6 @@ class ElizaMemoryApi:
                "list_rooms": {"room": first_room}, "create_room": {"room": this_room}, "get_room": {"room": this_room}}
         for op in operations:  # every route leads to the others: the agent's id is in its path
             op.links = self.links("$request.path.agent_id", ids.get(op.operation_id))
-            op.path_schemas = {"agent_id": AGENT_SCHEMA, "room_id": UUID_SCHEMA, "channel_id": UUID_SCHEMA,
+            op.path_schemas = {"agent_id": agent_schema(self.runtime.character.name), "room_id": UUID_SCHEMA, "channel_id": UUID_SCHEMA,
                                "memory_id": UUID_SCHEMA}
         return operations

@@ -132,6 +132,11 @@ class ElizaMessage(CamelModel):
     message: str
 
 
+class ElizaCleared(CamelModel):
+    deleted: int = Field(description="How many memories were deleted.")
+    message: str
+
+
 class ElizaMemoryListResponse(Envelope):
     data: ElizaMemoryList
 
@@ -154,6 +159,10 @@ class ElizaMemoryUpdatedResponse(Envelope):
 
 class ElizaMessageResponse(Envelope):
     data: ElizaMessage
+
+
+class ElizaClearedResponse(Envelope):
+    data: ElizaCleared
 
 
 # Requests --------------------------------------------------------------------------------------------
