@@ -52,6 +52,16 @@ class MessageHistory:
                 messages[index] = memory.model_copy(update={"created_at": cached.created_at})
                 return
 
+    def forget(self, memory: Memory) -> None:
+        """A deleted message leaves the cached room, so no prompt shows it again."""
+        messages = self._rooms.get(memory.room_id)
+        if messages is not None:
+            messages[:] = [m for m in messages if m.id != memory.id]
+
+    def forget_room(self, room_id: UUID) -> None:
+        """Drop a room's cache (its messages were deleted in bulk); it loads again on next use."""
+        self._rooms.pop(room_id, None)
+
     def _insert(self, messages: list[Memory], memory: Memory) -> None:
         if any(m.id == memory.id for m in messages[-4:]):
             return

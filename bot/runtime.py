@@ -47,6 +47,7 @@ from bot.types import (
     Entity,
     EventType,
     Memory,
+    MemoryType,
     ModelType,
     Room,
     RoomState,
@@ -356,6 +357,18 @@ class AgentRuntime(ModelsMixin, ActionsMixin):
         if updated:
             self.history.replace(memory)
         return updated
+
+    async def delete_memory(self, memory: Memory) -> bool:
+        """Delete a stored memory; a message also leaves the room's recent history."""
+        deleted = await self.store.delete_memory(memory.id)
+        self.history.forget(memory)
+        return deleted
+
+    async def delete_room_memories(self, room_id: uuid.UUID, type: MemoryType | None = None) -> int:
+        """Delete a room's memories (of one type); the room's recent history is reloaded."""
+        deleted = await self.store.delete_room_memories(room_id, type)
+        self.history.forget_room(room_id)
+        return deleted
 
     async def replies_to(self, message: Memory) -> list[Memory]:
         """The agent's stored replies to `message`, oldest first, whichever process sent them."""

@@ -404,3 +404,21 @@ async def test_the_openapi_document_describes_the_elizaos_routes(tmp_path: Path,
         assert error["success"]["const"] is False
         query = [p["name"] for p in paths["/api/memory/{agent_id}/memories"]["get"]["parameters"]]
         assert {"tableName", "channelId", "roomId", "includeEmbedding", "limit"} <= set(query)
+
+
+async def test_a_deleted_message_never_reaches_a_prompt_again(tmp_path: Path, fake: FakeOpenAI) -> None:
+    async with running_app(tmp_path, fake, api_key=KEY, headers=ADMIN) as bot:
+        said = await send(bot, "my secret word is XYZZY")
+        await send(bot, "and the weather is fine")  # the room's history is now loaded in memory
+        assert "XYZZY" in str(fake.requests_to("/chat/completions")[-1].body)
+        await ok(bot, "DELETE", f"/api/memory/default/memories/{said['message_id']}")
+        await send(bot, "what did I tell you?")
+        assert "XYZZY" not in str(fake.requests_to("/chat/completions")[-1].body)
+
+        await send(bot, "my other word is PLUGH", room="attic")
+        await send(bot, "hello again", room="attic")
+        room_id = room_id_for(bot.app.runtime, "api:room:attic")
+        status, _ = await bot.call("DELETE", f"/api/memory/default/memories/all/{room_id}")
+        assert status == 204
+        await send(bot, "anything new?", room="attic")
+        assert "PLUGH" not in str(fake.requests_to("/chat/completions")[-1].body)

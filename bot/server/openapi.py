@@ -25,7 +25,7 @@ _ERROR_TEXT = {
     401: "Missing or wrong API key (or, for a visitor, no session cookie)",
     403: "A browser request from another origin",
     404: "Not found",
-    409: "Conflict",
+    409: "Conflict, or NOT_SUPPORTED: an elizaOS operation parley does not do (the message says what to do)",
     413: "Body larger than MAX_BODY_BYTES",
     415: "The body is not application/json",
     422: "The request cannot be applied in the current state",

@@ -12,9 +12,8 @@ keeps the client's metadata there too.
 
 Deleting never reaches the knowledge index (the knowledge plugin's documents and every fragment,
 which /api/knowledge manages and the knowledge files rebuild): removing part of it would leave
-fragments that answer from a document that is gone. Known gap: the runtime keeps each busy room's
-recent messages in memory (`bot.history.MessageHistory`, which has no removal), so a deleted
-message can still reach the agent's prompt in a room it has loaded, until the process restarts.
+fragments that answer from a document that is gone. Deletes go through the runtime, so a deleted
+message also leaves the recent history its prompts are built from.
 """
 
 from __future__ import annotations
@@ -30,11 +29,10 @@ from pydantic import BaseModel
 from bot.types import Entity, Memory, MemoryType, Room, World, now_ms
 
 from ..app import check_metadata, json_response, parse_body, parse_query
-from ..conversation import room_id_for
+from ..conversation import channel_room_key, room_id_for
 from ..errors import ApiError
 from ..openapi import Operation
 from ..sessions import SessionManager
-from .channels import channel_room_key
 from .wire import (
     ElizaCleared,
     ElizaClearedResponse,
@@ -238,20 +236,20 @@ class ElizaMemoryApi:
     async def delete_memory(self, request: web.Request) -> web.Response:
         self.agent(request)
         memory = await self._own_memory(request)
-        if not await self.runtime.store.delete_memory(memory.id):
+        if not await self.runtime.delete_memory(memory):
             raise ApiError(404, "NOT_FOUND", "Memory not found")
         return json_response(ElizaMessageResponse(data=ElizaMessage(message="Memory deleted successfully")))
 
     async def _delete_all(self, table: MemoryType, room_id: uuid.UUID | None = None) -> int:
         """Delete this agent's memories of one table (in one room, if given), a batch at a time, all but
         the knowledge index's; how many went."""
-        store, deleted, kept = self.runtime.store, 0, 0
+        runtime, deleted, kept = self.runtime, 0, 0
         while True:
-            page = await store.get_memories(agent_id=self.runtime.agent_id, room_id=room_id, type=table,
+            page = await runtime.store.get_memories(agent_id=runtime.agent_id, room_id=room_id, type=table,
                                             count=kept + CLEAR_BATCH)  # the kept ones, then a batch more
             doomed = [memory for memory in page if not _is_knowledge(memory)]
             for memory in doomed:
-                deleted += await store.delete_memory(memory.id)
+                deleted += await runtime.delete_memory(memory)
             if len(page) < kept + CLEAR_BATCH:
                 return deleted
             kept = len(page) - len(doomed)
@@ -271,7 +269,7 @@ class ElizaMemoryApi:
         """A room's messages and documents go, as in elizaOS; its facts (and the knowledge index) stay."""
         self.agent(request)
         room_id = await self.room_of(request.match_info["room_id"])  # the agent's own room or channel room
-        await self.runtime.store.delete_room_memories(room_id, MemoryType.MESSAGE)
+        await self.runtime.delete_room_memories(room_id, MemoryType.MESSAGE)
         await self._delete_all(MemoryType.DOCUMENT, room_id)
         return web.Response(status=204)
 
@@ -298,7 +296,7 @@ class ElizaMemoryApi:
             Operation("DELETE", PREFIX + "/memories", self.clear_agent_memories, "Delete all the agent's memories "
                       "(elizaOS)", "memory", {200: ElizaClearedResponse}, errors=[400, 404], path_params=agent,
                       description="Every table (messages, facts, ...); the knowledge index stays, as /api/knowledge "
-                      "manages it. A room the agent has loaded may still show it a deleted message until restart."),
+                      "manages it."),
             Operation("PATCH", PREFIX + "/memories/{memory_id}", self.update_memory, "Change a memory's text, "
                       "thought, actions, client metadata or embedding (elizaOS)", "memory",
                       {200: ElizaMemoryUpdatedResponse}, body=ElizaMemoryPatch, errors=[400, 404],
