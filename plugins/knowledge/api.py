@@ -153,6 +153,6 @@ def knowledge_routes(base: KnowledgeBase) -> list[Route]:
     api = KnowledgeApi(base)
     return [
         Route("GET", DOCUMENTS, api.list_documents),
-        Route("POST", DOCUMENTS, api.upload_documents),
+        Route("POST", DOCUMENTS, api.upload_documents, body_types=("multipart/form-data",)),
         Route("DELETE", DOCUMENTS + "/{document_id}", api.delete_document),
     ]
