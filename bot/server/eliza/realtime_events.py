@@ -88,8 +88,8 @@ class Joined(Event):
     agent_id: str | None = Field(None, alias="agentId")
 
 
-class UserBroadcast(Event):
-    """A user's message, to the channel's sockets; the sender's copy also has `clientMessageId`."""
+class Said(Event):
+    """What a broadcast message carries, from the user or the agent."""
 
     id: uuid.UUID
     sender_id: uuid.UUID = Field(alias="senderId")
@@ -97,8 +97,13 @@ class UserBroadcast(Event):
     text: str
     channel_id: uuid.UUID = Field(alias="channelId")
     room_id: uuid.UUID = Field(alias="roomId")
-    message_server_id: uuid.UUID = Field(alias="messageServerId")
     created_at: int = Field(alias="createdAt")
+
+
+class UserBroadcast(Said):
+    """A user's message, to the channel's sockets; the sender's copy also has `clientMessageId`."""
+
+    message_server_id: uuid.UUID = Field(alias="messageServerId")
     source: str
     client_message_id: str | None = Field(None, alias="clientMessageId")
 
@@ -124,17 +129,10 @@ class StreamChunkEvent(Event):
     reset: Literal[True] | None = None
 
 
-class AgentBroadcast(Event):
+class AgentBroadcast(Said):
     """The agent's reply; its `id` is the `messageId` of the chunks that showed it."""
 
-    id: uuid.UUID
-    sender_id: uuid.UUID = Field(alias="senderId")
-    sender_name: str = Field(alias="senderName")
-    text: str
-    room_id: uuid.UUID = Field(alias="roomId")
-    channel_id: uuid.UUID = Field(alias="channelId")
     server_id: uuid.UUID = Field(alias="serverId")
-    created_at: int = Field(alias="createdAt")
     source: Literal["agent_response"] = "agent_response"
     thought: str | None = None
     actions: list[str] | None = None
