@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import statistics
 import sys
@@ -85,7 +84,7 @@ async def telegram_surface(tmp: Path, model: FakeOpenAI, replies: int, *, group:
                 telegram.push({"message": telegram.message(user, chat, "tell me about streaming", mention=group)})
                 await wait_until(lambda chat=chat: telegram.chat_messages(chat["id"]) and not any(
                     "▌" in m["text"] for m in telegram.chat_messages(chat["id"])))
-                await wait_until(lambda: len(model.chunk_times) > streamed_before)
+                await wait_until(lambda before=streamed_before: len(model.chunk_times) > before)
                 first_piece = model.chunk_times[streamed_before][0]
                 showing = [c for c in telegram.calls if c.method in TELEGRAM_SHOWING
                            and int(c["chat_id"]) == chat["id"] and c.get("text")]
@@ -151,7 +150,7 @@ async def sse_surface(tmp: Path, model: FakeOpenAI, replies: int) -> dict[str, A
                             first_chunk_at = first_chunk_at or time.monotonic()
                         elif line.startswith("data:") and event in ("done", "error"):
                             break
-                await wait_until(lambda: len(model.chunk_times) > streamed_before)
+                await wait_until(lambda before=streamed_before: len(model.chunk_times) > before)
                 if first_chunk_at is None:
                     raise RuntimeError("the SSE answer had no chunk events")
                 latencies.append(first_chunk_at - model.chunk_times[streamed_before][0])

@@ -21,6 +21,7 @@ from bot.settings import Settings
 from bot.store.base import Store
 from bot.types import ChannelType, Content, Entity, Memory, MentionContext, ModelType, Room, World
 
+
 @dataclass
 class Streamed:
     """A reply the scripted model writes in `chunks` pieces over `seconds`, to `params["stream"]`

@@ -570,10 +570,7 @@ async def test_python_m_bot_answers_on_discord_and_never_logs_the_token(
         await say(discord_fake, GENERAL, "hello process", mentions=[discord_fake.bot])
         [reply] = await discord_fake.wait_for_messages(1, timeout=20)
         # Streamed (the default): the message ends as the reply, whatever it showed while written.
-        deadline = asyncio.get_running_loop().time() + 20
-        while reply["content"] != "Hello from Test" and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
-        assert reply["content"] == "Hello from Test"
+        await discord_fake.wait_for(lambda: reply["content"] == "Hello from Test", timeout=20)
         assert all("Hello from Test".startswith(shown.removesuffix(" ▌"))
                    for shown in discord_fake.history[reply["id"]])
     finally:

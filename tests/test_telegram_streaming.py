@@ -77,7 +77,8 @@ def gated(telegram: FakeTelegram, pieces: list[str], *, wait_for: list[str] | No
                                                           if c.method in PREVIEWS))
             except AssertionError:
                 raise AssertionError(f"never shown: {expected!r}; shown: "
-                                     f"{[(c.method, c.get('text')) for c in telegram.calls if c.method in PREVIEWS]}")
+                                     f"{[(c.method, c.get('text')) for c in telegram.calls if c.method in PREVIEWS]}"
+                                     ) from None
         await on_text("</text></response>")
         return ModelOutput(xml_reply(html.escape(text, quote=False)))
 
