@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import hashlib
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -245,6 +246,12 @@ async def populate(runtime: AgentRuntime, pages: list[Page], count: int) -> None
             await conn.execute(embeddings.insert(), [
                 {"memory_id": r["id"], "dim": len(v), "vector": np.asarray(v, dtype=np.float32).tobytes()}
                 for r, v in zip(fragments, vectors, strict=True)])
+    # Settle the bulk load as the database would on its own in time (PostgreSQL's autovacuum), so
+    # the planner uses the full-text index rather than scanning a table it has no statistics for.
+    async with runtime.store.engine.connect() as conn:
+        autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await autocommit.exec_driver_sql("ANALYZE" if runtime.store.engine.dialect.name == "postgresql"
+                                         else "PRAGMA optimize")
 
 
 async def timed(calls: list[Callable[[], Awaitable[Any]]]) -> list[float]:
@@ -308,7 +315,7 @@ async def time_searches(runtime: AgentRuntime, pages: list[Page], questions: lis
     setup = time.perf_counter() - started
     started = time.perf_counter()
     await settle(runtime)
-    load = time.perf_counter() - started
+    first = time.perf_counter() - started
     for question in question_set(pages, 5, seed=99):
         await search_knowledge(runtime, asking(runtime, question.text))
     messages = [asking(runtime, q.text) for q in questions]
@@ -319,16 +326,19 @@ async def time_searches(runtime: AgentRuntime, pages: list[Page], questions: lis
             chosen.append([p.memory.content.text for p, _ in await search_knowledge(runtime, message)])
         return call
 
+    load_before = os.getloadavg()[0]
     ms = await timed([search(m) for m in messages])
+    load = max(load_before, os.getloadavg()[0])
     found = sum(holds(texts, q) for texts, q in zip(chosen, questions, strict=True))
     count = await runtime.store.count_memories(agent_id=runtime.agent_id, room_id=runtime.agent_id,
                                                type=MemoryType.FRAGMENT)
     legs = await leg_latency(runtime, messages)
-    return {"latency_fragments": count, "latency_setup_s": round(setup, 1), "first_search_s": round(load, 2),
-            **legs,
+    return {"latency_fragments": count, "latency_setup_s": round(setup, 1), "first_search_s": round(first, 2),
+            # Other processes on the machine slow numpy and SQLite alike: the figures mean little above 1.
+            "load_average_while_timing": round(load, 2), **legs,
             "search_p50_ms": round(statistics.median(ms), 2), "search_p95_ms": round(percentile(ms, 95), 2),
             "search_p99_ms": round(percentile(ms, 99), 2),
-            "recall_at_5_offline_at_100k": round(found / len(questions), 3)}
+            "latency_recall_at_5_offline": round(found / len(questions), 3)}
 
 
 async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:

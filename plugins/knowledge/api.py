@@ -7,18 +7,18 @@
 Plugin routes are admin-only unless marked public, and errors use the server's JSON envelope
 (`ApiError`). An upload's type is checked from its file name before its bytes are read, and its
 size while they stream in, so a 200 MB file is refused after KNOWLEDGE_MAX_FILE_MB, not after
-200 MB sit in memory. Type and size problems refuse the whole request before anything is indexed;
-a file whose content cannot be read (binary, corrupt or encrypted PDF) is refused on its own,
-and the error says which other files were indexed.
+200 MB sit in memory; files are indexed one at a time as they arrive, so an upload holds one file
+in memory at most. A file of another type or whose content cannot be read (binary, corrupt or
+encrypted PDF) is refused on its own; the error says which other files were indexed.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, MultipartReader, web
 from pydantic import BaseModel
 
 from bot.plugin import Route
@@ -62,10 +62,26 @@ class Deleted(BaseModel):
     deleted: uuid.UUID
 
 
-@dataclass(frozen=True, slots=True)
-class Upload:
-    name: str
-    data: bytes
+def _noting(error: ApiError, indexed: list[DocumentOut]) -> ApiError:
+    """The error, saying which files of the upload were indexed before it."""
+    if not indexed:
+        return error
+    return ApiError(error.status, error.code, f"{error.message} (indexed: {', '.join(d.source for d in indexed)})",
+                    details=error.details, headers=error.headers)
+
+
+async def _next_part(reader: MultipartReader) -> Any:
+    try:
+        return await reader.next()
+    except ValueError as error:  # a malformed body (aiohttp says what it could not parse)
+        raise ApiError(400, "NOT_MULTIPART", f"the multipart body cannot be read: {error}") from None
+
+
+async def _chunk(part: BodyPartReader) -> bytes:
+    try:
+        return await part.read_chunk(CHUNK_BYTES)
+    except ValueError as error:
+        raise ApiError(400, "NOT_MULTIPART", f"the multipart body cannot be read: {error}") from None
 
 
 def _json(model: BaseModel, status: int = 200) -> web.Response:
@@ -85,51 +101,67 @@ class KnowledgeApi:
         return _json(DocumentList(documents=[DocumentOut.of(d) for d in documents]))
 
     async def upload_documents(self, request: web.Request) -> web.Response:
-        """Index the uploaded files now (their vectors follow in the background): 201 with each document."""
-        uploads = await self._read_uploads(request)
+        """Index the files one by one as they arrive (their vectors follow in the background): 201
+        with each document. A file of another type or unreadable content is refused on its own (400
+        once the rest are in); one over the size cap stops the upload there (413). Both errors name
+        the files indexed before."""
         indexed: list[DocumentOut] = []
-        refused: list[dict[str, str]] = []
-        for upload in uploads:
-            try:
-                indexed.append(DocumentOut.of(await self.base.add_upload(upload.name, upload.data)))
-            except KnowledgeInputError as error:  # one line naming the file and the fix
-                refused.append({"field": upload.name, "message": str(error)})
+        refused: list[tuple[str, dict[str, str]]] = []  # (error code, detail)
+        try:
+            async for name, data in self._files(await self._reader(request)):
+                if data is None:
+                    refused.append(("UNSUPPORTED_FILE_TYPE", {"field": name, "message": f"{name} is not a "
+                                                              f"supported type; upload {SUPPORTED} files"}))
+                    continue
+                try:
+                    indexed.append(DocumentOut.of(await self.base.add_upload(name, data)))
+                except KnowledgeInputError as error:  # one line naming the file and the fix
+                    refused.append(("UNREADABLE_FILE", {"field": name, "message": str(error)}))
+        except ApiError as error:
+            raise _noting(error, indexed) from None
         if refused:
-            done = f"; indexed: {', '.join(d.source for d in indexed)}" if indexed else ""
-            raise ApiError(400, "UNREADABLE_FILE", "; ".join(r["message"] for r in refused) + done, details=refused)
+            details = [detail for _, detail in refused]
+            raise _noting(ApiError(400, refused[0][0], "; ".join(d["message"] for d in details), details=details),
+                          indexed)
+        if not indexed:
+            raise ApiError(400, "NO_FILE", "the upload has no file part; send one or more files, e.g. curl -F "
+                           "file=@guide.md")
         return _json(DocumentList(documents=indexed), status=201)
 
-    async def _read_uploads(self, request: web.Request) -> list[Upload]:
+    @staticmethod
+    async def _reader(request: web.Request) -> MultipartReader:
         if request.content_type != "multipart/form-data":
             raise ApiError(400, "NOT_MULTIPART", "upload files as multipart/form-data (e.g. curl -F "
                            "file=@guide.md); supported types: " + SUPPORTED)
         try:
-            reader = await request.multipart()
+            return await request.multipart()
         except (ValueError, AssertionError):
             raise ApiError(400, "NOT_MULTIPART", "the multipart body cannot be read (missing boundary?)") from None
-        uploads: list[Upload] = []
-        while (part := await reader.next()) is not None:
+
+    async def _files(self, reader: MultipartReader) -> AsyncIterator[tuple[str, bytes | None]]:
+        """(file name, bytes) of each file part, None for the bytes of a file of another type (not
+        read); form fields are skipped."""
+        files = 0
+        while (part := await _next_part(reader)) is not None:
             if not isinstance(part, BodyPartReader):
                 raise ApiError(400, "NESTED_MULTIPART", "send each file as its own part, not nested multipart")
             if part.filename is None:
                 await part.release()  # a plain form field: nothing to index
                 continue
-            if len(uploads) == MAX_FILES:
+            files += 1
+            if files > MAX_FILES:
                 raise ApiError(400, "TOO_MANY_FILES", f"at most {MAX_FILES} files per upload; send the rest in "
                                "another request")
-            uploads.append(Upload(part.filename, await self._read_file(part)))
-        if not uploads:
-            raise ApiError(400, "NO_FILE", "the upload has no file part; send one or more files, e.g. curl -F "
-                           "file=@guide.md")
-        return uploads
+            if kind_of(part.filename) is None:
+                await part.release()
+                yield part.filename, None
+                continue
+            yield part.filename, await self._read_file(part)
 
     async def _read_file(self, part: BodyPartReader) -> bytes:
         name = part.filename or ""
-        if kind_of(name) is None:
-            raise ApiError(400, "UNSUPPORTED_FILE_TYPE", f"{name or 'the file'} is not a supported type; upload "
-                           f"{SUPPORTED} files")
         data = bytearray()
-        while chunk := await part.read_chunk(CHUNK_BYTES):
+        while chunk := await _chunk(part):
             data += chunk
             if len(data) > self.max_bytes:
                 mb = self.base.settings.knowledge_max_file_mb
