@@ -143,7 +143,7 @@ async def test_page_asks_for_the_api_key_when_the_server_has_one(tmp_path: Path,
     async with running_app(tmp_path, fake, api_key="page-key") as bot, \
             chromium(tmp_path / "chromium", bot.url + "/") as page:
         await page.wait_for("!document.getElementById('key-form').hidden")
-        assert "API key" in await page.evaluate("document.getElementById('status').textContent")
+        await page.wait_for("document.getElementById('status').textContent.includes('API key')")
         await page.evaluate("""
             document.getElementById('api-key').value = 'page-key';
             document.querySelector('#key-form button').click();

@@ -116,6 +116,7 @@ class Realtime:
         self.sio.eio.logger.addFilter(_UNDECODABLE)  # engine.io's logger is global: added once
         self._sockets: dict[str, _Socket] = {}  # by socket id
         self._tasks: set[asyncio.Task[None]] = set()  # relays and greetings
+        self._tails: dict[uuid.UUID, asyncio.Task[None]] = {}  # each channel's latest relay
         self._turns: set[asyncio.Task[Any]] = set()  # events being handled
         self._state = ServerState()  # starting, until attached to the app, whose state it is then
         self._stopped = False
@@ -260,9 +261,16 @@ class Realtime:
         messageComplete; or messageError when the run ended otherwise. Returns at once."""
         if self._stopped:  # the run goes on and its reply is stored; no socket is left to tell
             return
-        self._spawn(self._relay(pending, channel_id), f"socket-relay-{pending.message.id}")
+        # A channel's relays take turns, so its sockets see the replies in the order the room ran them.
+        previous = self._tails.get(channel_id)
+        task = self._spawn(self._relay(pending, channel_id, previous), f"socket-relay-{pending.message.id}")
+        self._tails[channel_id] = task
+        task.add_done_callback(lambda done: self._tails.pop(channel_id) if self._tails.get(channel_id) is done
+                               else None)
 
-    async def _relay(self, pending: Pending, channel_id: uuid.UUID) -> None:
+    async def _relay(self, pending: Pending, channel_id: uuid.UUID, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])
         room = str(channel_id)
         async with aclosing(reply_events(pending, reply_timeout(self.runtime))) as events:
             async for event in events:
@@ -302,11 +310,12 @@ class Realtime:
     async def _emit(self, event: str, data: Event, to: str, *, skip_sid: str | None = None) -> None:
         await self.sio.emit(event, data.dump(), to=to, skip_sid=skip_sid)
 
-    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(_report)
+        return task
 
     async def stop(self) -> None:
         """Disconnect every socket, let the events being handled end (briefly) and wait for the relays
