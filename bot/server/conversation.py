@@ -22,13 +22,12 @@ from bot.streaming import ReplyStream
 from bot.types import ChannelType, Content, Entity, Memory, MemoryType, Room
 
 from .errors import ApiError
-from .models import StreamChunk
+from .models import MAX_TIME_MS, StreamChunk
 
 if TYPE_CHECKING:
     from bot.runtime import AgentRuntime
 
 SOURCE = "api"
-MAX_CURSOR_TIME = 2**53  # milliseconds; anything larger is no timestamp this API returned
 
 
 def user_id_for(runtime: AgentRuntime, user: str) -> uuid.UUID:
@@ -208,7 +207,7 @@ def decode_cursor(cursor: str) -> tuple[int, uuid.UUID]:
         bound = int(created_at), uuid.UUID(memory_id)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         bound = None
-    if bound is None or not 0 <= bound[0] <= MAX_CURSOR_TIME:
+    if bound is None or not 0 <= bound[0] <= MAX_TIME_MS:
         raise ApiError(400, "INVALID_CURSOR", "cursor is not one this API returned")
     return bound
 

@@ -17,6 +17,11 @@ Limit = Annotated[int, Field(ge=1, le=100)]
 Vector = Annotated[list[Annotated[float, Field(ge=-1e9, le=1e9)]], Field(min_length=1, max_length=8192)]
 
 
+# The largest time in epoch milliseconds that JavaScript (elizaOS's clients) holds exactly.
+MAX_TIME_MS = 2**53
+UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+
+
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -31,6 +31,7 @@ from bot.types import Entity, Memory, MemoryType, Room, World, now_ms
 from ..app import check_metadata, json_response, parse_body, parse_query
 from ..conversation import channel_room_key, room_id_for
 from ..errors import ApiError
+from ..models import UUID_PATTERN
 from ..openapi import Operation
 from ..sessions import SessionManager
 from .wire import (
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
 PREFIX = "/api/memory/{agent_id}"
 AGENT_PARAM = {"agent_id": "The agent's id, its name, or 'default'."}
 UUID_SCHEMA = {"format": "uuid"}  # anything else is 400 INVALID_ID
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
+_UUID = re.compile(UUID_PATTERN)
 Links = dict[str, tuple[str, dict[str, str]]]
 Q = TypeVar("Q", bound=BaseModel)
 _TARGETS = ("agent_memories", "room_memories", "update_memory", "delete_memory", "clear_room_memories",

@@ -14,11 +14,9 @@ from pydantic import Field, field_validator
 
 from bot.types import Content, Memory
 
-from ..models import Camel, IsoTime, Key, Text, ToolCallOut, from_ms, from_seconds
+from ..models import MAX_TIME_MS, Camel, IsoTime, Key, Text, ToolCallOut, from_ms, from_seconds
 from ..session_api import SessionStatus
 from ..sessions import EffectiveConfig, Session, TimeoutConfig
-
-MAX_TIME_MS = 2**53
 
 
 class CreateSession(Camel):

@@ -19,7 +19,7 @@ from ..api import RestApi, reply_timeout
 from ..app import check_metadata, json_response, parse_body, parse_query
 from ..conversation import Exchange, room_id_for
 from ..errors import ApiError
-from ..models import StreamChunk, from_ms, from_seconds
+from ..models import UUID_PATTERN, StreamChunk, from_ms, from_seconds
 from ..openapi import Operation
 from ..session_api import accept_in_session, session_status
 from ..sessions import Session, SessionExpired, SessionManager, SessionNotFound, TimeoutConfig
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
     from bot.runtime import AgentRuntime
 
 PREFIX = "/api/messaging/sessions"
-SESSION_ID = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
 
 class ElizaSessionApi:
@@ -215,7 +214,7 @@ class ElizaSessionApi:
                       {200: Ended}, errors=[404], path_params=sid),
         ]
         for operation in operations:  # a session id is a UUID, so `/health` is never taken for one
-            operation.path_schemas = {"session_id": {"pattern": SESSION_ID}}
+            operation.path_schemas = {"session_id": {"pattern": UUID_PATTERN}}
         return operations
 
 

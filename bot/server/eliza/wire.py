@@ -11,9 +11,8 @@ from pydantic.alias_generators import to_camel
 
 from bot.types import ChannelType, Content, Memory, MemoryType, Room
 
-from ..models import Key, Vector
+from ..models import MAX_TIME_MS, Key, Vector
 
-MAX_TIME = 2**53  # milliseconds: the largest time JavaScript holds exactly
 PatchText = Annotated[str, Field(max_length=8000, pattern=r"^[^\x00]*$")]
 IncludeEmbedding = Literal["true", "false"]
 
@@ -184,7 +183,7 @@ class ElizaRoomMemoriesQuery(_Query):
     table_name: MemoryType = MemoryType.MESSAGE
     include_embedding: IncludeEmbedding = "false"
     limit: int = Field(20, ge=1, le=1000)
-    before: int | None = Field(None, ge=0, le=MAX_TIME, description="Only memories created before this (ms).")
+    before: int | None = Field(None, ge=0, le=MAX_TIME_MS, description="Only memories created before this (ms).")
 
 
 class ElizaRoomIn(CamelModel):
