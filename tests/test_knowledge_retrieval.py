@@ -340,3 +340,21 @@ async def test_a_small_local_model_reads_the_passage_in_its_system_prompt(sqlite
     assert (await chat.send("How long is the warranty on the Zorblax 3000?")).status == "completed"
     params = next(p for t, p in model.calls if t is ModelType.TEXT_LARGE)
     assert f"(from manuals/zorblax.md > Zorblax 3000 > Warranty) {WARRANTY}" in params["system"]
+
+
+async def test_a_small_local_model_keeps_the_passage_when_the_question_recalls_a_statement(
+        sqlite_store, tmp_path, model):
+    model.defaults[ModelType.TEXT_LARGE] = "Seven years."
+    tiny = model.plugin(ModelType.TEXT_LARGE, name="tiny", structured=False)
+    runtime = await start_runtime(sqlite_store, make_settings(tmp_path), model, knowledge_plugin(), tiny,
+                                  model_types=(ModelType.TEXT_SMALL, ModelType.TEXT_EMBEDDING))
+    for source, fragments in DOCS.items():
+        await put_document(sqlite_store, runtime.agent_id, source, fragments)
+    knowledge_changed(runtime)
+    chat = make_chat(runtime)
+    await chat.send("I bought a Zorblax 3000 blender last week.")
+    model.calls.clear()
+    assert (await chat.send("How long is the warranty on my Zorblax 3000 blender?")).status == "completed"
+    params = next(p for t, p in model.calls if t is ModelType.TEXT_LARGE)
+    assert "I bought a Zorblax 3000 blender last week." in params["messages"][-1]["content"], "the statement recalled"
+    assert f"(from manuals/zorblax.md > Zorblax 3000 > Warranty) {WARRANTY}" in params["system"]

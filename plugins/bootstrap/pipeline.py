@@ -187,7 +187,8 @@ class Pipeline:
             # earlier turns only distract a small model from the fact in front of it.
             text = f"Context: {' '.join(recalled)}\n\nQuestion: {text}\nAnswer from the context."
             turns, params["temperature"] = [], GROUNDED_TEMPERATURE
-            system = f"You are {character.name}. Answer the question from the context, in one short sentence."
+            grounded = f"You are {character.name}. Answer the question from the context, in one short sentence."
+            system = "\n\n".join(p for p in (grounded, context) if p)  # documents' passages stay in view
         turns.append({"role": "user", "content": said(message, text)})
         return {"prompt": message.content.text, "messages": turns, "system": system, **params}
 
