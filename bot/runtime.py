@@ -37,7 +37,7 @@ from bot.plugin import (
     resolve_plugin_order,
 )
 from bot.runtime_actions import ActionsMixin
-from bot.runtime_models import ModelError, ModelsMixin
+from bot.runtime_models import EMBEDDING_CACHE_SIZE, ModelError, ModelsMixin
 from bot.settings import Settings
 from bot.store.base import Store
 from bot.types import (
@@ -144,6 +144,9 @@ class AgentRuntime(ModelsMixin, ActionsMixin):
         self.history = MessageHistory(store, self.agent_id, settings.conversation_length)
         self._usage: list[dict[str, Any]] = []
         self._usage_task: asyncio.Task[None] | None = None
+        self._vectors = LRU(EMBEDDING_CACHE_SIZE)
+        self._embedding = {}
+        self._embedding_size = None
         # Audio read back for transcription is held in memory during the call (up to VOICE_MAX_MB):
         # connectors take a slot first, so a burst of voice notes cannot multiply that.
         self.media_slots = asyncio.Semaphore(MEDIA_SLOTS)

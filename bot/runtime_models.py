@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from bot.lru import LRU
 from bot.plugin import ModelOutput, ModelRegistration
 from bot.store.base import ModelUsage, Store
 from bot.streaming import TextSink
@@ -18,6 +19,7 @@ from bot.types import EventType, ModelType
 log = logging.getLogger("bot.runtime")
 
 USAGE_FLUSH_SECONDS = 1.0
+EMBEDDING_CACHE_SIZE = 512  # recent texts' vectors: a message is asked for by several parts of its run
 
 
 class ModelError(Exception):
@@ -33,6 +35,9 @@ class ModelsMixin:
     _models: dict[ModelType, list[ModelRegistration]]
     _usage: list[Any]
     _usage_task: asyncio.Task[None] | None
+    _vectors: LRU[str, list[float]]
+    _embedding: dict[str, asyncio.Future[list[float]]]
+    _embedding_size: int | None
 
     if TYPE_CHECKING:  # provided by AgentRuntime
         async def emit(self, event: EventType | str, payload: dict[str, Any]) -> None: ...
@@ -109,6 +114,49 @@ class ModelsMixin:
                                      time.perf_counter() - started)
             return result
         raise ModelError(f"every model for {model_type} failed: " + "; ".join(errors))
+
+    async def embed(self, text: str, *, room_id: Any = None, entity_id: Any = None) -> list[float]:
+        """The TEXT_EMBEDDING vector of one text, computed once: the embedding queue, recall and
+        knowledge search all ask for the new message's, so recent vectors are kept by text and
+        concurrent asks share one call. Raises ModelError as `use_model` does."""
+        if (vector := self._vectors.get(text)) is not None:
+            return list(vector)
+        call = self._embedding.get(text)
+        if call is None:
+            call = asyncio.ensure_future(self.use_model(ModelType.TEXT_EMBEDDING, {
+                "text": text, "room_id": room_id, "entity_id": entity_id}))
+            self._embedding[text] = call
+            call.add_done_callback(lambda done: self._embedded(text, done))
+        return list(await asyncio.shield(call))
+
+    async def embed_many(self, texts: list[str]) -> list[list[float]]:
+        """Vectors for a batch (one call for the texts not embedded lately), in the order given."""
+        known = {t: self._vectors[t] for t in texts if t in self._vectors}
+        missing = [t for t in dict.fromkeys(texts) if t not in known]
+        if missing:
+            vectors = await self.use_model(ModelType.TEXT_EMBEDDING, {"texts": missing})
+            if len(vectors) != len(missing):
+                raise ModelError(f"asked for {len(missing)} vectors, got {len(vectors)}")
+            for text, vector in zip(missing, vectors, strict=True):
+                known[text] = list(vector)
+                self._remember_vector(text, known[text])
+        return [list(known[t]) for t in texts]
+
+    async def embedding_size(self) -> int:
+        """The embedding model's vector size, learnt from any vector it made (one probe at most)."""
+        if self._embedding_size is None:
+            self._embedding_size = len(await self.embed("size"))
+        return self._embedding_size
+
+    def _embedded(self, text: str, call: asyncio.Future[list[float]]) -> None:
+        self._embedding.pop(text, None)
+        if not call.cancelled() and call.exception() is None:
+            self._remember_vector(text, list(call.result()))
+
+    def _remember_vector(self, text: str, vector: list[float]) -> None:
+        if vector:
+            self._vectors[text] = vector
+            self._embedding_size = len(vector)
 
     async def _record_usage(
         self, model_type: ModelType, provider: str, result: ModelOutput, params: dict[str, Any], duration: float

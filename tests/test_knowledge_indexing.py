@@ -24,6 +24,7 @@ from bot.character import load_character
 from bot.runtime import AgentRuntime
 from bot.store.base import Store
 from bot.types import MemoryType, ModelType
+from plugins.bootstrap.embeddings import VectorSizeCheck
 from plugins.knowledge import KnowledgeInputError, create_plugin, knowledge_base
 from plugins.knowledge.chunking import chunk_text, split_sections
 from plugins.knowledge.indexer import KnowledgeBase
@@ -78,9 +79,11 @@ class Embedder:
         self.dim = dim
         self.texts: list[str] = []
 
-    def __call__(self, params: dict[str, Any]) -> list[list[float]]:
-        self.texts.extend(params["texts"])
-        return [[b / 255 + 0.01 for b in hashlib.sha256(t.encode()).digest()[:self.dim]] for t in params["texts"]]
+    def __call__(self, params: dict[str, Any]) -> list[list[float]] | list[float]:
+        texts = params["texts"] if "texts" in params else [params["text"]]
+        self.texts.extend(texts)
+        vectors = [[b / 255 + 0.01 for b in hashlib.sha256(t.encode()).digest()[:self.dim]] for t in texts]
+        return vectors if "texts" in params else vectors[0]
 
 
 MARKDOWN = """# Zorblax 3000
@@ -276,8 +279,9 @@ async def test_restart_reindexes_only_what_changed(store: Store, tmp_path: Path)
     runtime, base = await start(store, tmp_path, character, embedder)
     after = await fragments_by_source(store, runtime.agent_id)
     assert (base.progress.indexed, base.progress.removed, base.progress.embedded) == (1, 1, 0)
-    # One probe of the model's vector size, then the edited file's fragments: nothing else.
-    assert embedder.texts == ["dimension check", "Returns\nReturns are free within sixty days."]
+    # One probe of the model's vector size (the indexer's and the size check's), then the edited
+    # file's fragments: nothing else.
+    assert embedder.texts == ["size", "Returns\nReturns are free within sixty days."]
     assert "docs/team.txt" not in after
     assert not any(d.source == "docs/team.txt" for d in await base.list_documents())
     assert [f.content.text for f in after["docs/sub/returns.md"]] == ["Returns are free within sixty days."]
@@ -289,16 +293,21 @@ async def test_restart_reindexes_only_what_changed(store: Store, tmp_path: Path)
 
     embedder = Embedder()
     runtime, base = await start(store, tmp_path, character, embedder)
-    assert embedder.texts == ["dimension check"] and base.progress.indexed == 0
+    assert embedder.texts == ["size"] and base.progress.indexed == 0
     assert base.progress.done == base.progress.documents == 5
 
 
-async def test_a_new_vector_size_re_embeds_every_fragment(store: Store, tmp_path: Path) -> None:
+async def test_a_new_vector_size_re_embeds_every_fragment(store: Store, tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
     character = write_corpus(tmp_path / "ava")
     runtime, _ = await start(store, tmp_path, character, Embedder(dim=8))
     await stop(runtime)
     embedder = Embedder(dim=12)
+    caplog.set_level(logging.INFO)
     runtime, base = await start(store, tmp_path, character, embedder)
+    await next(s for s in runtime.services if isinstance(s, VectorSizeCheck)).task
+    sized = [r for r in caplog.records if "size" in r.getMessage() and r.levelno >= logging.WARNING]
+    assert len(sized) == 1 and "of size 8" in sized[0].getMessage(), "one line says the size changed"
     fragments = await store.get_memories(agent_id=runtime.agent_id, type=MemoryType.FRAGMENT, count=None)
     assert {len(f.embedding or []) for f in fragments} == {12}
     assert (base.progress.indexed, base.progress.embedded) == (0, 6)

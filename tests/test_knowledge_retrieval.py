@@ -358,3 +358,24 @@ async def test_a_small_local_model_keeps_the_passage_when_the_question_recalls_a
     params = next(p for t, p in model.calls if t is ModelType.TEXT_LARGE)
     assert "I bought a Zorblax 3000 blender last week." in params["messages"][-1]["content"], "the statement recalled"
     assert f"(from manuals/zorblax.md > Zorblax 3000 > Warranty) {WARRANTY}" in params["system"]
+
+
+async def test_a_message_is_embedded_once_for_recall_knowledge_and_storage(sqlite_store, tmp_path, model):
+    model.defaults[ModelType.TEXT_LARGE] = "You had pasta."
+    tiny = model.plugin(ModelType.TEXT_LARGE, name="tiny", structured=False)
+    runtime = await start_runtime(sqlite_store, make_settings(tmp_path), model, knowledge_plugin(), tiny,
+                                  model_types=(ModelType.TEXT_SMALL, ModelType.TEXT_EMBEDDING))
+    for source, fragments in DOCS.items():
+        await put_document(sqlite_store, runtime.agent_id, source, fragments)
+    knowledge_changed(runtime)
+    chat = make_chat(runtime)
+    await chat.send("I had pasta for dinner.")
+    question = chat.message("What did I eat yesterday?")  # no word in common: recall goes by meaning
+    outcome = await (await runtime.receive_message(question, chat.callback)).outcome
+    assert outcome.status == "completed"
+    await runtime.message_handler.embeddings.flush()
+    assert (await sqlite_store.get_memory(question.id)).embedding, "the queue stored the message's vector"
+    text = question.content.text
+    asked = [p for t, p in model.calls if t is ModelType.TEXT_EMBEDDING
+             and (p.get("text") == text or text in p.get("texts", ()))]
+    assert len(asked) == 1, "recall, knowledge search and the embedding queue share one vector"

@@ -49,7 +49,7 @@ class EmbeddingQueue:
     async def _embed_next_batch(self) -> None:
         batch, self._pending = self._pending[:BATCH_SIZE], self._pending[BATCH_SIZE:]
         try:
-            vectors = await self.runtime.use_model(ModelType.TEXT_EMBEDDING, {"texts": [m.content.text for m in batch]})
+            vectors = await self.runtime.embed_many([m.content.text for m in batch])
             await self.runtime.store.set_embeddings([(m.id, v) for m, v in zip(batch, vectors, strict=True)])
         except Exception as error:
             log.warning("embedding %d memories failed (they stay searchable by text): %s", len(batch), error)
@@ -70,8 +70,8 @@ class VectorSizeCheck(Service):
 
     Nothing is mixed up: the store keeps one vector index per size, so those vectors are simply
     not found by meaning. Messages and facts keep them (re-embedding a history would cost an API
-    bill); the knowledge indexer re-embeds its fragments. Learning the model's size costs one
-    embedding of one word, and only when vectors are stored.
+    bill); the knowledge indexer re-embeds its fragments. Learning the model's size costs at most
+    one embedding of one word (shared with the indexer), and only when vectors are stored.
     """
 
     service_type = "vector-size-check"
@@ -90,7 +90,7 @@ class VectorSizeCheck(Service):
         if not sizes:
             return
         try:
-            size = len(await runtime.use_model(ModelType.TEXT_EMBEDDING, {"text": "size"}))
+            size = await runtime.embedding_size()
         except ModelError as error:  # the queue will say so when it embeds; nothing to compare with
             log.debug("vector sizes not checked: %s", error)
             return

@@ -64,7 +64,7 @@ async def recall_statements(runtime: AgentRuntime, message: Memory, limit: int =
     if statements or not runtime.has_model(ModelType.TEXT_EMBEDDING):
         return statements
     try:
-        vector = await runtime.use_model(ModelType.TEXT_EMBEDDING, {"text": message.content.text})
+        vector = await runtime.embed(message.content.text, room_id=message.room_id, entity_id=message.entity_id)
     except ModelError:  # the embedding API is down: answer without, as with no model at all
         return []
     hits = await runtime.store.search_memories_by_embedding(vector, min_score=MIN_SIMILARITY, **scope)

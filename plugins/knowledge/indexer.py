@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from bot.character import Character
 from bot.ids import create_unique_uuid
+from bot.runtime_models import ModelError
 from bot.settings import Settings
 from bot.types import Content, Memory, MemoryType, ModelType
 
@@ -243,14 +244,11 @@ class KnowledgeBase:
         sizes = {_meta(doc).get("embedding_dim") for doc in documents} - {None}
         if not sizes or not self._runtime.has_model(ModelType.TEXT_EMBEDDING):
             return None
-        vectors = await self._embed_texts(["dimension check"])
-        if vectors is None:
+        try:  # the size check (plugins/bootstrap/embeddings.py) says when it changed: one line
+            return await self._runtime.embedding_size()
+        except ModelError as error:
+            self._embedding_failure(error)
             return None
-        dim = len(vectors[0])
-        if sizes - {dim}:
-            log.warning("knowledge: the embedding model now makes %d-dimension vectors; documents embedded with "
-                        "%s dimensions are embedded again", dim, "/".join(str(s) for s in sorted(sizes - {dim})))
-        return dim
 
     # One document ---------------------------------------------------------------------------------
     async def _index_source(self, source: Source, old: Memory | None) -> int | None:
@@ -349,11 +347,14 @@ class KnowledgeBase:
             if len(vectors) != len(texts) or not all(len(v) for v in vectors):
                 raise ValueError(f"asked for {len(texts)} vectors, got {len(vectors)}")
         except Exception as error:
-            self._embedding_failed = True
-            log.warning("knowledge: embedding failed, so documents are searched by full text only until the next "
-                        "start (check the embedding model): %s: %s", type(error).__name__, error)
+            self._embedding_failure(error)
             return None
         return [list(v) for v in vectors]
+
+    def _embedding_failure(self, error: Exception) -> None:
+        self._embedding_failed = True
+        log.warning("knowledge: embedding failed, so documents are searched by full text only until the next "
+                    "start (check the embedding model): %s: %s", type(error).__name__, error)
 
     # What the API asks ----------------------------------------------------------------------------
     async def _documents(self) -> list[Memory]:

@@ -216,15 +216,13 @@ def coverage(words: Sequence[str], text: str) -> float:
 
 
 async def _query_vector(runtime: AgentRuntime, message: Memory) -> list[float] | None:
-    """The message's embedding: the stored one when the pipeline already made it, else one call."""
+    """The message's embedding: the stored one, else the runtime's (made once per text)."""
     if message.embedding:
         return list(message.embedding)
     if not runtime.has_model(ModelType.TEXT_EMBEDDING):
         return None
     try:
-        vector = await runtime.use_model(ModelType.TEXT_EMBEDDING, {
-            "text": message.content.text, "room_id": message.room_id, "entity_id": message.entity_id,
-        })
+        vector = await runtime.embed(message.content.text, room_id=message.room_id, entity_id=message.entity_id)
     except ModelError as error:  # knowledge still comes by full text
         log.warning("embedding the message for knowledge search failed (full-text search only): %s", error)
         return None
