@@ -67,6 +67,27 @@ async def _postgres_store(url: str) -> AsyncIterator[SqlStore]:
         await admin.close()
 
 
+@pytest.fixture
+async def shared_postgres() -> AsyncIterator[list[SqlStore]]:
+    """Two stores (two processes' pools) on one fresh PostgreSQL schema; the runtimes started on
+    them are stopped first."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if not url:
+        pytest.skip("set TEST_DATABASE_URL to run the PostgreSQL tests of several processes")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(make_url(url).set(drivername="postgresql").render_as_string(hide_password=False))
+    await admin.execute(f"CREATE SCHEMA {schema}")
+    stores = [SqlStore.from_url(url, connect_args={"server_settings": {"search_path": schema}}) for _ in range(2)]
+    try:
+        yield stores
+    finally:
+        for store in stores:
+            await stop_started(store)
+            await store.close()
+        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        await admin.close()
+
+
 @pytest.fixture(params=STORE_BACKENDS)
 async def raw_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlStore]:
     """An uninitialised SqlStore per backend (SQLite file; PostgreSQL when TEST_DATABASE_URL is set)."""

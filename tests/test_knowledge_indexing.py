@@ -479,3 +479,62 @@ def test_knowledge_off_loads_no_plugin(tmp_path: Path) -> None:
     assert {(r.method, r.path) for r in plugin.routes} == {
         ("GET", "/api/knowledge/documents"), ("POST", "/api/knowledge/documents"),
         ("DELETE", "/api/knowledge/documents/{document_id}")}
+
+
+async def test_processes_sharing_postgres_run_one_start_up_pass(shared_postgres: list[Store], tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    character_path = write_corpus(tmp_path / "ava")
+    character = load_character(character_path).character
+    first_embedder, second_embedder = Embedder(), Embedder()
+    first_embeds, gate = asyncio.Event(), asyncio.Event()
+
+    async def held(params: dict[str, Any]) -> Any:  # the first process stays mid-pass until the gate opens
+        first_embeds.set()
+        await gate.wait()
+        return first_embedder(params)
+
+    waiting = asyncio.Event()
+
+    class Waiting(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "another process is indexing" in record.getMessage():
+                waiting.set()
+
+    async def process(store: Store, embedder: Any) -> tuple[AgentRuntime, KnowledgeBase]:
+        await store.init()
+        config = make_settings(tmp_path, character_path=character_path)
+        plugin = create_plugin(config, character)
+        assert plugin is not None
+        model = ScriptedModel(defaults={ModelType.TEXT_EMBEDDING: embedder})
+        runtime = await start_runtime(store, config, model, plugin, character=character,
+                                      model_types=(ModelType.TEXT_SMALL, ModelType.TEXT_LARGE,
+                                                   ModelType.TEXT_EMBEDDING))
+        base = knowledge_base(runtime)
+        assert base is not None
+        return runtime, base
+
+    handler = Waiting()
+    caplog.set_level(logging.INFO, logger="plugins.knowledge.indexer")
+    logging.getLogger("plugins.knowledge.indexer").addHandler(handler)
+    try:
+        first, first_base = await process(shared_postgres[0], held)
+        await asyncio.wait_for(first_embeds.wait(), WAIT)
+        second, second_base = await process(shared_postgres[1], second_embedder)
+        await asyncio.wait_for(waiting.wait(), WAIT)
+        # Meanwhile the second process searches, loading the vectors it can see (none yet).
+        probe = first_embedder({"texts": ["x"]})[0]
+        assert not await second.store.search_memories_by_embedding(probe, agent_id=second.agent_id,
+                                                                    type=MemoryType.FRAGMENT, count=100)
+        assert not second_base.indexed.is_set()
+        gate.set()
+        await asyncio.wait_for(first_base.indexed.wait(), WAIT)
+        await asyncio.wait_for(second_base.indexed.wait(), WAIT)
+    finally:
+        logging.getLogger("plugins.knowledge.indexer").removeHandler(handler)
+    assert first_base.progress.indexed == first_base.progress.documents == 6
+    assert (second_base.progress.indexed, second_base.progress.embedded, second_base.progress.state) == (0, 0, "ready")
+    assert set(second_embedder.texts) <= {"size"}, "the second process embedded no document"
+    fragments = await second.store.count_memories(agent_id=second.agent_id, type=MemoryType.FRAGMENT)
+    hits = await second.store.search_memories_by_embedding(probe, agent_id=second.agent_id,
+                                                            type=MemoryType.FRAGMENT, count=100)
+    assert len(hits) == fragments > 0, "after waiting, the second process searches the first one's vectors"

@@ -4,14 +4,10 @@ sharing one PostgreSQL that see the same due task send it once."""
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 
-import asyncpg
 import pytest
-from sqlalchemy.engine import make_url
 
-from bot.store.sql import SqlStore
 from bot.types import Task
 from tests.runtime_helpers import ScriptedModel, make_chat
 from tests.task_helpers import FakeClock, RoomConnector, service, task_runtime
@@ -38,25 +34,6 @@ async def test_concurrent_claims_have_one_winner(store, agent_id):
     claims = [task.model_copy(update={"metadata": {"by": i}, "updated_at": 2 + i}) for i in range(8)]
     won = await asyncio.gather(*(store.claim_task(c, 1) for c in claims))
     assert sum(won) == 1
-
-
-@pytest.fixture
-async def shared_postgres():
-    """Two stores (two processes' pools) on one fresh PostgreSQL schema."""
-    url = os.environ.get("TEST_DATABASE_URL")
-    if not url:
-        pytest.skip("set TEST_DATABASE_URL to run the PostgreSQL task tests")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(make_url(url).set(drivername="postgresql").render_as_string(hide_password=False))
-    await admin.execute(f"CREATE SCHEMA {schema}")
-    stores = [SqlStore.from_url(url, connect_args={"server_settings": {"search_path": schema}}) for _ in range(2)]
-    try:
-        yield stores
-    finally:
-        for store in stores:
-            await store.close()
-        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
-        await admin.close()
 
 
 @pytest.mark.parametrize("repeat", [False, True])

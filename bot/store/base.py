@@ -227,6 +227,11 @@ class Store(ABC):
         """How many of the agent's memories have an embedding, per vector size."""
 
     @abstractmethod
+    def forget_vectors(self, agent_id: uuid.UUID) -> None:
+        """Drop what this process holds of the agent's vectors (an in-process index), so the next
+        search reads them afresh, with what other processes wrote meanwhile."""
+
+    @abstractmethod
     async def search_memories_by_embedding(
         self,
         embedding: Sequence[float],

@@ -758,6 +758,10 @@ class SqlStore(Store):
     def _index_remove(self, memory_ids: list[str]) -> None:
         self._index_touch(lambda index: index.remove(memory_ids))
 
+    def forget_vectors(self, agent_id: uuid.UUID) -> None:
+        for key in [key for key, slot in self._slots.items() if key[0] == str(agent_id) and slot.journal is None]:
+            del self._slots[key]
+
     async def _index(self, agent_id: str, dim: int) -> VectorIndex:
         """The loaded index for (agent, dim), reading it from the database on first use."""
         key = (agent_id, dim)

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, Literal
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EMBED_BATCH = 64
+LOCK_RETRY_SECONDS = 1.0  # how often a process waiting for another's start-up pass asks again
 SOURCE = "knowledge"
 
 
@@ -162,7 +165,8 @@ class KnowledgeBase:
         self._embedding_failed = False
         started = time.monotonic()
         try:
-            await self._index_all(progress)
+            async with self._one_process_indexing():
+                await self._index_all(progress)
             progress.state = "ready"
         except asyncio.CancelledError:
             progress.state = "failed"
@@ -179,6 +183,30 @@ class KnowledgeBase:
                      "%d re-embedded, %d removed", progress.documents, progress.fragments, progress.seconds,
                      progress.indexed, progress.embedded, progress.removed)
         return progress
+
+    @asynccontextmanager
+    async def _one_process_indexing(self) -> AsyncIterator[None]:
+        """With several processes on one PostgreSQL database, one start-up pass at a time per agent
+        (an advisory lock): the others wait, then find the documents indexed and only read hashes.
+        A process that waited forgets its loaded vectors, so its searches see the other's."""
+        runtime = self._runtime
+        coordinator = runtime.store.coordinator()
+        if coordinator is None:
+            yield
+            return
+        key = create_unique_uuid(runtime.agent_id, "knowledge:indexing")
+        try:
+            for attempt in itertools.count():
+                if await coordinator.claim(key):
+                    break
+                if attempt == 0:
+                    log.info("knowledge: another process is indexing this agent's documents; waiting for it")
+                await asyncio.sleep(LOCK_RETRY_SECONDS)
+            if attempt:
+                runtime.store.forget_vectors(runtime.agent_id)
+            yield
+        finally:
+            await coordinator.close()  # the lock ends with its connection
 
     async def _index_all(self, progress: IndexProgress) -> None:
         found = await asyncio.to_thread(discover, self.character, self.settings)
