@@ -183,8 +183,10 @@ def content_words(text: str) -> list[str]:
 def forms(word: str) -> list[str]:
     """A word and its regular English inflections, so "charging" finds "charge" and "charges"
     (full-text search matches whole words only). A guess that is not a word matches nothing."""
-    if len(word) <= 4 or not word.isalpha():
+    if not word.isalpha():
         return [word]
+    if len(word) <= 4:  # last: lasts; code: codes
+        return [word, word + "s"]
     suffix = _SUFFIX.search(word)
     stem = word[:suffix.start()] if suffix else word
     if stem.endswith("e"):  # phone: phones, phoned, phoning; guaranteed: guarantee
@@ -245,8 +247,13 @@ async def _text_hits(runtime: AgentRuntime, words: list[str], count: int) -> lis
         return []
     hits = await runtime.store.search_memories_by_text(
         query, agent_id=runtime.agent_id, type=MemoryType.FRAGMENT, count=count)
-    scored = ((hit, coverage(words, hit.memory.content.text)) for hit in hits)
+    scored = ((hit, coverage(words, f"{_heading(hit.memory)}\n{hit.memory.content.text}")) for hit in hits)
     return [(hit, share) for hit, share in scored if share >= WORD_COVERAGE]
+
+
+def _heading(fragment: Memory) -> str:
+    """The fragment's heading path ("Zorblax 3000 > Warranty"): it says what the passage is about."""
+    return (fragment.metadata.get("knowledge") or {}).get("heading") or ""
 
 
 def fuse(vector: list[ScoredMemory], text: list[tuple[ScoredMemory, float]]) -> list[Passage]:
