@@ -354,7 +354,7 @@ async def test_uploads_are_indexed_listed_replaced_and_deleted(store: Store, tmp
 
 
 # --- the whole bot: background indexing, OpenAI embeddings through FakeOpenAI, bad input ---------------
-PROBES = ("dimension check", "size")
+PROBES = ("size",)  # the one-word probe of the embedding model's vector size
 
 def embedded_inputs(fake: FakeOpenAI) -> list[str]:
     texts: list[str] = []
@@ -392,8 +392,8 @@ async def test_the_bot_indexes_with_openai_embeddings_and_a_restart_redoes_only_
         (root / "guide.md").write_text(MARKDOWN.replace("seven years", "ten years"))
         app = await run_app(tmp_path, fake, character)  # a new App on the same SQLite file
         try:
-            # Besides one-word probes of the model's vector size (the indexer's and the start-up
-            # check's), only the edited file's fragments were embedded.
+            # Besides one probe of the model's vector size (shared by the indexer and the start-up
+            # check), only the edited file's fragments were embedded.
             again = [t for t in embedded_inputs(fake)[len(first):] if t not in PROBES]
             guide = [text for text in first if "Zorblax 3000" in text]
             assert again == [t.replace("seven years", "ten years") for t in guide]
