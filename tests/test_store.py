@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 
@@ -16,6 +17,7 @@ from bot.store.base import ModelUsage
 from bot.store.factory import create_store
 from bot.store.schema import LATEST_VERSION, memories, schema_version
 from bot.store.sql import SqlStore, normalize_url
+from bot.store.vector import VectorIndex
 from bot.types import (
     Agent,
     ChannelType,
@@ -288,6 +290,36 @@ async def test_embedding_index_follows_writes_after_loading(store: SqlStore, age
     assert await store.search_memories_by_embedding([1, 0], agent_id=agent_id) == []
 
 
+@pytest.mark.parametrize("min_score", [None, 0.05])
+def test_vector_index_returns_the_exact_top_rows_under_every_filter(min_score: float | None) -> None:
+    """Against a brute-force ranking: narrow filters (scoring only the matching rows), broad ones
+    (scoring all, the rest excluded), a bar, and counts beyond the matches."""
+    rng = np.random.default_rng(7)
+    size, dim = 3000, 16
+    vectors = rng.standard_normal((size, dim)).astype(np.float32)
+    rooms = [f"room{i % 50}" for i in range(size)]
+    types = ["fragments" if i % 10 else "messages" for i in range(size)]
+    index = VectorIndex(dim)
+    index.load([f"m{i}" for i in range(size)], rooms, ["someone"] * size, types, vectors)
+    index.remove([f"m{i}" for i in range(0, size, 7)])
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    for query in rng.standard_normal((5, dim)).astype(np.float32):
+        scores = unit @ (query / np.linalg.norm(query))
+        for filters in ({}, {"room_id": "room3"}, {"type": "fragments"}, {"room_id": "room4", "type": "messages"}):
+            for count in (1, 7, 400):
+                expected = sorted(
+                    ((f"m{i}", float(scores[i])) for i in range(size)
+                     if i % 7 and rooms[i] == filters.get("room_id", rooms[i])
+                     and types[i] == filters.get("type", types[i])
+                     and (min_score is None or scores[i] >= min_score)),
+                    key=lambda hit: -hit[1])[:count]
+                found = index.search(query, count, min_score=min_score, **filters)
+                assert [i for i, _ in found] == [i for i, _ in expected]
+                np.testing.assert_allclose([s for _, s in found], [s for _, s in expected], rtol=1e-5)
+    assert index.search(vectors[0], 5, room_id="nowhere") == []
+    assert index.search(vectors[0], 5, min_score=1.1) == []
+
+
 # Text search --------------------------------------------------------------------------------------
 async def test_text_search_matches_any_word_safely_with_filters(store: SqlStore, agent_id: uuid.UUID) -> None:
     room, other_room = uuid.uuid4(), uuid.uuid4()
@@ -313,6 +345,23 @@ async def test_text_search_matches_any_word_safely_with_filters(store: SqlStore,
     by_entity = await store.search_memories_by_text("pizza", agent_id=agent_id, entity_id=pizza.entity_id)
     assert [h.memory.id for h in by_entity] == [pizza.id]
     assert len(await store.search_memories_by_text("pizza", agent_id=agent_id, count=1)) == 1
+
+
+async def test_text_search_ranks_only_rows_that_pass_the_filters(store: SqlStore, agent_id: uuid.UUID) -> None:
+    """The best `count` of the agent's matching fragments, however many better matches other agents
+    or other memory types hold (the ranking is limited before the rows are read)."""
+    room = uuid.uuid4()
+    fragments = [memory(agent_id, room, " ".join(["pizza"] * k + ["dough"] * (6 - k)), type=MemoryType.FRAGMENT)
+                 for k in range(1, 6)]
+    louder = [memory(uuid.uuid4(), room, "pizza " * 6, type=MemoryType.FRAGMENT) for _ in range(8)]
+    louder += [memory(agent_id, room, "pizza " * 6) for _ in range(8)]
+    for m in (*fragments, *louder):
+        await store.create_memory(m)
+    hits = await store.search_memories_by_text("pizza", agent_id=agent_id, type=MemoryType.FRAGMENT, count=3)
+    assert [h.memory.id for h in hits] == [m.id for m in fragments[:1:-1]]  # five, four and three pizzas
+    assert hits[0].score > hits[1].score > hits[2].score
+    every = await store.search_memories_by_text("pizza", agent_id=agent_id, type=MemoryType.FRAGMENT, count=50)
+    assert [h.memory.id for h in every] == [m.id for m in reversed(fragments)]
 
 
 # Relationships, tasks, cache, logs, usage ---------------------------------------------------------

@@ -3,7 +3,7 @@
 Hot paths are single statements built once in `__init__` (SQLAlchemy then reuses their compiled
 form): `create_memory` is one INSERT .. ON CONFLICT DO NOTHING (two with an embedding),
 `set_run_states` one batched UPDATE and `get_memories` one SELECT. Embedding search runs in process over `VectorIndex` (see vector.py);
-text search uses FTS5 on SQLite and a tsvector GIN index on PostgreSQL.
+text search uses FTS5 on SQLite and a stored tsvector column with a GIN index on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from bot.store.coordination import PgCoordinator
 from bot.store.schema import (
     LATEST_VERSION,
     MIGRATIONS,
-    PG_TSVECTOR,
+    PG_TEXT_SEARCH,
     UNFINISHED,
     agents,
     cache,
@@ -152,6 +152,10 @@ def _memory(row: sa.Row[Any]) -> Memory:
     )
 
 
+# Built once, like the queries below: every search reads its hits' rows through it.
+_MEMORIES_BY_ID = (sa.select(*_MEMORY_COLUMNS).select_from(_MEMORY_FROM)
+                   .where(memories.c.id.in_(sa.bindparam("ids", expanding=True))))
+
 _RECENT_OPTIONAL = ("room_id", "entity_id", "before", "after", "count")
 
 
@@ -169,6 +173,50 @@ def _recent_memories_query(room: bool, entity: bool, before: bool, after: bool, 
         where.append(memories.c.created_at > sa.bindparam("after"))
     stmt = sa.select(*_MEMORY_COLUMNS).select_from(_MEMORY_FROM).where(*where).order_by(memories.c.created_at.desc())
     return stmt.limit(sa.bindparam("count")) if limit else stmt
+
+
+_TEXT_OPTIONAL = ("room_id", "entity_id", "type")
+
+
+@functools.cache
+def _text_search_query(sqlite: bool, room: bool, entity: bool, type: bool) -> sa.Select[Any]:
+    """`search_memories_by_text` SQL for one backend and combination of filters, built once.
+
+    The inner query ranks only ids (filtered, best `count` first); the outer one reads the columns
+    of those few rows. Ranking whole rows made the sort carry the text, metadata and vector of
+    every match (hundreds per query at 100k fragments) to keep 20.
+    """
+    where = [memories.c.agent_id == sa.bindparam("agent_id")]
+    if room:
+        where.append(memories.c.room_id == sa.bindparam("room_id"))
+    if entity:
+        where.append(memories.c.entity_id == sa.bindparam("entity_id"))
+    if type:
+        where.append(memories.c.type == sa.bindparam("type"))
+    query = sa.bindparam("query")
+    if sqlite:
+        fts = sa.literal_column("memories_fts")
+        rowid = sa.literal_column("memories.rowid")
+        # bm25 is lower-is-better; the outer query negates it so scores read like similarities.
+        rank = sa.func.bm25(fts)
+        ranked = (
+            sa.select(rowid.label("key"), rank.label("rank"))
+            .select_from(memories.join(sa.table("memories_fts"), sa.literal_column("memories_fts.rowid") == rowid))
+            .where(*where, fts.op("MATCH")(query))
+            .order_by(rank).limit(sa.bindparam("count")).subquery("ranked")
+        )
+        source, score = _MEMORY_FROM.join(ranked, ranked.c.key == rowid), -ranked.c.rank
+    else:
+        tsquery = sa.func.to_tsquery(sa.literal_column("'simple'::regconfig"), query)
+        vector = sa.literal_column(f"memories.{PG_TEXT_SEARCH}")
+        rank = sa.func.ts_rank(vector, tsquery)
+        ranked = (
+            sa.select(memories.c.id.label("key"), rank.label("rank"))
+            .where(*where, vector.op("@@")(tsquery))
+            .order_by(rank.desc()).limit(sa.bindparam("count")).subquery("ranked")
+        )
+        source, score = _MEMORY_FROM.join(ranked, ranked.c.key == memories.c.id), ranked.c.rank
+    return sa.select(*_MEMORY_COLUMNS, score.label("score")).select_from(source).order_by(score.desc())
 
 
 class SqlStore(Store):
@@ -579,7 +627,7 @@ class SqlStore(Store):
     async def _memories_by_id(self, ids: Sequence[str]) -> dict[str, Memory]:
         if not ids:
             return {}
-        rows = await self._rows(sa.select(*_MEMORY_COLUMNS).select_from(_MEMORY_FROM).where(memories.c.id.in_(ids)))
+        rows = await self._rows(_MEMORIES_BY_ID, {"ids": list(ids)})
         return {row.id: _memory(row) for row in rows}
 
     @staticmethod
@@ -719,22 +767,12 @@ class SqlStore(Store):
         words = _query_words(query)
         if not words or count <= 0:
             return []
-        where = self._memory_filters(agent_id, room_id, entity_id, type)
-        if self._sqlite:
-            fts = sa.table("memories_fts", sa.column("rowid"))
-            match = " OR ".join(f'"{word}"' for word in words)
-            rank = sa.func.bm25(sa.literal_column("memories_fts"))
-            source = _MEMORY_FROM.join(fts, fts.c.rowid == sa.literal_column("memories.rowid"))
-            where.append(sa.literal_column("memories_fts").op("MATCH")(match))
-            # bm25 is lower-is-better; negate so scores read like similarities.
-            stmt = sa.select(*_MEMORY_COLUMNS, (-rank).label("score")).select_from(source).order_by(rank)
-        else:
-            tsquery = sa.func.to_tsquery(sa.literal_column("'simple'::regconfig"), " | ".join(f"'{w}'" for w in words))
-            tsvector = sa.literal_column(PG_TSVECTOR)
-            where.append(tsvector.op("@@")(tsquery))
-            score = sa.func.ts_rank(tsvector, tsquery)
-            stmt = sa.select(*_MEMORY_COLUMNS, score.label("score")).select_from(_MEMORY_FROM).order_by(score.desc())
-        rows = await self._rows(stmt.where(*where).limit(count))
+        params = {"agent_id": str(agent_id), "room_id": _id(room_id), "entity_id": _id(entity_id),
+                  "type": None if type is None else type.value}
+        stmt = _text_search_query(self._sqlite, *(params[name] is not None for name in _TEXT_OPTIONAL))
+        params |= {"count": count, "query": " OR ".join(f'"{word}"' for word in words) if self._sqlite
+                   else " | ".join(f"'{word}'" for word in words)}
+        rows = await self._rows(stmt, {name: value for name, value in params.items() if value is not None})
         return [ScoredMemory(_memory(row), float(row.score)) for row in rows]
 
     # Vector index maintenance ---------------------------------------------------------------

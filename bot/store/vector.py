@@ -159,13 +159,15 @@ class VectorIndex:
             scores = vectors[:size] @ unit
             if matches < size:
                 scores[~mask] = -np.inf
-        take = min(count, matches)
-        top = np.argpartition(-scores, take - 1)[:take] if take < len(scores) else np.arange(len(scores))
-        top = top[np.argsort(-scores[top], kind="stable")]
-        results = []
-        for position in top:
-            score = float(scores[position])
-            if min_score is not None and score < min_score:
-                break
-            results.append((ids[rows[position]], score))
-        return results
+        # Only rows that clear the bar compete for the top: a few thousand of 100k fragments at the
+        # knowledge search's 0.3, so the partition below sorts out far fewer (filtered rows are -inf).
+        passing = None if min_score is None else np.flatnonzero(scores >= min_score)
+        pool = scores if passing is None else scores[passing]
+        take = min(count, matches, len(pool))
+        if take == 0:
+            return []
+        top = np.argpartition(pool, len(pool) - take)[len(pool) - take:] if take < len(pool) else np.arange(take)
+        top = top[np.argsort(-pool[top], kind="stable")]
+        if passing is not None:
+            top = passing[top]
+        return [(ids[rows[position]], float(scores[position])) for position in top]
