@@ -16,7 +16,8 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bot.character import Character, CharacterError, load_character
+from bot.agents import AgentConfig, AgentHost, HostedAgent, Selection, StartupError, configure_agent
+from bot.character import Character
 from bot.plugin import Plugin, Priority
 from bot.runtime import AgentRuntime
 from bot.settings import Settings, SettingsError
@@ -30,10 +31,6 @@ CONNECTORS: dict[str, tuple[str, str]] = {
     "discord": ("discord_api_token", "connectors.discord_connector"),
 }
 BUILTIN = {"sql", "bootstrap", "openai", "anthropic", "local", "telegram", "discord"}
-
-
-class StartupError(Exception):
-    """Start-up cannot continue; the message is one line for the operator."""
 
 
 @dataclass
@@ -128,16 +125,6 @@ def has_platform_token(settings: Settings) -> bool:
     return any(getattr(settings, setting) is not None for setting, _ in CONNECTORS.values())
 
 
-def load_character_or_raise(settings: Settings) -> Character:
-    try:
-        loaded = load_character(settings.character_path)
-    except CharacterError as error:
-        raise StartupError(str(error)) from None
-    for warning in loaded.warnings:
-        log.warning("%s: %s", loaded.path, warning)
-    return loaded.character
-
-
 def create_runtime(settings: Settings, character: Character, store: Store, plugins: list[Plugin]) -> AgentRuntime:
     try:
         return AgentRuntime(character, settings, store, plugins)
@@ -146,28 +133,67 @@ def create_runtime(settings: Settings, character: Character, store: Store, plugi
 
 
 class App:
-    """The whole process: runtime, connectors (as services) and the HTTP server, with clean shutdown."""
+    """The whole process: one runtime per character (`agents`), their connectors (as services) and
+    the HTTP server on the primary character's runtime, with clean shutdown."""
 
-    def __init__(self, settings: Settings, character: Character, *, console: bool = False,
+    def __init__(self, settings: Settings, character: Character | None = None, *, console: bool = False,
+                 agents: list[AgentConfig] | None = None,
                  store_factory: Callable[[Settings], Store] | None = None,
                  model_plugins: list[Plugin] | None = None) -> None:
+        """`agents` (from `bot.agents.load_agent_configs`) runs several characters; `character` alone
+        runs one with the process settings and its own secrets. The console needs a single character."""
         from bot.store.factory import create_store
 
+        if agents is None:
+            if character is None:
+                raise ValueError("App needs a character or agents")
+            agents = [configure_agent(settings, character, settings.character_path)]
         self.settings = settings
-        self.character = character
         self._stopping = asyncio.Event()
-        self.selection = select_plugins(settings, character, models=model_plugins,
-                                        console_finished=self.request_stop if console else None)
+        self._model_plugins = model_plugins
+        self._console_finished = self.request_stop if console and len(agents) == 1 else None
         self.store = (store_factory or create_store)(settings)
-        self.runtime = create_runtime(settings, character, self.store, self.selection.plugins)
+        self.agents = AgentHost(agents, self._build)
         self.server = None
+
+    def _build(self, config: AgentConfig) -> Selection:
+        selection = select_plugins(config.settings, config.character, models=self._model_plugins,
+                                   console_finished=self._console_finished)
+        runtime = create_runtime(config.settings, config.character, self.store, selection.plugins)
+        connectors = sum(1 for plugin in selection.plugins if plugin.name in CONNECTORS)
+        return Selection(selection.notes, runtime, connectors, selection.plugins)
+
+    @property
+    def primary(self) -> HostedAgent:
+        return self.agents.primary
+
+    @property
+    def runtime(self) -> AgentRuntime:
+        """The primary character's runtime: the one the HTTP server and single-character code use."""
+        assert self.primary.runtime is not None
+        return self.primary.runtime
+
+    @property
+    def character(self) -> Character:
+        return self.primary.config.character
+
+    @property
+    def selection(self) -> Selection:
+        assert self.primary.selection is not None
+        return self.primary.selection
+
+    async def start_agent(self, key: str) -> HostedAgent:
+        """Start a stopped or failed agent (by id or name); see `AgentHost.start_agent`."""
+        return await self.agents.start_agent(key)
+
+    async def stop_agent(self, key: str) -> HostedAgent:
+        """Stop one running agent (by id or name); the others keep running."""
+        return await self.agents.stop_agent(key)
 
     async def start(self) -> None:
         from bot.server import WebServer
 
-        for note in self.selection.notes:
-            log.warning("%s", note)
-        self.server = WebServer(self.runtime, self.settings)
+        self.server = WebServer(self.runtime, self.primary.config.settings)
         try:
             await self.server.start()
         except OSError as error:
@@ -177,20 +203,18 @@ class App:
             ) from None
         try:
             await self._open_store()
-            await self.runtime.initialize()
+            await self.agents.start()
         except BaseException as error:
             await self.server.stop()
-            await self.runtime.stop()
             await self.store.close()
             if isinstance(error, StartupError | asyncio.CancelledError):
                 raise
             raise StartupError(f"start-up failed: {type(error).__name__}: {error}") from error
-        await self._resume()
         self.server.mark_started()
         # Start-up objects live for the whole process: keep them out of every future GC pass.
         gc.freeze()
-        log.info("%s is ready (agent %s) on port %s", self.character.name, self.runtime.agent_id,
-                 self.server.port)
+        for agent in self.agents.running():
+            log.info("%s is ready (agent %s) on port %s", agent.name, agent.id, self.server.port)
 
     async def _open_store(self) -> None:
         """Create or upgrade the schema, turning connection failures into one actionable line."""
@@ -207,17 +231,6 @@ class App:
                 "Fix: set DATA_DIR to a writable directory"
             ) from None
 
-    async def _resume(self) -> None:
-        """Answer what the last process stored but never answered, now that connectors can send."""
-        handler = self.runtime.message_handler
-        if handler is None:
-            return
-        try:
-            await handler.resume(self.settings.resume_window)
-        except Exception as error:  # the bot still serves new messages; those stay queued for the next start
-            log.error("could not resume unanswered messages (%s: %s); they stay queued for the next start",
-                      type(error).__name__, error)
-
     def request_stop(self) -> None:
         self._stopping.set()
 
@@ -229,14 +242,7 @@ class App:
         if self.server is not None:
             self.server.mark_stopping()
         try:
-            for connector in self.runtime.connectors:
-                try:
-                    await connector.stop_receiving()
-                except Exception:
-                    log.exception("%s connector could not stop receiving", connector.source)
-            if self.runtime.message_handler is not None:
-                await self.runtime.message_handler.drain(self.settings.shutdown_timeout)
-            await self.runtime.stop()
+            await self.agents.stop(self.settings.shutdown_timeout)
         finally:
             # Whatever failed above, the port and the database are let go: an open SQLite
             # connection's worker thread would keep the process from exiting.
@@ -261,4 +267,4 @@ class App:
             await self.stop()
 
 
-__all__ = ["App", "StartupError", "SettingsError", "Priority"]
+__all__ = ["App", "StartupError", "SettingsError", "Priority", "PluginSelection"]

@@ -24,8 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bot", description="parley: a character-driven chat agent for Discord and Telegram.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--character", metavar="PATH", help="character file (default: $CHARACTER_PATH or "
-                        "characters/default.json)")
+    parser.add_argument("--character", metavar="PATH", action="append",
+                        help="character file (default: $CHARACTERS, $CHARACTER_PATH or characters/default.json); "
+                        "repeat it to run several characters in this process")
     parser.add_argument("--port", type=int, help="HTTP port (default: $PORT or 3000)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("run", help="run the bot (the default)")
@@ -80,12 +81,15 @@ def check_characters(paths: list[str]) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bot.app import App, StartupError, has_platform_token, load_character_or_raise
+    from bot.agents import configure_agents, load_characters
+    from bot.app import App, StartupError, has_platform_token
     from bot.logging_setup import character_secret_values, configure_logging
 
-    overrides = {}
-    if args.character:
-        overrides["character_path"] = Path(args.character)
+    overrides: dict[str, object] = {}
+    if args.character and len(args.character) == 1:
+        overrides["character_path"], overrides["characters"] = Path(args.character[0]), []
+    elif args.character:
+        overrides["characters"] = [Path(path) for path in args.character]
     if args.port is not None:
         overrides["port"] = args.port
     try:
@@ -95,12 +99,17 @@ def run(args: argparse.Namespace) -> int:
         return 2
     redactor = configure_logging(settings)
     try:
-        character = load_character_or_raise(settings)
-        for secret in character_secret_values(character):
-            redactor.add(secret)
+        # Secrets are masked before anything about a character (its plugins' notes included) is logged.
+        characters = load_characters(settings)
+        for _path, character in characters:
+            for secret in character_secret_values(character):
+                redactor.add(secret)
+        configs = configure_agents(settings, characters)
         from connectors.console import console_wanted
 
-        app = App(settings, character, console=console_wanted(settings, has_platform_token(settings)))
+        # The terminal chat talks to one character: with several, each answers on its own bots and the API.
+        console = len(configs) == 1 and console_wanted(configs[0].settings, has_platform_token(configs[0].settings))
+        app = App(settings, agents=configs, console=console)
         asyncio.run(app.run())
     except (StartupError, SettingsError) as error:
         print(f"parley: {redactor.redact(str(error))}", file=sys.stderr)

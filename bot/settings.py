@@ -7,14 +7,20 @@ the fix, instead of surfacing later as a confusing failure deep inside a connect
 from __future__ import annotations
 
 import json
+import logging
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from bot.character import Character
+
+log = logging.getLogger(__name__)
 
 
 class ShouldRespondMode(StrEnum):
@@ -72,6 +78,7 @@ def _split_list(value: Any) -> Any:
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 StrList = Annotated[list[str], NoDecode]
 IntList = Annotated[list[int], NoDecode]
+PathList = Annotated[list[Path], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -81,6 +88,7 @@ class Settings(BaseSettings):
 
     # Core
     character_path: Path = Path("characters/default.json")
+    characters: PathList = Field(default_factory=list)  # several characters in one process (CHARACTERS=a.json,b.json)
     data_dir: Path = Path("./data")
     database_url: str | None = None
     database_pool_size: int = Field(5, ge=1, le=100)  # connections per process (PostgreSQL), plus one for coordination
@@ -197,10 +205,23 @@ class Settings(BaseSettings):
     cluster_sweep_seconds: float = Field(2, gt=0, le=300)
 
     @field_validator("model_providers", "telegram_allowed_chats", "channel_ids", "owner_ids", "shard_ids",
-                     mode="before")
+                     "characters", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)
+
+    @field_validator("characters")
+    @classmethod
+    def _character_files(cls, value: list[Path]) -> list[Path]:
+        seen: dict[Path, Path] = {}
+        for path in value:
+            if not path.is_file():
+                raise ValueError(f"{str(path)!r} is not a file; list existing character files, e.g. "
+                                 "characters/a.json,characters/b.json")
+            first = seen.setdefault(path.resolve(), path)
+            if first is not path:
+                raise ValueError(f"{str(path)!r} is listed twice; list each character file once")
+        return value
 
     @field_validator("owner_ids")
     @classmethod
@@ -274,6 +295,11 @@ class Settings(BaseSettings):
     def sqlite_path(self) -> Path:
         return self.data_dir / "parley.db"
 
+    @property
+    def character_paths(self) -> list[Path]:
+        """CHARACTERS when set, else the one CHARACTER_PATH."""
+        return list(self.characters) or [self.character_path]
+
 
 class SettingsError(Exception):
     """A bad setting, already phrased as one line for the operator."""
@@ -302,3 +328,61 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as error:
         raise SettingsError(describe_validation_error(error)) from None
+
+
+# Settings of the process as a whole (its port, database, HTTP service): a character's secrets cannot change them.
+PROCESS_SETTINGS = frozenset({
+    "character_path", "characters", "data_dir", "database_url", "database_pool_size", "log_level", "port", "host",
+    "console", "api_key", "max_body_bytes", "trusted_proxies", "shutdown_timeout", "resume_window",
+    "cluster_sweep_seconds",
+})
+PROCESS_PREFIXES = ("session_", "web_chat")
+# Settings that name one bot: taken from the environment only when a single character runs, since
+# with several each character brings its own (one token cannot serve two characters).
+BOT_SETTINGS = ("telegram_bot_token", "telegram_webhook_url", "telegram_webhook_secret", "discord_api_token",
+                "discord_application_id")
+
+
+def character_secrets(character: Character) -> dict[str, Any]:
+    """elizaOS keeps keys in `settings.secrets` (1.x) or `secrets`; the top-level one wins, as for model keys."""
+    nested = character.settings.get("secrets")
+    return {**(nested if isinstance(nested, dict) else {}), **character.secrets}
+
+
+def settings_for_character(settings: Settings, character: Character, *, source: str, alone: bool = True) -> Settings:
+    """The process settings with this character's secrets on top, validated like the environment.
+
+    Secret names are the environment's (TELEGRAM_BOT_TOKEN, OPENAI_API_KEY, OPENAI_LARGE_MODEL...).
+    Model keys and every other setting from the environment stay a fallback for each character; the
+    bot settings (BOT_SETTINGS) only when the character runs `alone`. Names parley does not know are
+    left to plugins (`runtime.get_setting`); process settings are ignored with a warning.
+    """
+    overrides: dict[str, Any] = {}
+    for key, value in character_secrets(character).items():
+        name = str(key).strip().lower()
+        if name not in Settings.model_fields:
+            continue
+        if name in PROCESS_SETTINGS or name.startswith(PROCESS_PREFIXES):
+            log.warning("%s: settings.secrets.%s is a setting of the whole process, ignored here; set it in "
+                        "the environment", source, key)
+            continue
+        overrides[name] = value
+    if alone and not overrides:
+        return settings
+    values = dict(settings)  # every field given, so the environment is not read again
+    if not alone:
+        values.update(dict.fromkeys(BOT_SETTINGS))
+    try:
+        return Settings.model_validate({**values, **overrides})
+    except ValidationError as error:
+        raise SettingsError(_describe_secret_error(error, source)) from None
+
+
+def _describe_secret_error(error: ValidationError, source: str) -> str:
+    """One line naming the character file and the secret, never its value."""
+    first = error.errors()[0]
+    message = first["msg"].removeprefix("Value error, ")
+    if not first["loc"]:
+        return f"{source}: settings.secrets: {message}. Fix: correct the character's settings.secrets"
+    name = str(first["loc"][0]).upper()
+    return f"{source}: settings.secrets.{name}: {message}. Fix: correct {name} in the character's settings.secrets"
