@@ -204,9 +204,12 @@ class TelegramConnector(Connector):
     async def start(self) -> None:
         try:
             await self.application.initialize()
-        except InvalidToken:  # its message quotes the token
-            raise RuntimeError("Telegram rejected TELEGRAM_BOT_TOKEN; check the token from @BotFather") from None
         except TelegramError as error:
+            # getMe failed after the HTTP clients opened: close them, since the process (and its
+            # other characters) may run on.
+            await self.bot.shutdown()
+            if isinstance(error, InvalidToken):  # its message quotes the token
+                raise RuntimeError("Telegram rejected TELEGRAM_BOT_TOKEN; check the token from @BotFather") from None
             raise RuntimeError(f"cannot reach the Telegram Bot API: {type(error).__name__}: {error}") from None
         self._add_handlers()
         await self._set_commands()
