@@ -19,6 +19,8 @@ from bot.permissions import Role
 from bot.types import Content, EventType, Memory, ModelType, Room
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from bot.runtime import AgentRuntime
 
 log = logging.getLogger(__name__)
@@ -211,7 +213,10 @@ class ModelRegistration:
 
 @dataclass
 class Route:
-    """An HTTP route served by the project's aiohttp server; `handler(request) -> response`."""
+    """An HTTP route served by the project's aiohttp server; `handler(request) -> response`.
+
+    Routes under /api are listed in /api/openapi.json, described by the fields below the limits.
+    """
 
     method: str
     path: str
@@ -220,6 +225,22 @@ class Route:
     # Body types an /api route accepts beside JSON, e.g. multipart/form-data for an upload. Only bodies
     # from this origin or a non-browser client reach it either way (the CSRF guard's origin check).
     body_types: tuple[str, ...] = ()
+    # The largest body this route takes (None: MAX_BODY_BYTES), e.g. an upload capped by its own
+    # setting, and what sets it, which the 413 names so the caller knows what to change.
+    max_body_bytes: int | None = None
+    max_body_reason: str = ""
+    # The OpenAPI description: the summary defaults to the handler's docstring; `body` is the body's
+    # schema in each of `body_types` (JSON when there are none), and `body_openapi` more of its media
+    # type object (an `example`; for multipart, the parts' `encoding`, e.g. a file name), which also
+    # gives a fuzzer such as schemathesis one body the route accepts; `responses` maps a success status
+    # to its JSON body's model (None: no schema), `errors` lists the error statuses it answers besides
+    # the usual ones; `path_schemas` adds JSON Schema to a path parameter, e.g. {"format": "uuid"}.
+    summary: str = ""
+    body: type[BaseModel] | None = None
+    body_openapi: dict[str, Any] = field(default_factory=dict)
+    responses: dict[int, type[BaseModel] | None] = field(default_factory=dict)
+    errors: tuple[int, ...] = ()
+    path_schemas: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class Service(ABC):  # noqa: B024 - concrete services override what they need
@@ -235,6 +256,12 @@ class Service(ABC):  # noqa: B024 - concrete services override what they need
 
     async def stop(self) -> None:  # noqa: B027 - optional hook
         """Release resources; must not raise."""
+
+    def status(self) -> dict[str, Any] | None:
+        """What the service is doing, for /ready to show under its `service_type` (None: nothing to
+        say). Informational: a status never makes the process unready (e.g. indexing under way while
+        the bot answers). Called on every /ready, so it must be cheap and must not raise."""
+        return None
 
 
 class Connector(Service):

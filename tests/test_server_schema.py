@@ -1,6 +1,8 @@
 """schemathesis fuzzes every operation of `/api/openapi.json` against the running bot: no 5xx, and
 every response (status, content type, body) matches what the document says — once with the admin
-key, once as a web chat visitor (WEB_CHAT=public, no key), for whom the admin API must answer 401."""
+key, once as a web chat visitor (WEB_CHAT=public, no key), for whom the admin API must answer 401.
+Plugins' /api routes (the knowledge documents: list, multipart upload, delete) are operations of the
+document like the rest; the upload's example gives the fuzzer a file it accepts."""
 
 from __future__ import annotations
 
@@ -44,3 +46,5 @@ async def test_openapi_document_matches_the_api(tmp_path: Path, caller: str) -> 
     assert process.returncode == 0, report[-8000:]
     assert "No issues found" in report
     assert f"Tested: {len(operations)}" in report  # every operation was reached, sessions through links
+    assert {"knowledge_list_documents", "knowledge_upload_documents", "knowledge_delete_document"} <= {
+        op.operation_id for op in operations}

@@ -12,6 +12,7 @@ import logging
 import math
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -20,7 +21,15 @@ from pydantic import BaseModel, ValidationError
 
 from bot.sanitize import replace_surrogates
 
-from .access import API_PREFIX, POLICY, Access, AccessPolicy, auth_middleware, browser_guard_middleware
+from .access import (
+    API_PREFIX,
+    POLICY,
+    Access,
+    AccessPolicy,
+    auth_middleware,
+    browser_guard_middleware,
+    route_key,
+)
 from .errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -42,8 +51,21 @@ class ServerState:
         self.lifecycle = Lifecycle.STARTING
 
 
+@dataclass(frozen=True)
+class BodyLimit:
+    """The largest body a route takes, and what sets it (a setting, named by the 413)."""
+
+    max_bytes: int
+    reason: str = "MAX_BODY_BYTES"
+
+    def refusal(self) -> ApiError:
+        return ApiError(413, "BODY_TOO_LARGE", f"request body is larger than {self.max_bytes} bytes ({self.reason})")
+
+
 STATE = web.AppKey("state", ServerState)
-MAX_BODY = web.AppKey("max_body_bytes", int)
+MAX_BODY = web.AppKey("max_body", BodyLimit)
+# Routes with a limit of their own, by (method, canonical path); the rest are held to MAX_BODY.
+BODY_LIMITS = web.AppKey("body_limits", dict[tuple[str, str], BodyLimit])
 MAX_JSON_DEPTH = 32
 
 
@@ -52,7 +74,7 @@ def internal_error() -> ApiError:
     return ApiError(500, "INTERNAL", "internal error; the operator can find details in the logs")
 
 
-_HTTP_CODES = {400: "BAD_REQUEST", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "BODY_TOO_LARGE"}
+_HTTP_CODES = {400: "BAD_REQUEST", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
 
 
 @web.middleware
@@ -64,9 +86,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as error:
         if error.status < 400:
             raise
+        if error.status == 413:  # a body read whole (read, json, post) went past the route's limit
+            return body_limit(request).refusal().response()
         code = _HTTP_CODES.get(error.status, "HTTP_ERROR")
-        message = f"request body is larger than {request.app[MAX_BODY]} bytes" if error.status == 413 \
-            else error.reason
+        message = error.reason
         headers = {"Allow": error.headers["Allow"]} if "Allow" in error.headers else None
         return ApiError(error.status, code, message, headers=headers).response()
     except Exception:
@@ -76,11 +99,35 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 @web.middleware
+async def method_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A known path asked with a method it does not take is a 405 before any check of its body (whose
+    type or size the route's other methods set): nothing runs for it either way."""
+    error = request.match_info.http_exception
+    if error is not None and error.status == 405:
+        raise error
+    return await handler(request)
+
+
+def body_limit(request: web.Request) -> BodyLimit:
+    """The route's own limit, else MAX_BODY_BYTES."""
+    return request.app[BODY_LIMITS].get(route_key(request), request.app[MAX_BODY])
+
+
+def limit_body(app: web.Application, method: str, path: str, limit: BodyLimit) -> None:
+    """Hold one route to `limit` instead of MAX_BODY_BYTES (larger or smaller)."""
+    app[BODY_LIMITS][(method.upper(), path)] = limit
+
+
+@web.middleware
 async def body_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse a declared oversize body before reading it; aiohttp's client_max_size catches the rest."""
-    limit = request.app[MAX_BODY]
-    if request.content_length is not None and request.content_length > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    """Refuse a declared oversize body before reading it; a body of unknown length is held to the same
+    limit when read whole (aiohttp's client_max_size, set per route here). A handler that streams the
+    body (an upload) counts what it keeps itself."""
+    limit = body_limit(request)
+    if request.content_length is not None and request.content_length > limit.max_bytes:
+        raise limit.refusal()
+    if request.client_max_size != limit.max_bytes:
+        request = request.clone(client_max_size=limit.max_bytes)
     return await handler(request)
 
 
@@ -110,15 +157,16 @@ async def security_headers_middleware(request: web.Request, handler: Handler) ->
 
 
 def build_application(*, state: ServerState, policy: AccessPolicy, max_body_bytes: int) -> web.Application:
-    """An empty application with the middlewares in order: errors outermost, then limits, CSRF and auth."""
+    """An empty application with the middlewares in order: errors outermost, then 405s, limits, CSRF and auth."""
     app = web.Application(
         client_max_size=max_body_bytes,
-        middlewares=[security_headers_middleware, error_middleware, body_limit_middleware,
+        middlewares=[security_headers_middleware, error_middleware, method_middleware, body_limit_middleware,
                      browser_guard_middleware, auth_middleware, lifecycle_middleware],
     )
     app[STATE] = state
     app[POLICY] = policy
-    app[MAX_BODY] = max_body_bytes
+    app[MAX_BODY] = BodyLimit(max_body_bytes)
+    app[BODY_LIMITS] = {}
     return app
 
 

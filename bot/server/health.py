@@ -1,8 +1,10 @@
-"""`/health` (the process is alive) and `/ready` (it can do its job: database, connectors, a model)."""
+"""`/health` (the process is alive) and `/ready` (it can do its job: database, connectors, a model; and what
+services are busy with, e.g. knowledge indexing, which never makes it unready)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +16,8 @@ from .app import Lifecycle, ServerState
 
 if TYPE_CHECKING:
     from bot.runtime import AgentRuntime
+
+log = logging.getLogger(__name__)
 
 PING_TIMEOUT = 3.0
 
@@ -34,6 +38,20 @@ class Health:
         except Exception:  # a hung or broken database is simply "not ready"
             return False
 
+    def _services(self) -> dict[str, Any]:
+        """Each service's own status, by service type; one that fails to say is left out (logged at debug):
+        /ready must answer whatever a plugin does."""
+        found: dict[str, Any] = {}
+        for service in self.runtime.services:
+            try:
+                status = service.status()
+            except Exception:
+                log.debug("status of the %s service failed", service.service_type, exc_info=True)
+                continue
+            if status is not None:
+                found[service.service_type] = status
+        return found
+
     async def ready(self, request: web.Request) -> web.Response:
         """200 when every part is ready, else 503 naming the parts that are not."""
         runtime = self.runtime
@@ -44,6 +62,8 @@ class Health:
             "connectors": connectors,
             "model": runtime.has_model(ModelType.TEXT_LARGE),
         }
+        if services := self._services():
+            checks["services"] = services
         failing = [name for name in ("database", "model") if not checks[name]]
         failing += [f"connector:{name}" for name, ok in connectors.items() if not ok]
         if self.state.lifecycle is not Lifecycle.RUNNING:

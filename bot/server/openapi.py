@@ -6,10 +6,11 @@ drops in unchanged, so what the document promises is exactly what the handlers v
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -17,6 +18,9 @@ from pydantic.json_schema import models_json_schema
 
 from .access import STATE_CHANGING, VISITOR_COOKIE, Access
 from .models import ErrorResponse
+
+if TYPE_CHECKING:
+    from bot.plugin import Route
 
 REF = "#/components/schemas/{model}"
 _PATH_PARAM = re.compile(r"\{(\w+)\}")
@@ -72,6 +76,14 @@ class Operation:
     links: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
     # The success response can also be Server-Sent Events: event name -> its data (`error` is implied).
     events: dict[str, type[BaseModel]] = field(default_factory=dict)
+    # Body types taken instead of JSON (`body` is their schema), e.g. multipart/form-data for an upload, and
+    # more of each one's OpenAPI media type object: an `example`, a multipart body's `encoding`.
+    body_types: tuple[str, ...] = ()
+    body_openapi: dict[str, Any] = field(default_factory=dict)
+    # A body limit of its own instead of MAX_BODY_BYTES, and what sets it (named by the 413).
+    max_body_bytes: int | None = None
+    max_body_reason: str = ""
+    name: str = ""  # the operationId, when the handler's name is not unique (a plugin's route)
 
     @property
     def route_path(self) -> str:
@@ -82,8 +94,35 @@ class Operation:
         return _PATH_PARAM.sub(parameter, self.path)
 
     @property
+    def takes_body(self) -> bool:
+        return self.body is not None or bool(self.body_types)
+
+    @property
     def operation_id(self) -> str:
-        return self.handler.__name__.strip("_")
+        return self.name or self.handler.__name__.strip("_")
+
+    def error_text(self, status: int) -> str:
+        """What an error status means for this operation (its own body limit and body types)."""
+        if status == 413 and self.max_body_bytes is not None:
+            return f"Body larger than {self.max_body_bytes} bytes ({self.max_body_reason or 'this operation'})"
+        if status == 415 and self.body_types:
+            return "The body is none of: " + ", ".join(["application/json", *self.body_types])
+        return _ERROR_TEXT.get(status, "Error")
+
+
+def route_operation(route: Route, plugin: str) -> Operation:
+    """A plugin's /api route as an operation, so it is mounted, guarded and documented like the server's
+    own: tagged with the plugin's name, its operationId prefixed with it (handler names repeat across
+    plugins), summarised by `route.summary` or else the first paragraph of the handler's docstring."""
+    doc = inspect.getdoc(route.handler) or ""
+    first, _, rest = doc.partition("\n\n")
+    summary, description = (route.summary, doc) if route.summary else (" ".join(first.split()), rest)
+    return Operation(route.method.upper(), route.path, route.handler, summary or f"{route.method} {route.path}",
+                     plugin, route.responses or {200: None}, body=route.body, errors=route.errors,
+                     access=Access.PUBLIC if route.public else Access.ADMIN, description=description,
+                     path_schemas=route.path_schemas, body_types=route.body_types, body_openapi=route.body_openapi,
+                     max_body_bytes=route.max_body_bytes, max_body_reason=route.max_body_reason,
+                     name=f"{plugin}_{route.handler.__name__.strip('_')}")
 
 
 def _ref(model: type[BaseModel]) -> dict[str, Any]:
@@ -117,6 +156,10 @@ def build_openapi(operations: Sequence[Operation], *, title: str, version: str, 
         if op.body is not None:
             models.add(op.body)
     ordered = sorted(models, key=lambda m: m.__name__)
+    for one, other in zip(ordered, ordered[1:], strict=False):  # schemas are named by class name alone
+        if one.__name__ == other.__name__:
+            raise ValueError(f"two API models are named {one.__name__} ({one.__module__}, {other.__module__}); "
+                             "rename one")
     _, top = models_json_schema([(m, "validation") for m in ordered], ref_template=REF)
     schemas: dict[str, Any] = dict(top.get("$defs", {}))
     paths: dict[str, dict[str, Any]] = {}
@@ -133,9 +176,10 @@ def build_openapi(operations: Sequence[Operation], *, title: str, version: str, 
             parameters += _query_parameters(op.query, schemas)
         if parameters:
             item["parameters"] = parameters
-        if op.body is not None:
+        if op.takes_body:
+            schema = _ref(op.body) if op.body is not None else {}
             item["requestBody"] = {"required": True, "content": {
-                "application/json": {"schema": _ref(op.body)}}}
+                kind: {"schema": schema, **op.body_openapi} for kind in op.body_types or ("application/json",)}}
         responses: dict[str, Any] = {}
         for status, model in op.responses.items():
             entry: dict[str, Any] = {"description": "OK" if status < 300 else "Result"}
@@ -148,11 +192,11 @@ def build_openapi(operations: Sequence[Operation], *, title: str, version: str, 
         if op.events:  # a stream is always a 200, whatever the JSON answer's status
             streamed = responses.setdefault("200", {"description": "OK"})
             streamed.setdefault("content", {})["text/event-stream"] = {"schema": _event_schema(op.events)}
-        errors = set(op.errors) | ({400, 413} if op.body is not None else set()) | (
+        errors = set(op.errors) | ({400, 413} if op.takes_body else set()) | (
             {400} if op.query is not None else set()) | ({401, 503} if op.access is not Access.PUBLIC else set()) | (
             {429} if visitors and op.access in (Access.VISITOR, Access.VISITOR_START) else set()) | ({403, 415} if op.method in STATE_CHANGING else set())
         for status in sorted(errors):
-            responses[str(status)] = {"description": _ERROR_TEXT.get(status, "Error"), "content": {
+            responses[str(status)] = {"description": op.error_text(status), "content": {
                 "application/json": {"schema": _ref(ErrorResponse)}}}
         responses["default"] = {"description": "Unexpected error", "content": {
             "application/json": {"schema": _ref(ErrorResponse)}}}

@@ -16,14 +16,14 @@ from bot.settings import Settings, WebChatMode
 
 from .access import API_PREFIX, Access, AccessPolicy, is_loopback_host
 from .api import RestApi
-from .app import Lifecycle, ServerState, build_application, json_response
+from .app import BodyLimit, Lifecycle, ServerState, build_application, json_response, limit_body
 from .eliza.agents import ElizaApi
 from .eliza.realtime import Realtime
 from .eliza.sessions import ElizaSessionApi
 from .health import Health
 from .metrics import Metrics
 from .models import WebChatInfo
-from .openapi import Operation, build_openapi
+from .openapi import Operation, build_openapi, route_operation
 from .session_api import SessionApi
 from .sessions import SessionManager
 
@@ -63,6 +63,11 @@ class WebServer:
             self.operations.append(Operation("GET", WEB_CHAT_PATH, self.web_chat_info, "What the web chat page "
                                              "needs: the character's name and who may chat", "web chat",
                                              {200: WebChatInfo}, access=Access.PUBLIC))
+        # Plugins' routes are mounted and guarded like ours; those under /api are documented too, the rest
+        # (a platform's webhook) are not part of the API.
+        routes = [route_operation(route, plugin.name) for plugin in runtime.plugins for route in plugin.routes]
+        self.operations += [op for op in routes if op.path.startswith(API_PREFIX + "/")]
+        self._unlisted = [op for op in routes if not op.path.startswith(API_PREFIX + "/")]
         self.openapi = build_openapi(self.operations, title=f"parley: {runtime.character.name}", version=_version(),
                                      visitors=self.policy.visitors)
         self.app = self._build_app()
@@ -78,14 +83,12 @@ class WebServer:
         app.router.add_get("/metrics", self.metrics.handle)
         app.router.add_get(OPENAPI_PATH, self._openapi)
         policy.allow("GET", OPENAPI_PATH, Access.PUBLIC)
-        for op in self.operations:
+        for op in [*self.operations, *self._unlisted]:
             app.router.add_route(op.method, op.route_path, op.handler)
-            policy.allow(op.method, op.path, op.access)
-        for plugin in self.runtime.plugins:
-            for route in plugin.routes:
-                app.router.add_route(route.method, route.path, route.handler)
-                policy.allow(route.method, route.path, Access.PUBLIC if route.public else Access.ADMIN,
-                             route.body_types)
+            policy.allow(op.method, op.path, op.access, op.body_types)
+            if op.max_body_bytes is not None:
+                limit_body(app, op.method, op.path, BodyLimit(op.max_body_bytes, op.max_body_reason or
+                                                              f"the limit of {op.method} {op.path}"))
         self.realtime.attach(app)
         if self.settings.web_chat is not WebChatMode.OFF:
             app.router.add_get("/", self._index)

@@ -11,7 +11,7 @@ uploaded at any time; with none, the provider returns at once from a cached coun
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from bot.character import Character
 from bot.plugin import Plugin, Priority, Service
@@ -37,6 +37,12 @@ class KnowledgeService(Service):
 
     async def stop(self) -> None:
         await self.base.close()
+
+    def status(self) -> dict[str, Any]:
+        """The start-up pass's progress for /ready; the bot answers meanwhile, so it never makes it unready."""
+        progress = self.base.progress
+        return {"indexing": progress.state in ("waiting", "indexing"), "state": progress.state,
+                "documents_done": progress.done, "documents_total": progress.documents}
 
 
 def service_for(base: KnowledgeBase) -> type[KnowledgeService]:

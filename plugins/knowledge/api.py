@@ -4,12 +4,14 @@
     POST   /api/knowledge/documents                 multipart/form-data, one or more files (any field name)
     DELETE /api/knowledge/documents/{document_id}   a document and its fragments
 
-Plugin routes are admin-only unless marked public, and errors use the server's JSON envelope
-(`ApiError`). An upload's type is checked from its file name before its bytes are read, and its
-size while they stream in, so a 200 MB file is refused after KNOWLEDGE_MAX_FILE_MB, not after
-200 MB sit in memory; files are indexed one at a time as they arrive, so an upload holds one file
-in memory at most. A file of another type or whose content cannot be read (binary, corrupt or
-encrypted PDF) is refused on its own; the error says which other files were indexed.
+Plugin routes are admin-only unless marked public, errors use the server's JSON envelope
+(`ApiError`), and the routes are listed in /api/openapi.json from what they declare here. An
+upload's type is checked from its file name before its bytes are read, and its size while they
+stream in, so a 200 MB file is refused after KNOWLEDGE_MAX_FILE_MB, not after 200 MB sit in
+memory; files are indexed one at a time as they arrive, so an upload holds one file in memory at
+most. The upload route's body limit is MAX_FILES such files (not MAX_BODY_BYTES), so the server
+refuses a larger body up front. A file of another type or whose content cannot be read (binary,
+corrupt or encrypted PDF) is refused on its own; the error says which other files were indexed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import BadHttpMessage
 from pydantic import BaseModel
 
 from bot.plugin import Route
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
 DOCUMENTS = "/api/knowledge/documents"
 CHUNK_BYTES = 64 * 1024
 MAX_FILES = 20
+PART_OVERHEAD = 16 * 1024  # a part's boundary and headers (its file name), allowed beside each file's bytes
 
 
 class DocumentOut(BaseModel):
@@ -62,6 +66,20 @@ class Deleted(BaseModel):
     deleted: uuid.UUID
 
 
+class UploadForm(BaseModel):
+    """The upload's files, each its own part with a file name (any field name; `file` by convention)."""
+
+    file: list[bytes]
+
+
+# An upload the route takes, for the OpenAPI document: what a file part looks like, file name included.
+UPLOAD_EXAMPLE = {
+    "example": {"file": ["# Notes\n\nThe wifi password is on the fridge."]},
+    "encoding": {"file": {"contentType": "text/markdown", "headers": {"Content-Disposition": {
+        "schema": {"type": "string", "example": 'form-data; name="file"; filename="notes.md"'}}}}},
+}
+
+
 def _noting(error: ApiError, indexed: list[DocumentOut]) -> ApiError:
     """The error, saying which files of the upload were indexed before it."""
     if not indexed:
@@ -70,18 +88,35 @@ def _noting(error: ApiError, indexed: list[DocumentOut]) -> ApiError:
                     details=error.details, headers=error.headers)
 
 
+# What aiohttp raises for a malformed multipart body: ValueError, or BadHttpMessage for a part's headers.
+_MALFORMED = (ValueError, BadHttpMessage)
+
+
+def _unreadable(error: Exception) -> ApiError:
+    """400 saying what aiohttp could not parse (cut short: it may quote a long header)."""
+    detail = " ".join(str(getattr(error, "message", "") or error).split())[:200] or type(error).__name__
+    return ApiError(400, "NOT_MULTIPART", f"the multipart body cannot be read: {detail}")
+
+
 async def _next_part(reader: MultipartReader) -> Any:
     try:
         return await reader.next()
-    except ValueError as error:  # a malformed body (aiohttp says what it could not parse)
-        raise ApiError(400, "NOT_MULTIPART", f"the multipart body cannot be read: {error}") from None
+    except _MALFORMED as error:
+        raise _unreadable(error) from None
 
 
 async def _chunk(part: BodyPartReader) -> bytes:
     try:
         return await part.read_chunk(CHUNK_BYTES)
-    except ValueError as error:
-        raise ApiError(400, "NOT_MULTIPART", f"the multipart body cannot be read: {error}") from None
+    except _MALFORMED as error:
+        raise _unreadable(error) from None
+
+
+async def _release(part: BodyPartReader) -> None:
+    try:
+        await part.release()
+    except _MALFORMED as error:
+        raise _unreadable(error) from None
 
 
 def _json(model: BaseModel, status: int = 200) -> web.Response:
@@ -97,14 +132,17 @@ class KnowledgeApi:
         return int(self.base.settings.knowledge_max_file_mb * 1_000_000)
 
     async def list_documents(self, request: web.Request) -> web.Response:
+        """The agent's documents: the character's files, the KNOWLEDGE_PATH folder's and uploads."""
         documents = await self.base.list_documents()
         return _json(DocumentList(documents=[DocumentOut.of(d) for d in documents]))
 
     async def upload_documents(self, request: web.Request) -> web.Response:
-        """Index the files one by one as they arrive (their vectors follow in the background): 201
-        with each document. A file of another type or unreadable content is refused on its own (400
-        once the rest are in); one over the size cap stops the upload there (413). Both errors name
-        the files indexed before."""
+        """Upload documents (multipart/form-data, one file per part), indexed one by one as they arrive.
+
+        Their vectors follow in the background: 201 with each document. A file of another type or
+        unreadable content is refused on its own (400 once the rest are in); one over
+        KNOWLEDGE_MAX_FILE_MB stops the upload there (413). Both errors name the files indexed before.
+        A file of the same name as an earlier upload replaces it."""
         indexed: list[DocumentOut] = []
         refused: list[tuple[str, dict[str, str]]] = []  # (error code, detail)
         try:
@@ -146,14 +184,14 @@ class KnowledgeApi:
             if not isinstance(part, BodyPartReader):
                 raise ApiError(400, "NESTED_MULTIPART", "send each file as its own part, not nested multipart")
             if part.filename is None:
-                await part.release()  # a plain form field: nothing to index
+                await _release(part)  # a plain form field: nothing to index
                 continue
             files += 1
             if files > MAX_FILES:
                 raise ApiError(400, "TOO_MANY_FILES", f"at most {MAX_FILES} files per upload; send the rest in "
                                "another request")
             if kind_of(part.filename) is None:
-                await part.release()
+                await _release(part)
                 yield part.filename, None
                 continue
             yield part.filename, await self._read_file(part)
@@ -170,6 +208,9 @@ class KnowledgeApi:
         return bytes(data)
 
     async def delete_document(self, request: web.Request) -> web.Response:
+        """Delete a document and its fragments.
+
+        A document from a file comes back at the next start while the file is still there."""
         raw = request.match_info["document_id"]
         try:
             document_id = uuid.UUID(raw)
@@ -183,8 +224,12 @@ class KnowledgeApi:
 def knowledge_routes(base: KnowledgeBase) -> list[Route]:
     """The admin routes over `base` (admin-only: plugin routes are unless marked public)."""
     api = KnowledgeApi(base)
+    mb = base.settings.knowledge_max_file_mb
     return [
-        Route("GET", DOCUMENTS, api.list_documents),
-        Route("POST", DOCUMENTS, api.upload_documents, body_types=("multipart/form-data",)),
-        Route("DELETE", DOCUMENTS + "/{document_id}", api.delete_document),
+        Route("GET", DOCUMENTS, api.list_documents, responses={200: DocumentList}),
+        Route("POST", DOCUMENTS, api.upload_documents, body_types=("multipart/form-data",), body=UploadForm,
+              body_openapi=UPLOAD_EXAMPLE, responses={201: DocumentList}, max_body_bytes=MAX_FILES * (api.max_bytes + PART_OVERHEAD),
+              max_body_reason=f"KNOWLEDGE_MAX_FILE_MB: at most {MAX_FILES} files of {mb:g} MB each"),
+        Route("DELETE", DOCUMENTS + "/{document_id}", api.delete_document, responses={200: Deleted},
+              errors=(400, 404), path_schemas={"document_id": {"format": "uuid"}}),
     ]
