@@ -75,6 +75,24 @@ def test_loading_reads_only_the_wheels_files_and_never_the_network(monkeypatch: 
     assert model.embed(["offline"]).shape == (1, DIMENSIONS)
 
 
+def full_model() -> offline_embedding.WordLlama:
+    """WordLlama with all 256 of its dimensions, as releases before the 128-dimension prefix used it."""
+    from safetensors.numpy import load_file
+    from tokenizers import Tokenizer
+
+    tokenizer, weights = offline_embedding.model_files()
+    return offline_embedding.WordLlama(Tokenizer.from_file(str(tokenizer)), load_file(str(weights))["embedding.weight"])
+
+
+async def test_vectors_are_the_unit_length_prefix_of_the_full_models() -> None:
+    """The model is matryoshka-trained: its first dimensions are an embedding of their own."""
+    texts = ["What did I eat?", "I had pasta for dinner.", "The train to Porto leaves at nine."]
+    full = full_model().embed(texts)
+    assert DIMENSIONS < full.shape[1] == 256
+    prefix = full[:, :DIMENSIONS] / np.linalg.norm(full[:, :DIMENSIONS], axis=1, keepdims=True)
+    np.testing.assert_allclose(await embed({"texts": texts}), prefix, atol=1e-5)
+
+
 # --- which handler embeds ----------------------------------------------------------------------
 async def test_zero_keys_select_the_offline_model(tmp_path: Path) -> None:
     app = App(make_settings(tmp_path, host="127.0.0.1"), make_character())
@@ -151,6 +169,33 @@ async def test_count_embeddings_per_size(store: SqlStore, agent_id: uuid.UUID) -
                                 (memories[2].id, [0.3] * 6)])
     assert await store.count_embeddings(agent_id) == {4: 2, 6: 1}
     assert await store.count_embeddings(uuid.uuid4()) == {}
+
+
+async def test_vectors_of_the_previous_256_dimension_model_are_never_searched_with_new_ones(
+        sqlite_store: SqlStore, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An upgrade from a release that stored all 256 dimensions: the start says so in one line, new
+    memories get the prefix's size, and a search by meaning compares a query only with vectors of its
+    own size, so the older, closer statement is not found, and nothing fails."""
+    settings = make_settings(tmp_path)
+    first = await start_runtime(sqlite_store, settings, ScriptedModel())
+    old = Memory(agent_id=first.agent_id, entity_id=first.agent_id, room_id=first.agent_id, type=MemoryType.FACT,
+                 content=Content(text="I had pasta for dinner."))
+    await sqlite_store.create_memory(old)
+    await sqlite_store.set_embeddings([(old.id, full_model().embed([old.content.text])[0].tolist())])
+    await first.stop()
+
+    caplog.set_level(logging.INFO, logger="plugins.bootstrap.embeddings")
+    runtime = await start_runtime(sqlite_store, settings, ScriptedModel(), offline_embedding_plugin())
+    await next(s for s in runtime.services if isinstance(s, VectorSizeCheck)).task
+    [line] = [r.getMessage() for r in caplog.records if r.name == "plugins.bootstrap.embeddings"]
+    assert f"(1 of size 256) than the embedding model's {DIMENSIONS}" in line
+    new = old.model_copy(update={"id": uuid.uuid4(), "content": Content(text="The train to Porto leaves at nine.")})
+    await sqlite_store.create_memory(new)
+    await sqlite_store.set_embeddings([(new.id, await embed({"text": new.content.text}))])
+    assert await sqlite_store.count_embeddings(runtime.agent_id) == {256: 1, DIMENSIONS: 1}
+    hits = await sqlite_store.search_memories_by_embedding(await embed({"text": "What did I eat?"}),
+                                                           agent_id=runtime.agent_id, count=10)
+    assert [h.memory.id for h in hits] == [new.id] and len(hits[0].memory.embedding) == DIMENSIONS
 
 
 @pytest.mark.parametrize("stored_size", [384, DIMENSIONS])
