@@ -103,6 +103,18 @@ async def test_a_body_over_the_routes_limit_is_refused_before_it_is_read(tmp_pat
         assert (await app.call("GET", DOCUMENTS))[1]["documents"] == []  # refused before any file was indexed
 
 
+async def test_a_malformed_part_or_an_unknown_method_is_a_4xx_not_a_500(tmp_path: Path) -> None:
+    multipart = {"Content-Type": "multipart/form-data; boundary=b"}
+    async with fake_model() as fake, running_app(tmp_path, fake) as app:
+        bad_header = b'--b\r\nContent-Disposition: form-data; name="\x1c\xf1"\r\n\r\nx\r\n--b--\r\n'
+        status, body = await app.call("POST", DOCUMENTS, data=bad_header, headers=multipart)
+        assert status == 400 and body["error"]["code"] == "NOT_MULTIPART"
+        assert body["error"]["message"].startswith("the multipart body cannot be read: Invalid HTTP header")
+        # A method the path does not take is a 405 whatever the body (not a 415 for its type).
+        status, body = await app.call("PUT", DOCUMENTS, data=b"--b--\r\n", headers=multipart)
+        assert status == 405 and body["error"]["code"] == "METHOD_NOT_ALLOWED"
+
+
 async def test_other_api_routes_still_refuse_bodies_over_max_body_bytes(tmp_path: Path) -> None:
     async with fake_model() as fake, running_app(tmp_path, fake) as app:
         message = {"text": "x" * 1_100_000, "user_id": "u", "room_id": "r"}
