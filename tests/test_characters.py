@@ -153,6 +153,11 @@ async def test_two_characters_answer_in_their_own_voices_and_keep_their_memories
     # Each bot spoke only for its own character.
     assert [c["text"] for c in marlowe_telegram.calls_to("sendMessage")] == ["Marlowe speaking."]
     assert [c["text"] for c in quill_telegram.calls_to("sendMessage")] == ["Quill speaking."]
+    # The characters' tokens reached neither the database nor a prompt.
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "data").rglob("*") if p.is_file())
+    prompts = "".join(json.dumps(r.body) for r in model.requests).encode()
+    for secret in (MARLOWE_TOKEN, QUILL_TOKEN, DISCORD_TOKEN):
+        assert secret.encode() not in stored and secret.encode() not in prompts
 
 
 async def test_a_rejected_token_keeps_one_character_down_and_the_other_answering(
@@ -175,6 +180,19 @@ async def test_a_rejected_token_keeps_one_character_down_and_the_other_answering
                       "token from @BotFather"]
     # parley's own lines never carry the token (the HTTP clients' are masked by the process's log filter).
     assert all(wrong.split(":")[1] not in r.getMessage() for r in caplog.records if r.name.startswith("bot"))
+
+
+async def test_a_rejected_discord_token_keeps_only_its_character_down(
+    tmp_path: Path, model: FakeOpenAI, quill_telegram: FakeTelegram, discord_fake: FakeDiscord,
+) -> None:
+    marlowe = write_character(tmp_path, MARLOWE, DISCORD_API_TOKEN="not-the-fake-discord-token",
+                              DISCORD_API_BASE=discord_fake.api_base, DISCORD_GATEWAY_URL=discord_fake.gateway_url)
+    quill = write_character(tmp_path, QUILL, TELEGRAM_BOT_TOKEN=QUILL_TOKEN, TELEGRAM_API_ROOT=quill_telegram.root)
+    async with running(process_settings(tmp_path, model, [marlowe, quill])) as app:
+        assert app.agents.status() == {
+            MARLOWE: "failed: Discord rejected DISCORD_API_TOKEN; copy the bot token again from the Developer Portal",
+            QUILL: "running"}
+        assert await dm(quill_telegram, "hello", 1) == "Quill speaking."
 
 
 async def test_a_plugin_that_fails_to_load_keeps_only_its_character_down(
