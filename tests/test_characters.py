@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -329,3 +330,36 @@ async def test_python_m_bot_refuses_a_shared_token_without_printing_it(tmp_path:
         f"parley: {a} and {b} have the same DISCORD_API_TOKEN: one bot cannot be two characters. Fix: give each "
         "character its own DISCORD_API_TOKEN in its settings.secrets")
     assert DISCORD_TOKEN.encode() not in out + err
+
+
+async def test_python_m_bot_runs_two_characters_on_their_own_bots_without_logging_their_tokens(
+    tmp_path: Path, model: FakeOpenAI, marlowe_telegram: FakeTelegram, quill_telegram: FakeTelegram,
+) -> None:
+    marlowe = write_character(tmp_path, MARLOWE, TELEGRAM_BOT_TOKEN=MARLOWE_TOKEN,
+                              TELEGRAM_API_ROOT=marlowe_telegram.root)
+    quill = write_character(tmp_path, QUILL, TELEGRAM_BOT_TOKEN=QUILL_TOKEN, TELEGRAM_API_ROOT=quill_telegram.root)
+    quiet = write_character(tmp_path, "Silent")
+    # TELEGRAM_BOT_TOKEN in the environment is ignored with several characters: were it Silent's, it
+    # would be Marlowe's token twice and start-up would stop.
+    env = {**os.environ, "CHARACTERS": f"{marlowe},{quill},{quiet}", "DATA_DIR": str(tmp_path / "data"),
+           "PORT": "0", "HOST": "127.0.0.1", "OPENAI_API_KEY": "sk-test-characters-0123456789",
+           "OPENAI_BASE_URL": model.base_url, "MODEL_PROVIDERS": "openai", "LOG_LEVEL": "DEBUG",
+           "STREAMING": "off", "SHUTDOWN_TIMEOUT": "5", "TELEGRAM_BOT_TOKEN": MARLOWE_TOKEN}
+    log_path = tmp_path / "bot.log"
+    with log_path.open("wb") as log_file:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=log_file, stderr=log_file)
+    try:
+        assert await dm(marlowe_telegram, "hello", 1) == "Marlowe speaking."
+        assert await dm(quill_telegram, "hello", 1) == "Quill speaking."
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(process.wait(), 30)
+    logs = log_path.read_bytes()
+    assert code == 0, logs[-2000:]
+    assert f"Silent ({quiet}) has no TELEGRAM_BOT_TOKEN or DISCORD_API_TOKEN".encode() in logs
+    assert b"Quill is ready" in logs and b"Marlowe is ready" in logs and b"Silent is ready" in logs
+    for secret in (MARLOWE_TOKEN, QUILL_TOKEN):
+        assert secret.split(":")[1].encode() not in logs
