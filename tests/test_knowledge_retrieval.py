@@ -270,8 +270,7 @@ async def test_upload_list_and_delete_documents(tmp_path):
     ("big.txt", b"word " * 300_000, 413, "FILE_TOO_LARGE", "KNOWLEDGE_MAX_FILE_MB (1 MB)"),
 ])
 async def test_bad_uploads_are_refused_with_a_clear_message(tmp_path, name, data, status, code, says):
-    async with fake_model() as fake, running_app(tmp_path, fake, knowledge_max_file_mb=1,
-                                                 max_body_bytes=4_000_000) as app:
+    async with fake_model() as fake, running_app(tmp_path, fake, knowledge_max_file_mb=1) as app:
         got, body = await app.call("POST", DOCUMENTS, data=files((name, data)))
         assert got == status, body
         assert body["error"]["code"] == code and says in body["error"]["message"]
