@@ -4,8 +4,8 @@ WordLlama (MIT) is a table of 32,000 token vectors (256 dimensions, float16, 16 
 large language models; a text's embedding is the mean of its tokens' vectors. It was trained
 matryoshka-style, so the first dimensions carry most of the meaning: we keep the first 128, which
 halves the vector index's memory and its scan (the knowledge search at 100k fragments) and kept
-recall@5 at 0.97 on bench/knowledge.py's questions (0.96 with all 256). That is cheap enough
-to run in-process on a small dyno (over 10,000 short texts a second on one core, ~40 MB of
+bench/knowledge.py's recall@5 at 0.962 (vectors alone: 0.886 -> 0.838). That is cheap enough
+to run in-process on a small dyno (over 20,000 short texts a second on one core, ~30 MB of
 memory: bench/embedding.py) and good enough to find a fact or a passage by meaning — it is a bag
 of words with learned synonyms, not a sentence model, so hybrid search with full text helps it.
 
