@@ -211,7 +211,10 @@ class AgentRuntime(ModelsMixin, ActionsMixin):
 
     # Settings -----------------------------------------------------------------------------------
     def get_setting(self, key: str, default: Any = None) -> Any:
-        """Character secrets, then character settings, then settings.secrets, then the environment.
+        """Character secrets, then character settings, then settings.secrets; then this runtime's
+        Settings for a setting parley knows (the environment with the character's secrets on top:
+        with several characters, one never gets another's or the process's bot token), else the
+        environment.
 
         Unlike elizaOS, falsy values such as "false" or 0 are returned as real values.
         """
@@ -220,13 +223,12 @@ class AgentRuntime(ModelsMixin, ActionsMixin):
         for source in (self.character.secrets, character_settings, nested):
             if key in source and source[key] is not None:
                 return source[key]
-        if key in os.environ:
-            return os.environ[key]
         field_name = key.lower()
         if field_name in Settings.model_fields:
             value = getattr(self.settings, field_name)
-            return value.get_secret_value() if hasattr(value, "get_secret_value") else value
-        return default
+            value = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+            return default if value is None else value
+        return os.environ.get(key, default)
 
     # Services -----------------------------------------------------------------------------------
     def get_service(self, service_type: type[S] | str) -> S | None:

@@ -22,6 +22,7 @@ from bot.plugin import (
     resolve_plugin_order,
 )
 from bot.runtime import STATE_CACHE_SIZE, AgentRuntime, ModelError
+from bot.settings import settings_for_character
 from bot.types import Content, EventType, Memory, ModelType
 from tests.runtime_helpers import make_character, make_settings
 
@@ -90,6 +91,19 @@ async def test_get_setting_precedence_and_falsy_values(tmp_path, sqlite_store, m
     assert runtime.get_setting("FROM_ENV") == "env"
     assert runtime.get_setting("CONVERSATION_LENGTH") == 32
     assert runtime.get_setting("MISSING", "default") == "default"
+
+
+async def test_get_setting_gives_a_character_only_its_own_bot_token(tmp_path, sqlite_store, monkeypatch):
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "111:process-token")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-process")
+    process = make_settings(tmp_path, telegram_bot_token="111:process-token", openai_api_key="sk-process")
+    own = make_character(name="Own", secrets={"TELEGRAM_BOT_TOKEN": "222:own-token"})
+    other = make_character(name="Other")
+    runtimes = [AgentRuntime(c, settings_for_character(process, c, source=f"{c.name}.json", alone=False),
+                             sqlite_store, []) for c in (own, other)]
+    assert runtimes[0].get_setting("TELEGRAM_BOT_TOKEN") == "222:own-token"
+    assert runtimes[1].get_setting("TELEGRAM_BOT_TOKEN") is None, "several characters: no fallback to the process's"
+    assert runtimes[1].get_setting("OPENAI_API_KEY") == "sk-process", "model keys are shared"
 
 
 # State -----------------------------------------------------------------------------------------
