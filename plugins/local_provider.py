@@ -28,16 +28,19 @@ import json
 import os
 import platform
 import re
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bot.plugin import ModelHandler, ModelOutput, ModelRegistration, Plugin, Priority, ToolCall
 from bot.settings import Settings, SettingsError
 from bot.streaming import TextListener
 from bot.types import ModelType
 from plugins.models import json_instruction, parse_json_object
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from xllamacpp import Server
@@ -265,22 +268,29 @@ def results_reply(steps: list[ToolStep]) -> str:
     return "\n".join(lines)
 
 
-class LocalProvider:
-    """One llama.cpp model, loaded on first use and shared by every handler."""
+class LoadedModel:
+    """One llama.cpp model in memory, loaded on first use. Every character of the process whose
+    settings name the same file and context size shares it (a model is over 100 MB), and its calls
+    run one at a time: the lock is taken in the worker thread, so it serves any event loop."""
 
-    def __init__(self, settings: Settings, path: Path) -> None:
-        self.settings = settings
-        self.path = path
-        self.model_name = path.stem
+    def __init__(self, path: Path, context_size: int) -> None:
+        self.path, self.context_size = path, context_size
         self._server: Server | None = None
-        self._lock = asyncio.Lock()
+        self._lock = threading.Lock()
+
+    def call(self, work: Callable[[Server], T]) -> T:
+        """Run blocking `work` on the model (in a worker thread), loading it first if need be."""
+        with self._lock:
+            if self._server is None:
+                self._server = self._load()
+            return work(self._server)
 
     def _load(self) -> Server:
         import xllamacpp
 
         params = xllamacpp.CommonParams()
         params.model.path = str(self.path)
-        params.n_ctx = self.settings.local_context_size
+        params.n_ctx = self.context_size
         params.n_parallel = 1
         params.use_jinja = True  # the GGUF's own chat template: right role markers and stop tokens
         params.warmup = False
@@ -291,6 +301,25 @@ class LocalProvider:
             return xllamacpp.Server(params)
         except Exception as error:
             raise LocalModelError(f"cannot load the local model {self.path}: {error}") from None
+
+
+_LOADED: dict[tuple[Path, int], LoadedModel] = {}
+
+
+def loaded_model(path: Path, context_size: int) -> LoadedModel:
+    """The process's model for this file and context size (loaded when first called)."""
+    return _LOADED.setdefault((path.resolve(), context_size), LoadedModel(path, context_size))
+
+
+class LocalProvider:
+    """The model handlers of one character over the process's shared llama.cpp model."""
+
+    def __init__(self, settings: Settings, path: Path) -> None:
+        self.settings = settings
+        self.path = path
+        self.model_name = path.stem
+        self.model = loaded_model(path, settings.local_context_size)
+        self._lock = asyncio.Lock()  # this character's calls queue here, not in worker threads
 
     def _request(self, params: dict[str, Any], system: str, json_schema: dict[str, Any] | None,
                  want_json: bool) -> dict[str, Any]:
@@ -312,14 +341,9 @@ class LocalProvider:
             request["json_schema"] = json_schema or {"type": "object"}
         return request
 
-    def _server_ready(self) -> Server:
-        if self._server is None:
-            self._server = self._load()
-        return self._server
-
     def _complete(self, request: dict[str, Any]) -> ModelOutput:
         """Blocking inference; runs in a worker thread while the lock is held."""
-        result: dict[str, Any] = self._server_ready().handle_chat_completions(request)
+        result: dict[str, Any] = self.model.call(lambda server: server.handle_chat_completions(request))
         _raise_error(result)
         choice = result["choices"][0]
         return self._output(request, choice["message"].get("content") or "", choice.get("finish_reason"),
@@ -346,8 +370,8 @@ class LocalProvider:
             return False  # go on
 
         try:
-            result = self._server_ready().handle_chat_completions(
-                {**request, "stream": True, "stream_options": {"include_usage": True}}, on_chunk)
+            result = self.model.call(lambda server: server.handle_chat_completions(
+                {**request, "stream": True, "stream_options": {"include_usage": True}}, on_chunk))
             _raise_error(result)
             _raise_error(errors[0] if errors else None)
         finally:

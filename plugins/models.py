@@ -11,6 +11,8 @@ import importlib
 import json
 import re
 import sys
+import weakref
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -62,8 +64,22 @@ class ModelProviderError(RuntimeError):
     """A provider call failed. The message names the provider and never contains a secret."""
 
 
+@dataclass
+class _SharedClient:
+    client: Any
+    users: int = 0
+
+
+# The SDK clients of this event loop by their options: characters with the same key and endpoint
+# share one client and its connection pool. Per loop, since a client's pool belongs to the loop
+# that made it (tests run many loops; a loop that is gone takes its entries with it).
+_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], _SharedClient]] = (
+    weakref.WeakKeyDictionary())
+
+
 class SdkClient(Generic[C]):
-    """One SDK client per provider, built on first use from the shared timeout/retry settings.
+    """The provider's SDK client, built on first use from the shared timeout/retry settings, and
+    shared with every other provider (another character's) that has the same key and endpoint.
 
     The SDK itself is imported then too, in a worker thread: `anthropic` alone takes over a
     second to import, which would otherwise delay start-up (and, imported lazily on the loop,
@@ -75,7 +91,9 @@ class SdkClient(Generic[C]):
         self._module, self._class_name = module, class_name
         self._options = {"api_key": api_key, "base_url": base_url or None, "timeout": settings.model_timeout,
                          "max_retries": settings.model_max_retries}
+        self._key = (module, class_name, *self._options.values())
         self._client: C | None = None
+        self._shared: _SharedClient | None = None
         self._lock = asyncio.Lock()
 
     @property
@@ -88,14 +106,26 @@ class SdkClient(Generic[C]):
             async with self._lock:
                 if self._client is None:
                     sdk = await asyncio.to_thread(importlib.import_module, self._module)
-                    self._client = getattr(sdk, self._class_name)(**self._options)
+                    clients = _CLIENTS.setdefault(asyncio.get_running_loop(), {})
+                    shared = clients.get(self._key)
+                    if shared is None:
+                        shared = clients[self._key] = _SharedClient(getattr(sdk, self._class_name)(**self._options))
+                    shared.users += 1
+                    self._shared, self._client = shared, shared.client
         return self._client
 
     async def aclose(self) -> None:
-        """Close the client; a later call makes a new one (e.g. in another event loop)."""
-        client, self._client = self._client, None
-        if client is not None:
-            await client.close()
+        """Let go of the client, closing it when no other provider uses it; a later call makes a
+        new one (e.g. in another event loop)."""
+        shared, self._shared, self._client = self._shared, None, None
+        if shared is None:
+            return
+        shared.users -= 1
+        if shared.users == 0:
+            for clients in _CLIENTS.values():
+                if clients.get(self._key) is shared:
+                    del clients[self._key]
+            await shared.client.close()
 
 
 class Closable(Protocol):

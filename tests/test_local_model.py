@@ -3,6 +3,7 @@ skip: the test command installs the `local` extra), and its configuration errors
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -155,3 +156,25 @@ async def test_smollm2_streams_the_same_reply_it_returns(local_runtime: AgentRun
     assert len(pieces) > 3, "one piece per token or so, not the whole reply at the end"
     assert streamed == plain
     assert "".join(pieces).strip().startswith(streamed.rstrip(".!?")[: len(streamed) // 2])
+
+
+async def test_characters_share_one_loaded_model_and_take_turns(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    model = local_provider.loaded_model(BUNDLED_MODEL, settings.local_context_size)
+    assert local_provider.LocalProvider(settings, BUNDLED_MODEL).model is model, "one model in memory for all"
+    wider = settings.model_copy(update={"local_context_size": 1024})
+    assert local_provider.LocalProvider(wider, BUNDLED_MODEL).model is not model, "another context size: another"
+    store = create_store(settings)
+    runtimes = []
+    try:
+        for name in ("Ada", "Bob"):
+            character = parse_character({"name": name, "bio": "x"}).character
+            plugins, _ = model_plugins(settings, character)
+            runtimes.append(AgentRuntime(character, settings, store, plugins))
+            await runtimes[-1].initialize()
+        replies = await asyncio.gather(*(r.use_model(ModelType.TEXT_LARGE, {"prompt": "Say hello."}) for r in runtimes))
+        assert all(isinstance(reply, str) and reply for reply in replies), "both answered, one after the other"
+    finally:
+        for runtime in runtimes:
+            await runtime.stop()
+        await store.close()

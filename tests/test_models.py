@@ -452,3 +452,23 @@ async def test_fake_openai_runs_as_a_subprocess() -> None:
     finally:
         process.terminate()
         await asyncio.wait_for(process.wait(), 10)
+
+
+async def test_characters_with_one_key_share_one_client_until_the_last_lets_go(
+        tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    from plugins.openai_provider import OpenAIProvider
+
+    settings = openai_settings(tmp_path, fake_openai)
+    ada, bob = OpenAIProvider(settings, OPENAI_KEY), OpenAIProvider(settings, OPENAI_KEY)
+    other = OpenAIProvider(settings, "sk-another-key-000")
+    clients = [await provider.client() for provider in (ada, bob, other)]
+    assert clients[0] is clients[1], "one key and endpoint: one client and connection pool"
+    assert clients[2] is not clients[0], "another key: its own client"
+    await ada.aclose()
+    assert not clients[0].is_closed(), "the other character still uses it"
+    assert (await bob.embedding(None, {"text": "hi"})).value  # type: ignore[arg-type]
+    await bob.aclose()
+    assert clients[0].is_closed()
+    assert await ada.client() is not clients[0], "a later call makes a new one"
+    await ada.aclose()
+    await other.aclose()
