@@ -209,6 +209,8 @@ class ModelRegistration:
     structured: bool = True
     # True when the handler takes `tools` and `tool_steps` params and returns `tool_calls`.
     native_tools: bool = False
+    # True when the model runs in this process: a call costs no money and meets no rate limit.
+    in_process: bool = False
 
 
 @dataclass

@@ -67,6 +67,11 @@ class ModelsMixin:
         handlers = self._models.get(model_type)
         return bool(handlers) and handlers[0].native_tools
 
+    def runs_in_process(self, model_type: ModelType) -> bool:
+        """Whether the first model for this type runs in this process (calls cost nothing)."""
+        handlers = self._models.get(model_type)
+        return bool(handlers) and handlers[0].in_process
+
     def model_providers(self, model_type: ModelType) -> list[str]:
         return [r.provider for r in self._models.get(model_type, [])]
 

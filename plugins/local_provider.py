@@ -455,7 +455,7 @@ class LocalProvider:
             ModelType.OBJECT_LARGE: self.object,
         }
         return [ModelRegistration(t, h, provider=NAME, priority=priority, structured=False,
-                                  native_tools=t is ModelType.TEXT_LARGE)
+                                  native_tools=t is ModelType.TEXT_LARGE, in_process=True)
                 for t, h in handlers.items()]
 
 

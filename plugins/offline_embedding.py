@@ -127,17 +127,20 @@ class OfflineEmbedding:
         return ModelOutput(value=vectors[0] if single else vectors, model=MODEL)
 
 
+_LOADED: dict[tuple[Path, Path], OfflineEmbedding] = {}
+
+
 def offline_embedding_plugin() -> Plugin | None:
     """The plugin, or None when the wheel's model files are missing (a broken install)."""
     files = model_files()
     if files is None:
         return None
-    handler = OfflineEmbedding(*files).handler
+    shared = _LOADED.setdefault(files, OfflineEmbedding(*files))  # one model for all characters
     return Plugin(
         name=NAME,
         description=f"Offline text embeddings ({MODEL}, shipped in the {PACKAGE} package)",
         priority=Priority.MODEL,
-        models=[ModelRegistration(ModelType.TEXT_EMBEDDING, handler, provider=NAME)],
+        models=[ModelRegistration(ModelType.TEXT_EMBEDDING, shared.handler, provider=NAME, in_process=True)],
     )
 
 

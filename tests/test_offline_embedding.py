@@ -171,11 +171,11 @@ async def test_count_embeddings_per_size(store: SqlStore, agent_id: uuid.UUID) -
     assert await store.count_embeddings(uuid.uuid4()) == {}
 
 
-async def test_vectors_of_the_previous_256_dimension_model_are_never_searched_with_new_ones(
+async def test_vectors_of_the_previous_256_dimension_model_are_embedded_again(
         sqlite_store: SqlStore, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """An upgrade from a release that stored all 256 dimensions: the start says so in one line, new
-    memories get the prefix's size, and a search by meaning compares a query only with vectors of its
-    own size, so the older, closer statement is not found, and nothing fails."""
+    """An upgrade from a release that stored all 256 dimensions: the start says so in one line and
+    embeds the facts again with the offline model (it costs nothing), so they are found by meaning
+    beside new ones, and no search ever compares vectors of two sizes."""
     settings = make_settings(tmp_path)
     first = await start_runtime(sqlite_store, settings, ScriptedModel())
     old = Memory(agent_id=first.agent_id, entity_id=first.agent_id, room_id=first.agent_id, type=MemoryType.FACT,
@@ -189,13 +189,13 @@ async def test_vectors_of_the_previous_256_dimension_model_are_never_searched_wi
     await next(s for s in runtime.services if isinstance(s, VectorSizeCheck)).task
     [line] = [r.getMessage() for r in caplog.records if r.name == "plugins.bootstrap.embeddings"]
     assert f"(1 of size 256) than the embedding model's {DIMENSIONS}" in line
+    assert await sqlite_store.count_embeddings(runtime.agent_id) == {DIMENSIONS: 1}
     new = old.model_copy(update={"id": uuid.uuid4(), "content": Content(text="The train to Porto leaves at nine.")})
     await sqlite_store.create_memory(new)
     await sqlite_store.set_embeddings([(new.id, await embed({"text": new.content.text}))])
-    assert await sqlite_store.count_embeddings(runtime.agent_id) == {256: 1, DIMENSIONS: 1}
     hits = await sqlite_store.search_memories_by_embedding(await embed({"text": "What did I eat?"}),
                                                            agent_id=runtime.agent_id, count=10)
-    assert [h.memory.id for h in hits] == [new.id] and len(hits[0].memory.embedding) == DIMENSIONS
+    assert [h.memory.id for h in hits][0] == old.id and len(hits[0].memory.embedding) == DIMENSIONS
 
 
 @pytest.mark.parametrize("stored_size", [384, DIMENSIONS])
@@ -224,3 +224,32 @@ async def test_one_line_names_the_stored_vectors_of_another_size(sqlite_store: S
         assert lines[0].startswith(f"3 stored memories have embeddings of another size (3 of size 384) "
                                    f"than the embedding model's {DIMENSIONS}")
         assert "knowledge fragments are re-embedded" in lines[0]
+        assert "messages and facts are embedded again" in lines[0], "the offline model costs nothing"
+        assert await sqlite_store.count_embeddings(runtime.agent_id) == {DIMENSIONS: 3}
+
+
+async def test_an_api_model_leaves_old_vectors_alone(sqlite_store: SqlStore, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Re-embedding a history through an API would cost its owner: the line says they are left out."""
+    settings = make_settings(tmp_path)
+    first = await start_runtime(sqlite_store, settings, ScriptedModel())
+    fact = Memory(agent_id=first.agent_id, entity_id=first.agent_id, room_id=first.agent_id, type=MemoryType.FACT,
+                  content=Content(text="I had pasta for dinner."))
+    await sqlite_store.create_memory(fact)
+    await sqlite_store.set_embeddings([(fact.id, [0.5] * DIMENSIONS)])
+    await first.stop()
+
+    caplog.set_level(logging.DEBUG, logger="plugins.bootstrap.embeddings")
+    api = ScriptedModel(defaults={ModelType.TEXT_EMBEDDING: [0.1] * 384})
+    runtime = await start_runtime(sqlite_store, settings, api, model_types=(ModelType.TEXT_EMBEDDING,))
+    await next(s for s in runtime.services if isinstance(s, VectorSizeCheck)).task
+    [line] = [r.getMessage() for r in caplog.records if r.name == "plugins.bootstrap.embeddings"]
+    assert "not re-embedded" in line and "of size 128" in line
+    assert await sqlite_store.count_embeddings(runtime.agent_id) == {DIMENSIONS: 1}
+    assert [p.get("text") for t, p in api.calls if t is ModelType.TEXT_EMBEDDING] == ["size"], "only the probe"
+
+
+def test_characters_share_one_offline_model() -> None:
+    handlers = [plugin.models[0].handler for plugin in (offline_embedding_plugin(), offline_embedding_plugin())
+                if plugin is not None]
+    assert len(handlers) == 2 and handlers[0].__self__ is handlers[1].__self__, "one model in memory for all"

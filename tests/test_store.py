@@ -260,6 +260,24 @@ async def test_embedding_search_ranks_filters_and_ignores_other_dimensions(
     assert await store.search_memories_by_embedding(query, agent_id=agent_id, room_id=uuid.uuid4()) == []
 
 
+async def test_memories_embedded_in_another_size_are_listed_oldest_first(store: SqlStore, agent_id: uuid.UUID) -> None:
+    room = uuid.uuid4()
+    old = [memory(agent_id, room, f"old {i}", embedding=[1.0, 0.0, 0.0], created_at=1000 + i) for i in range(3)]
+    fact = memory(agent_id, room, "old fact", embedding=[0.0, 1.0, 0.0], type=MemoryType.FACT, created_at=999)
+    fragment = memory(agent_id, room, "old fragment", embedding=[0.0, 1.0, 0.0], type=MemoryType.FRAGMENT)
+    current = memory(agent_id, room, "current", embedding=[1.0, 0.0, 0.0, 0.0])
+    foreign = memory(uuid.uuid4(), room, "other agent", embedding=[1.0, 0.0, 0.0])
+    for m in (*old, fact, fragment, current, foreign):
+        await store.create_memory(m)
+    kinds = (MemoryType.MESSAGE, MemoryType.FACT)
+    found = await store.embedded_in_other_size(agent_id, 4, types=kinds, count=10)
+    assert [m.id for m in found] == [fact.id, *(m.id for m in old)], "oldest first, no fragment, no other agent"
+    assert [m.id for m in await store.embedded_in_other_size(agent_id, 4, types=kinds, count=2)] == [fact.id, old[0].id]
+    await store.set_embeddings([(m.id, [0.0, 0.0, 0.0, 1.0]) for m in found])
+    assert await store.embedded_in_other_size(agent_id, 4, types=kinds) == []
+    assert await store.count_embeddings(agent_id) == {4: 5, 3: 1}
+
+
 async def test_embedding_index_follows_writes_after_loading(store: SqlStore, agent_id: uuid.UUID) -> None:
     room = uuid.uuid4()
     first = memory(agent_id, room, "first", embedding=[1.0, 0.0])

@@ -227,6 +227,11 @@ class Store(ABC):
         """How many of the agent's memories have an embedding, per vector size."""
 
     @abstractmethod
+    async def embedded_in_other_size(self, agent_id: uuid.UUID, dim: int, *, types: Sequence[MemoryType],
+                                     count: int = 100) -> list[Memory]:
+        """Up to `count` of the agent's memories of these types whose vector is not of size `dim`, oldest first."""
+
+    @abstractmethod
     def forget_vectors(self, agent_id: uuid.UUID) -> None:
         """Drop what this process holds of the agent's vectors (an in-process index), so the next
         search reads them afresh, with what other processes wrote meanwhile."""

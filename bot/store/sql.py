@@ -726,6 +726,18 @@ class SqlStore(Store):
         )
         return {int(dim): int(count) for dim, count in await self._rows(stmt)}
 
+    async def embedded_in_other_size(self, agent_id: uuid.UUID, dim: int, *, types: Sequence[MemoryType],
+                                     count: int = 100) -> list[Memory]:
+        stmt = (
+            sa.select(*_MEMORY_COLUMNS)
+            .select_from(memories.join(embeddings, embeddings.c.memory_id == memories.c.id))
+            .where(memories.c.agent_id == str(agent_id), embeddings.c.dim != dim,
+                   memories.c.type.in_([t.value for t in types]))
+            .order_by(memories.c.created_at, memories.c.id)
+            .limit(count)
+        )
+        return [_memory(row) for row in await self._rows(stmt)]
+
     async def search_memories_by_embedding(
         self,
         embedding: Sequence[float],

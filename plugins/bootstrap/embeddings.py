@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from bot.plugin import Service
 from bot.runtime import ModelError
-from bot.types import Memory, ModelType
+from bot.types import Memory, MemoryType, ModelType
 
 if TYPE_CHECKING:
     from bot.runtime import AgentRuntime
@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 BATCH_SIZE = 32
 BATCH_WAIT = 0.5  # seconds to gather a batch before embedding it
+REEMBEDDED = (MemoryType.MESSAGE, MemoryType.FACT)  # fragments are the knowledge indexer's
 
 
 class EmbeddingQueue:
@@ -69,9 +70,11 @@ class VectorSizeCheck(Service):
     (the model was changed, e.g. an OpenAI key was added after offline embeddings).
 
     Nothing is mixed up: the store keeps one vector index per size, so those vectors are simply
-    not found by meaning. Messages and facts keep them (re-embedding a history would cost an API
-    bill); the knowledge indexer re-embeds its fragments. Learning the model's size costs at most
-    one embedding of one word (shared with the indexer), and only when vectors are stored.
+    not found by meaning. With a model that runs in this process, messages and facts are embedded
+    again in the background (it costs nothing); with an API model they keep their old vectors
+    (re-embedding a history would cost an API bill). The knowledge indexer re-embeds its
+    fragments either way. Learning the model's size costs at most one embedding of one word
+    (shared with the indexer), and only when vectors are stored.
     """
 
     service_type = "vector-size-check"
@@ -95,10 +98,34 @@ class VectorSizeCheck(Service):
             log.debug("vector sizes not checked: %s", error)
             return
         other = {dim: count for dim, count in sorted(sizes.items()) if dim != size}
-        if other:
-            log.warning(
-                "%d stored memories have embeddings of another size (%s) than the embedding model's %d: "
-                "search by meaning leaves them out; messages and facts are not re-embedded, knowledge "
-                "fragments are re-embedded by the knowledge indexer", sum(other.values()),
-                ", ".join(f"{count} of size {dim}" for dim, count in other.items()), size,
-            )
+        if not other:
+            return
+        again = runtime.runs_in_process(ModelType.TEXT_EMBEDDING)
+        log.warning(
+            "%d stored memories have embeddings of another size (%s) than the embedding model's %d: %s; "
+            "knowledge fragments are re-embedded by the knowledge indexer", sum(other.values()),
+            ", ".join(f"{count} of size {dim}" for dim, count in other.items()), size,
+            "messages and facts are embedded again in the background" if again else
+            "search by meaning leaves them out (messages and facts are not re-embedded)",
+        )
+        if again:
+            await self.reembed(size)
+
+    async def reembed(self, size: int) -> int:
+        """Embed messages and facts again with the current model, a batch at a time; how many."""
+        runtime, done = self.runtime, 0
+        while batch := await runtime.store.embedded_in_other_size(runtime.agent_id, size, types=REEMBEDDED,
+                                                                  count=BATCH_SIZE):
+            embeddable = [m for m in batch if m.content.text.strip()]
+            if not embeddable:  # nothing here has text to embed: leave the rest as it is
+                break
+            try:
+                vectors = await runtime.embed_many([m.content.text for m in embeddable])
+            except ModelError as error:
+                log.warning("re-embedding messages and facts stopped (they keep their old vectors): %s", error)
+                break
+            await runtime.store.set_embeddings([(m.id, v) for m, v in zip(embeddable, vectors, strict=True)])
+            done += len(embeddable)
+        if done:
+            log.debug("%d messages and facts embedded again with the %d-dimension model", done, size)
+        return done
