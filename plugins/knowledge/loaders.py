@@ -13,9 +13,6 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import PurePath
 
-from pypdf import PdfReader
-from pypdf.errors import DependencyError, FileNotDecryptedError, PdfReadError
-
 # pypdf logs a line per oddity it meets in a damaged file; the one warning per file is ours.
 logging.getLogger("pypdf").setLevel(logging.CRITICAL)
 
@@ -83,6 +80,10 @@ def _markdown_title(text: str) -> str:
 
 
 def load_pdf(data: bytes) -> LoadedDocument:
+    # pypdf (with fontTools and Pillow) takes ~7 MB: imported when a PDF is read (in a worker thread).
+    from pypdf import PdfReader
+    from pypdf.errors import DependencyError, FileNotDecryptedError, PdfReadError
+
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):  # an owner-only password still reads

@@ -7,13 +7,17 @@ Servers come from the character's `settings.mcp.servers` and the operator's MCP_
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from bot.character import Character
 from bot.logging_setup import mask_secrets
 from bot.plugin import Plugin, Priority
 from bot.settings import Settings
 
 from .config import ServerConfig, configured_servers
-from .service import McpService, service_for
+
+if TYPE_CHECKING:
+    from .service import McpService
 
 
 def create_plugin(settings: Settings, character: Character) -> Plugin | None:
@@ -21,9 +25,21 @@ def create_plugin(settings: Settings, character: Character) -> Plugin | None:
     servers = configured_servers(settings, character)
     if not servers:
         return None
+    # The MCP SDK (Starlette, uvicorn, OpenTelemetry...) takes ~28 MB: imported only when a server is set.
+    from .service import service_for
+
     mask_secrets(secret for server in servers for secret in server.secrets)
     return Plugin(name="mcp", description="MCP servers' tools and resources as actions",
                   priority=Priority.FEATURE, services=[service_for(servers)])
+
+
+def __getattr__(name: str) -> Any:
+    """`McpService` on first access, so importing this package does not import the SDK."""
+    if name == "McpService":
+        from .service import McpService
+
+        return McpService
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["McpService", "ServerConfig", "create_plugin"]
