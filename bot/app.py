@@ -193,7 +193,7 @@ class App:
     async def start(self) -> None:
         from bot.server import WebServer
 
-        self.server = WebServer(self.runtime, self.primary.config.settings)
+        self.server = WebServer(self.agents, self.primary.config.settings)
         try:
             await self.server.start()
         except OSError as error:

@@ -39,8 +39,11 @@ def not_found(message: str) -> dict[str, Any]:
     return {"success": False, "error": {"code": "NOT_FOUND", "message": message}}
 
 
-BAD_AGENT = (400, {"success": False, "error": {
-    "code": "INVALID_ID", "message": "Invalid agent ID format: use the agent's id (a UUID), its name or 'default'"}})
+def bad_agent(bot: Any) -> tuple[int, dict[str, Any]]:
+    """The 400 for a path that names no agent: it names the agents."""
+    listing = f"Test ({bot.app.runtime.agent_id})"
+    return 400, {"success": False, "error": {"code": "INVALID_ID", "message": "Invalid agent ID format: use an "
+                                             f"agent's id (a UUID), its name or 'default'; the agents are {listing}"}}
 
 
 async def ok(bot: Running, method: str, path: str, status: int = 200, **kwargs: Any) -> Any:
@@ -65,7 +68,7 @@ async def test_agents_answer_in_the_envelope_with_the_character_at_the_top(tmp_p
         agent_id = str(bot.app.runtime.agent_id)
         listed = await ok(bot, "GET", "/api/agents")
         assert listed == {"agents": [{"id": agent_id, "name": "Test", "characterName": "Test",
-                                      "bio": "First line of the bio.", "status": "active"}]}
+                                      "bio": "First line of the bio.", "status": "active", "state": "running"}]}
         for name in (agent_id, agent_id.upper(), "Test", "default"):
             agent = await ok(bot, "GET", f"/api/agents/{name}")
             assert agent["id"] == agent_id and agent["name"] == "Test" and agent["username"] == "testbot"
@@ -84,7 +87,7 @@ async def test_agents_answer_in_the_envelope_with_the_character_at_the_top(tmp_p
         assert not [secret for secret in SECRETS if secret in raw]
         assert await bot.call("GET", f"/api/agents/{uuid.uuid4()}", headers=ADMIN) == (404, not_found("Agent not found"))
         for malformed in ("someone-else", "bad", agent_id[:-1]):
-            assert await bot.call("GET", f"/api/agents/{malformed}", headers=ADMIN) == BAD_AGENT
+            assert await bot.call("GET", f"/api/agents/{malformed}", headers=ADMIN) == bad_agent(bot)
 
 
 async def test_starting_the_running_agent_finds_it_active(tmp_path: Path, fake: FakeOpenAI) -> None:
@@ -94,7 +97,7 @@ async def test_starting_the_running_agent_finds_it_active(tmp_path: Path, fake: 
             assert await ok(bot, "POST", f"/api/agents/{name}/start") == started
         assert await bot.call("POST", f"/api/agents/{uuid.uuid4()}/start", headers=ADMIN) == (
             404, not_found("Agent not found"))
-        assert await bot.call("POST", "/api/agents/bad/start", headers=ADMIN) == BAD_AGENT
+        assert await bot.call("POST", "/api/agents/bad/start", headers=ADMIN) == bad_agent(bot)
         assert (await bot.call("POST", "/api/agents/default/start"))[0] == 401  # the admin key, as everywhere
 
 
@@ -102,7 +105,7 @@ async def test_what_parley_does_not_do_answers_one_clear_error(tmp_path: Path, f
     async with running_app(tmp_path, fake, api_key=KEY) as bot:
         messages = {name: message for _, _, name, message in UNSUPPORTED}
         worlds = ("GET", "/api/agents/worlds", "get_worlds", messages["add_agent_to_world"])  # get_agent's path
-        assert len(UNSUPPORTED) == 16 and worlds[3] == ("parley does not manage worlds over the API; a room's world "
+        assert len(UNSUPPORTED) == 15 and worlds[3] == ("parley does not manage worlds over the API; a room's world "
                                                         "is in GET /api/memory/{agentId}/rooms/{roomId} (worldId, "
                                                         "worldName)")
         for method, path, _, message in [*UNSUPPORTED, worlds]:
@@ -110,8 +113,9 @@ async def test_what_parley_does_not_do_answers_one_clear_error(tmp_path: Path, f
             status, body = await bot.call(method, url, headers=ADMIN, json={"name": "x"})
             assert (status, body) == (409, {"success": False, "error": {"code": "NOT_SUPPORTED", "message": message}})
             assert (await bot.call(method, url, json={}))[0] == 401  # the admin key first, as everywhere
-        assert messages["create_agent"] == ("parley runs one agent, its character, for the life of the process: to "
-                                            "run another agent, start another parley with its own CHARACTER_PATH")
+        assert messages["create_agent"] == ("parley runs the characters it was started with (CHARACTER_PATH or "
+                                            "CHARACTERS): to run another agent, add its character file to "
+                                            "CHARACTERS and restart")
         document = (await bot.call("GET", "/api/openapi.json"))[1]
         for method, path, name, _ in UNSUPPORTED:
             operation = document["paths"][path][method.lower()]
@@ -209,8 +213,8 @@ async def test_agent_memories_newest_first_by_table_room_and_channel(tmp_path: P
         assert await bot.call("GET", f"/api/memory/{uuid.uuid4()}/memories", headers=ADMIN) == (
             404, not_found("Agent not found"))
         for path in ("memories", "rooms", f"rooms/{uuid.uuid4()}", f"rooms/{uuid.uuid4()}/memories"):
-            assert await bot.call("GET", f"/api/memory/not-an-agent/{path}", headers=ADMIN) == BAD_AGENT, path
-        assert await bot.call("DELETE", "/api/memory/not-an-agent/memories", headers=ADMIN) == BAD_AGENT
+            assert await bot.call("GET", f"/api/memory/not-an-agent/{path}", headers=ADMIN) == bad_agent(bot), path
+        assert await bot.call("DELETE", "/api/memory/not-an-agent/memories", headers=ADMIN) == bad_agent(bot)
 
 
 async def test_room_memories_by_room_id_channel_or_session_channel(tmp_path: Path, fake: FakeOpenAI) -> None:

@@ -199,9 +199,11 @@ async def test_web_chat_modes(tmp_path: Path, fake: FakeOpenAI) -> None:
         assert (await bot.call("POST", "/api/sessions", json={"userId": "v"}))[0] == 401
     async with running_app(tmp_path, fake, api_key=KEY) as bot:  # the default
         assert bot.app.settings.web_chat == "admin"
-        assert (await bot.call("GET", "/api/web-chat"))[1] == {"name": "Test", "access": "admin"}
+        only = [{"id": str(bot.app.runtime.agent_id), "name": "Test"}]
+        assert (await bot.call("GET", "/api/web-chat"))[1] == {"name": "Test", "access": "admin", "agents": only}
         assert (await bot.call("POST", "/api/sessions", json={"userId": "v"}))[0] == 401
         status, page = await bot.call("GET", "/")
         assert status == 200 and KEY not in page
     async with running_app(tmp_path, fake, api_key=KEY, web_chat="public") as bot:
-        assert (await bot.call("GET", "/api/web-chat"))[1] == {"name": "Test", "access": "public"}
+        only = [{"id": str(bot.app.runtime.agent_id), "name": "Test"}]
+        assert (await bot.call("GET", "/api/web-chat"))[1] == {"name": "Test", "access": "public", "agents": only}

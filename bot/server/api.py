@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -48,14 +47,6 @@ def api_room_key(room: str) -> str:
 class RestApi:
     def __init__(self, runtime: AgentRuntime) -> None:
         self.runtime = runtime
-
-    def resolve_agent(self, agent: str | None) -> uuid.UUID:
-        """One agent runs per process: accept its id, its name, "default" or nothing."""
-        runtime = self.runtime
-        if agent in (None, "", "default", str(runtime.agent_id), runtime.character.name):
-            return runtime.agent_id
-        raise ApiError(404, "AGENT_NOT_FOUND", f"no agent {agent!r} runs here; use 'default' or "
-                       f"{runtime.agent_id}")
 
     async def send_message(self, request: web.Request) -> web.StreamResponse:
         body = await parse_body(request, MessageIn)

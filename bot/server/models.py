@@ -26,6 +26,14 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+AGENT_DESCRIPTION = ("The agent (character) addressed: its id or its name; the first character when omitted. "
+                     "Also accepted as ?agent= in the query.")
+
+
+def agent_field() -> Any:
+    return Field(None, description=AGENT_DESCRIPTION)
+
+
 class Camel(BaseModel):
     """A body with elizaOS's camelCase field names (`alias`), also built by field name."""
 
@@ -72,6 +80,7 @@ Transport = Literal["http", "sse"]
 
 
 class MessageIn(Body):
+    agent: Key | None = agent_field()
     text: Text
     user_id: Key
     room_id: Key
@@ -148,6 +157,7 @@ class MessageResult(BaseModel):
 
 
 class MessagesQuery(Body):
+    agent: Key | None = agent_field()
     room_id: Key
     cursor: Key | None = None
     limit: Limit = 20
@@ -159,6 +169,7 @@ class MessagePage(BaseModel):
 
 
 class MemoryIn(Body):
+    agent: Key | None = agent_field()
     text: Text
     type: MemoryType = MemoryType.FACT
     room_id: Key | None = Field(None, description="Defaults to the agent's own room.")
@@ -183,6 +194,7 @@ class MemoryOut(BaseModel):
 
 
 class MemoriesQuery(Body):
+    agent: Key | None = agent_field()
     type: MemoryType = MemoryType.FACT
     room_id: Key | None = None
     cursor: Key | None = None
@@ -195,6 +207,7 @@ class MemoryPage(BaseModel):
 
 
 class MemorySearch(Body):
+    agent: Key | None = agent_field()
     text: Text | None = None
     embedding: Vector | None = None
     type: MemoryType | None = None
@@ -213,7 +226,14 @@ class MemorySearchResult(BaseModel):
     results: list[MemoryHit]
 
 
+class WebChatAgent(BaseModel):
+    id: uuid.UUID
+    name: str
+
+
 class WebChatInfo(BaseModel):
-    name: str = Field(description="The character's name.")
+    name: str = Field(description="The first character's name.")
+    agents: list[WebChatAgent] = Field(description="The running agents a visitor may chat with, the first "
+                                       "character first; pass the chosen one's id as agentId to POST /api/sessions.")
     access: Literal["admin", "public"] = Field(description="admin: the page needs API_KEY; public: visitors "
                                                "chat with no key.")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from .access import STATE_CHANGING, VISITOR_COOKIE, Access
-from .models import ErrorResponse
+from .models import AGENT_DESCRIPTION, ErrorResponse
 
 if TYPE_CHECKING:
     from bot.plugin import Route
@@ -148,7 +148,21 @@ def _query_parameters(model: type[BaseModel], definitions: dict[str, Any]) -> li
     return params
 
 
-def build_openapi(operations: Sequence[Operation], *, title: str, version: str, visitors: bool) -> dict[str, Any]:
+def _agent_parameter(op: Operation) -> list[dict[str, Any]]:
+    """`?agent=` for an operation addressed to one agent, unless its path names the agent (or the session,
+    which has one) or its query model already has the field."""
+    named = set(_PATH_PARAM.findall(op.path)) & {"agent_id", "session_id"}
+    if named or (op.query is not None and "agent" in op.query.model_fields):
+        return []
+    return [{"name": "agent", "in": "query", "required": False, "description": AGENT_DESCRIPTION,
+             "schema": {"type": "string", "minLength": 1}}]
+
+
+def build_openapi(operations: Sequence[Operation], *, title: str, version: str, visitors: bool,
+                  addressed: Collection[int] = (), several: bool = False) -> dict[str, Any]:
+    """The document; the operations whose ids are in `addressed` serve one agent (an unknown agent is a
+    404, one that does not run a 409; see `directory.Agents`), named by `?agent=` when there are
+    `several` (a body's agent field is in its schema either way)."""
     models: set[type[BaseModel]] = {ErrorResponse}
     for op in operations:
         models.update(m for m in op.responses.values() if m is not None)
@@ -174,6 +188,8 @@ def build_openapi(operations: Sequence[Operation], *, title: str, version: str, 
         ]
         if op.query is not None:
             parameters += _query_parameters(op.query, schemas)
+        if id(op) in addressed and several:
+            parameters += _agent_parameter(op)
         if parameters:
             item["parameters"] = parameters
         if op.takes_body:
@@ -194,7 +210,8 @@ def build_openapi(operations: Sequence[Operation], *, title: str, version: str, 
             streamed.setdefault("content", {})["text/event-stream"] = {"schema": _event_schema(op.events)}
         errors = set(op.errors) | ({400, 413} if op.takes_body else set()) | (
             {400} if op.query is not None else set()) | ({401, 503} if op.access is not Access.PUBLIC else set()) | (
-            {429} if visitors and op.access in (Access.VISITOR, Access.VISITOR_START) else set()) | ({403, 415} if op.method in STATE_CHANGING else set())
+            {429} if visitors and op.access in (Access.VISITOR, Access.VISITOR_START) else set()) | (
+            {403, 415} if op.method in STATE_CHANGING else set()) | ({404, 409} if id(op) in addressed else set())
         for status in sorted(errors):
             responses[str(status)] = {"description": op.error_text(status), "content": {
                 "application/json": {"schema": _ref(ErrorResponse)}}}

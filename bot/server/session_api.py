@@ -11,7 +11,7 @@ from pydantic import ConfigDict, Field, model_validator
 from bot.types import Memory
 
 from .access import CALLER, Access, AccessPolicy
-from .api import RestApi, reply_timeout
+from .api import reply_timeout
 from .app import check_metadata, json_response, parse_body, parse_query
 from .conversation import Exchange, Pending, accept_message, memory_page, room_id_for
 from .models import (
@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 
 
 class SessionCreate(Camel):
-    agent_id: Key | None = Field(None, alias="agentId", description="Omit, or 'default', when one agent runs.")
+    agent_id: Key | None = Field(None, alias="agentId", description="The agent to chat with: its id or name; "
+                                 "omitted or 'default': the first character. The session stays with it.")
     user_id: Key = Field(alias="userId")
     timeout_config: TimeoutConfig | None = Field(None, alias="timeoutConfig")
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -154,8 +155,8 @@ async def accept_in_session(runtime: AgentRuntime, manager: SessionManager, sess
 class SessionApi:
     """Admins may use every session; a web chat visitor only the sessions it created."""
 
-    def __init__(self, runtime: AgentRuntime, manager: SessionManager, rest: RestApi, policy: AccessPolicy) -> None:
-        self.runtime, self.manager, self.rest, self.policy = runtime, manager, rest, policy
+    def __init__(self, runtime: AgentRuntime, manager: SessionManager, policy: AccessPolicy) -> None:
+        self.runtime, self.manager, self.policy = runtime, manager, policy
 
     def _metadata_cap(self) -> int:
         return self.runtime.settings.session_max_metadata_bytes
@@ -172,8 +173,7 @@ class SessionApi:
 
     async def create_session(self, request: web.Request) -> web.Response:
         caller = request[CALLER]
-        body = await parse_body(request, SessionCreate)
-        self.rest.resolve_agent(body.agent_id)
+        body = await parse_body(request, SessionCreate)  # its agentId chose this agent (`directory.Agents`)
         check_metadata(body.metadata, self._metadata_cap())
         session = await self.manager.create(caller.user_id or body.user_id, body.timeout_config, body.metadata,
                                             owner=caller.owner, client=None if caller.admin else caller.client)

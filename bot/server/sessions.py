@@ -269,6 +269,13 @@ class SessionManager:
         session.renewal_count += 1
         return True
 
+    async def knows(self, session_id: str) -> bool:
+        """Whether the session is this manager's (expired or not): a server of several agents asks
+        each manager, so a session's requests reach the agent it was created with."""
+        async with self._lock:
+            await self._ensure_loaded()
+            return session_id in self._sessions
+
     async def live(self) -> list[Session]:
         """Every session that has not expired, oldest first."""
         async with self._lock:
@@ -302,12 +309,3 @@ class SessionManager:
         if expired:
             log.info("removed %d expired session(s)", len(expired))
         return len(expired)
-
-    async def run_cleanup(self, interval: float) -> None:
-        """Forever: clean up, then sleep; a failing round is logged and the next one tries again."""
-        while True:
-            try:
-                await self.cleanup()
-            except Exception:
-                log.exception("session cleanup failed")
-            await asyncio.sleep(interval)

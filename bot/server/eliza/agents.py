@@ -3,9 +3,11 @@ routes are in `memory`.
 
 Agents answer in elizaOS's envelope, `{"success": true, "data": ...}` (the client returns `data`,
 and reads `error.code`/`error.message` from a failure); the server routes answer bare JSON (the
-client returns the body as is). One agent runs per process, so it is always "active".
+client returns the body as is). Every character of the process is an agent: "active" while it runs,
+"inactive" when an admin stopped it or it failed. An admin starts and stops one as in elizaOS
+(`POST /api/agents/{agentId}/start`, `.../stop`), except the primary agent, which the process runs.
 
-What elizaOS does and parley does not (create, change, stop or delete agents, worlds, panels, logs,
+What elizaOS does and parley does not (create, change or delete agents, worlds, panels, logs,
 message-server groups) is listed in `UNSUPPORTED`: each such route answers one 409 NOT_SUPPORTED
 that says what to do instead, rather than a bare 404 or 405. 409, "conflicts with how the server
 runs", because the request is fine and the server is not broken (not 501: every 5xx reads as a
@@ -19,30 +21,29 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from aiohttp import web
 from pydantic import ConfigDict, Field
 
+from bot.character import Character
+from bot.store.base import Store
 from bot.types import now_ms
 
-from ..api import RestApi
 from ..app import json_response
+from ..directory import Agents, Hosted
 from ..errors import ApiError
 from ..models import ErrorInfo, IsoTime
 from ..openapi import Operation
-from ..sessions import SessionManager
-from .memory import AGENT_PARAM, ElizaMemoryApi, agent_schema, is_uuid
+from .memory import AGENT_PARAM, ElizaMemoryApi, agent_schema
 from .wire import CamelModel, Envelope
-
-if TYPE_CHECKING:
-    from bot.runtime import AgentRuntime
 
 PING_TIMEOUT = 3.0
 
 
 # Agents ----------------------------------------------------------------------------------------------
-AgentStatus = Literal["active"]  # the process's one agent runs whenever the API answers
+AgentStatus = Literal["active", "inactive"]  # running, or stopped or failed (`state` says which)
+STATE = "parley's own: running, stopped, or failed: <reason>"
 
 
 class ElizaAgentSummary(CamelModel):
@@ -50,7 +51,8 @@ class ElizaAgentSummary(CamelModel):
     name: str
     character_name: str
     bio: str = Field(description="The first line of the character's bio.")
-    status: AgentStatus = "active"
+    status: AgentStatus
+    state: str = Field(description=STATE)
 
 
 class ElizaAgentList(CamelModel):
@@ -66,7 +68,8 @@ class ElizaAgent(CamelModel):
     name: str
     bio: str | list[str]
     enabled: bool = True
-    status: AgentStatus = "active"
+    status: AgentStatus
+    state: str = Field(description=STATE)
     created_at: int = Field(description="When the agent was first stored (ms).")
     updated_at: int = Field(description="When this process stored its character (ms).")
 
@@ -74,7 +77,11 @@ class ElizaAgent(CamelModel):
 class ElizaAgentStarted(CamelModel):
     id: uuid.UUID
     name: str
-    status: AgentStatus = "active"
+    status: Literal["active"] = "active"
+
+
+class ElizaAgentStopped(CamelModel):
+    message: Literal["Agent stopped"] = "Agent stopped"
 
 
 class ElizaAgentListResponse(Envelope):
@@ -87,6 +94,10 @@ class ElizaAgentResponse(Envelope):
 
 class ElizaAgentStartedResponse(Envelope):
     data: ElizaAgentStarted
+
+
+class ElizaAgentStoppedResponse(Envelope):
+    data: ElizaAgentStopped
 
 
 # Server ----------------------------------------------------------------------------------------------
@@ -126,6 +137,7 @@ class ElizaDegradedHealth(ElizaServerHealth):
 
 # What parley does not do ------------------------------------------------------------------------------
 _ONE_AGENT = "parley runs one agent, its character, for the life of the process"
+_CHARACTERS = "parley runs the characters it was started with (CHARACTER_PATH or CHARACTERS)"
 _NO_LOGS = "parley writes its log to stderr (LOG_LEVEL sets how much) and keeps none to read or clear here"
 _NO_WORLDS = ("parley does not manage worlds over the API; a room's world is in GET "
               "/api/memory/{agentId}/rooms/{roomId} (worldId, worldName)")
@@ -134,13 +146,11 @@ _NO_GROUPS = ("parley has no message servers to group rooms by: create a room wi
 # (method, path, operation id, why not and what to do instead); GET /api/agents/worlds is get_agent's
 # path, so get_agent answers it (a route of its own would make aiohttp's Allow header list both).
 UNSUPPORTED: tuple[tuple[str, str, str, str], ...] = (
-    ("POST", "/api/agents", "create_agent", f"{_ONE_AGENT}: to run another agent, start another parley with "
-     "its own CHARACTER_PATH"),
-    ("PATCH", "/api/agents/{agent_id}", "update_agent", f"{_ONE_AGENT}: edit its character file (CHARACTER_PATH) "
-     "and restart"),
-    ("DELETE", "/api/agents/{agent_id}", "delete_agent", f"{_ONE_AGENT}: stop the process to stop the agent"),
-    ("POST", "/api/agents/{agent_id}/stop", "stop_agent", f"{_ONE_AGENT}: stop the process (SIGTERM) to stop "
-     "the agent"),
+    ("POST", "/api/agents", "create_agent", f"{_CHARACTERS}: to run another agent, add its character file to "
+     "CHARACTERS and restart"),
+    ("PATCH", "/api/agents/{agent_id}", "update_agent", f"{_CHARACTERS}: edit its character file and restart"),
+    ("DELETE", "/api/agents/{agent_id}", "delete_agent", f"{_CHARACTERS}: stop an agent with POST "
+     "/api/agents/{agentId}/stop, or remove its file from CHARACTERS and restart"),
     ("POST", "/api/agents/{agent_id}/worlds", "add_agent_to_world", _NO_WORLDS),
     ("PATCH", "/api/agents/{agent_id}/worlds/{world_id}", "update_agent_world_settings", _NO_WORLDS),
     ("GET", "/api/agents/{agent_id}/panels", "get_agent_panels", "parley has no plugin panels"),
@@ -176,49 +186,62 @@ def _version() -> str:
         return "unknown"
 
 
-class ElizaApi:
-    def __init__(self, runtime: AgentRuntime, rest: RestApi, sessions: SessionManager) -> None:
-        self.runtime, self.rest = runtime, rest
-        self.memory = ElizaMemoryApi(runtime, sessions, self.agent)
-        self.loaded_at = now_ms()  # the server is built just before the runtime starts and stores its character
+def character_of(agent: Hosted) -> Character:
+    """The agent's character, also while it has no runtime (it failed to build)."""
+    return agent.runtime.character if agent.runtime is not None else agent.config.character  # type: ignore[attr-defined]
 
-    def agent(self, request: web.Request) -> uuid.UUID:
-        """The running agent named by the path: its id, its name or "default". As in elizaOS, another
-        UUID is 404 NOT_FOUND and anything else 400 INVALID_ID."""
-        raw = request.match_info["agent_id"]
-        if is_uuid(raw):
-            if uuid.UUID(raw) == self.runtime.agent_id:
-                return self.runtime.agent_id
-            raise ApiError(404, "NOT_FOUND", "Agent not found")
-        try:
-            return self.rest.resolve_agent(raw)
-        except ApiError:
-            raise ApiError(400, "INVALID_ID", "Invalid agent ID format: use the agent's id (a UUID), its name "
-                           "or 'default'") from None
+
+def status_of(agent: Hosted) -> AgentStatus:
+    return "active" if agent.running else "inactive"
+
+
+class ElizaApi:
+    """The agents and server routes: about every agent of the process, so not dispatched to one."""
+
+    def __init__(self, agents: Agents) -> None:
+        self.agents = agents
+        self.loaded_at = now_ms()  # the server is built just before the runtimes start and store their characters
+
+    @property
+    def store(self) -> Store:
+        """The process's one store (every runtime holds it)."""
+        return self.agents.primary.runtime.store
 
     # Agents ------------------------------------------------------------------------------------------
     async def list_agents(self, request: web.Request) -> web.Response:
-        character = self.runtime.character
-        summary = ElizaAgentSummary(id=self.runtime.agent_id, name=character.name, character_name=character.name,
-                                    bio=next(iter(character.bio_lines), ""))
-        return json_response(ElizaAgentListResponse(data=ElizaAgentList(agents=[summary])))
+        summaries = []
+        for agent in self.agents.host.agents:
+            character = character_of(agent)
+            summaries.append(ElizaAgentSummary(id=agent.id, name=character.name, character_name=character.name,
+                                               bio=next(iter(character.bio_lines), ""), status=status_of(agent),
+                                               state=agent.state))
+        return json_response(ElizaAgentListResponse(data=ElizaAgentList(agents=summaries)))
 
     async def get_agent(self, request: web.Request) -> web.Response:
         if request.match_info["agent_id"] == "worlds":  # elizaOS's getWorlds
             raise not_supported(_NO_WORLDS)
-        agent_id = self.agent(request)
-        stored = await self.runtime.store.get_agent(agent_id)
+        agent = self.agents.by_path(request.match_info["agent_id"])
+        stored = await self.store.get_agent(agent.id)
         created_at = stored.created_at if stored is not None else self.loaded_at
-        public = {**self.runtime.character.public_dict(), "id": agent_id, "enabled": True, "status": "active",
-                  "createdAt": created_at, "updatedAt": max(created_at, self.loaded_at)}
+        public = {**character_of(agent).public_dict(), "id": agent.id, "enabled": True, "status": status_of(agent),
+                  "state": agent.state, "createdAt": created_at, "updatedAt": max(created_at, self.loaded_at)}
         return json_response(ElizaAgentResponse(data=ElizaAgent.model_validate(public)))
 
     async def start_agent(self, request: web.Request) -> web.Response:
-        """The agent runs whenever the API answers, so starting it finds it active, as elizaOS answers
-        for an agent that already runs."""
-        agent_id = self.agent(request)
-        return json_response(ElizaAgentStartedResponse(data=ElizaAgentStarted(id=agent_id,
-                                                                              name=self.runtime.character.name)))
+        """Start a stopped or failed agent with a fresh runtime (its connectors too); one that runs is
+        found active, as elizaOS answers. 500 START_ERROR, with the reason, when it fails again."""
+        agent = await self.agents.start(self.agents.by_path(request.match_info["agent_id"]))
+        if not agent.running:
+            raise ApiError(500, "START_ERROR", f"Error starting agent {agent.name}: {agent.state}")
+        return json_response(ElizaAgentStartedResponse(data=ElizaAgentStarted(id=agent.id, name=agent.name)))
+
+    async def stop_agent(self, request: web.Request) -> web.Response:
+        """Stop an agent: its connectors stop taking messages, replies in flight finish first, and its
+        API answers 409 until it is started again. The primary agent runs as long as the process."""
+        if not self.agents.several:  # whatever the path names, as before there were several
+            raise not_supported(f"{_ONE_AGENT}: stop the process (SIGTERM) to stop the agent")
+        await self.agents.stop(self.agents.by_path(request.match_info["agent_id"]))
+        return json_response(ElizaAgentStoppedResponse(data=ElizaAgentStopped()))
 
     # Server ------------------------------------------------------------------------------------------
     async def server_ping(self, request: web.Request) -> web.Response:
@@ -228,11 +251,12 @@ class ElizaApi:
         return json_response(ElizaHello(message="Hello World!"))
 
     async def server_status(self, request: web.Request) -> web.Response:
-        return json_response(ElizaServerStatus(agent_count=1, timestamp=datetime.now(UTC)))
+        return json_response(ElizaServerStatus(agent_count=len(self.agents.host.running()),
+                                               timestamp=datetime.now(UTC)))
 
     async def _database_answers(self) -> bool:
         try:
-            return await asyncio.wait_for(self.runtime.store.ping(), PING_TIMEOUT)
+            return await asyncio.wait_for(self.store.ping(), PING_TIMEOUT)
         except Exception:  # a hung or broken database is simply "unavailable"; /ready tells more
             return False
 
@@ -249,32 +273,37 @@ class ElizaApi:
 
     def operations(self) -> list[Operation]:
         bare = "Bare JSON, as elizaOS answers it."
-        agent = {"agent_id": agent_schema(self.runtime.character.name)}
+        agent = {"agent_id": agent_schema(self.agents.names())}
         return [
-            Operation("GET", "/api/agents", self.list_agents, "List agents (elizaOS)", "agents",
+            Operation("GET", "/api/agents", self.list_agents, "List agents, running or not (elizaOS)", "agents",
                       {200: ElizaAgentListResponse}, links={
                           "GetAgent": ("get_agent", {"agent_id": "$response.body#/data/agents/0/id"}),
-                          **self.memory.links("$response.body#/data/agents/0/id")}),
+                          **ElizaMemoryApi.links("$response.body#/data/agents/0/id")}),
             Operation("GET", "/api/agents/{agent_id}", self.get_agent, "Get an agent: its character's public "
                       "fields at the top level (elizaOS)", "agents", {200: ElizaAgentResponse}, errors=[400, 404, 409],
-                      path_params=AGENT_PARAM, links=self.memory.links("$response.body#/data/id"),
-                      path_schemas=agent, description="GET /api/agents/worlds (elizaOS's getWorlds) answers 409 "
-                      f"NOT_SUPPORTED: {_NO_WORLDS}."),
-            Operation("POST", "/api/agents/{agent_id}/start", self.start_agent, "Start the agent: it already runs "
-                      "(elizaOS)", "agents", {200: ElizaAgentStartedResponse}, errors=[400, 404],
+                      path_params=AGENT_PARAM, links=ElizaMemoryApi.links("$response.body#/data/id"),
+                      path_schemas=agent, description="GET /api/agents/worlds (elizaOS's "
+                      f"getWorlds) answers 409 NOT_SUPPORTED: {_NO_WORLDS}."),
+            Operation("POST", "/api/agents/{agent_id}/start", self.start_agent, "Start an agent; one that runs is "
+                      "found active (elizaOS)", "agents", {200: ElizaAgentStartedResponse}, errors=[400, 404, 409],
                       path_params=AGENT_PARAM, path_schemas=agent),
+            Operation("POST", "/api/agents/{agent_id}/stop", self.stop_agent, "Stop an agent (elizaOS); the "
+                      "primary agent runs as long as the process (409)", "agents", {200: ElizaAgentStoppedResponse},
+                      errors=[400, 404, 409], path_params=AGENT_PARAM, path_schemas=agent),
             Operation("GET", "/api/server/ping", self.server_ping, "Ping (elizaOS)", "server", {200: ElizaPing},
                       description=bare),
             Operation("GET", "/api/server/hello", self.server_hello, "Hello (elizaOS)", "server",
                       {200: ElizaHello}, description=bare),
-            Operation("GET", "/api/server/status", self.server_status, "Server status (elizaOS)", "server",
-                      {200: ElizaServerStatus}, description=bare),
+            Operation("GET", "/api/server/status", self.server_status, "Server status (elizaOS): agentCount "
+                      "counts the running agents", "server", {200: ElizaServerStatus}, description=bare),
             Operation("GET", "/api/server/health", self.server_health, "Server health (elizaOS)", "server",
                       {200: ElizaServerHealth}, description=bare + " 503 (an error whose body also carries "
                       "these fields, status DEGRADED) while the database does not answer."),
-            *self.memory.operations(),
-            *(Operation(method, path, _refusal(name, message), "Not supported (elizaOS's route)", "unsupported",
-                        {}, errors=[409], description=f"Answers 409 NOT_SUPPORTED: {message}.",
-                        path_params=AGENT_PARAM, path_schemas=agent)
-              for method, path, name, message in UNSUPPORTED),
         ]
+
+    def unsupported(self) -> list[Operation]:
+        agent = {"agent_id": agent_schema(self.agents.names())}
+        return [Operation(method, path, _refusal(name, message), "Not supported (elizaOS's route)", "unsupported",
+                          {}, errors=[409], description=f"Answers 409 NOT_SUPPORTED: {message}.",
+                          path_params=AGENT_PARAM, path_schemas=agent)
+                for method, path, name, message in UNSUPPORTED]

@@ -70,10 +70,10 @@ _TARGETS = ("agent_memories", "room_memories", "update_memory", "delete_memory",
 CLEAR_BATCH = 500  # memories read per round while deleting many
 
 
-def agent_schema(name: str) -> dict[str, Any]:
-    """What names the running agent (anything else is 400 INVALID_ID, another UUID 404); "default"
-    always does, so a tester (schemathesis) can reach the operation."""
-    return {"anyOf": [{"format": "uuid"}, {"enum": ["default", name]}], "examples": ["default"]}
+def agent_schema(names: list[str]) -> dict[str, Any]:
+    """What names an agent (anything else is 400 INVALID_ID, another UUID 404); "default" always
+    names the primary one, so a tester (schemathesis) can reach the operation."""
+    return {"anyOf": [{"format": "uuid"}, {"enum": ["default", *names]}], "examples": ["default"]}
 
 
 def is_uuid(raw: str) -> bool:
@@ -103,8 +103,10 @@ def _query(request: web.Request, model: type[Q]) -> Q:
 
 class ElizaMemoryApi:
     def __init__(self, runtime: AgentRuntime, sessions: SessionManager,
-                 agent: Callable[[web.Request], uuid.UUID]) -> None:
-        self.runtime, self.sessions, self.agent = runtime, sessions, agent
+                 agent: Callable[[web.Request], uuid.UUID], *, names: Callable[[], list[str]]) -> None:
+        """`agent` gives the agent the request addresses (the server resolved it: this one); `names` all
+        agents' names, for the document."""
+        self.runtime, self.sessions, self.agent, self.names = runtime, sessions, agent, names
 
     # Rooms and channels ------------------------------------------------------------------------------
     async def _own_room(self, room_id: uuid.UUID) -> Room | None:
@@ -324,6 +326,6 @@ class ElizaMemoryApi:
                "list_rooms": {"room": first_room}, "create_room": {"room": this_room}, "get_room": {"room": this_room}}
         for op in operations:  # every route leads to the others: the agent's id is in its path
             op.links = self.links("$request.path.agent_id", ids.get(op.operation_id))
-            op.path_schemas = {"agent_id": agent_schema(self.runtime.character.name), "room_id": UUID_SCHEMA, "channel_id": UUID_SCHEMA,
-                               "memory_id": UUID_SCHEMA}
+            op.path_schemas = {"agent_id": agent_schema(self.names()), "room_id": UUID_SCHEMA,
+                               "channel_id": UUID_SCHEMA, "memory_id": UUID_SCHEMA}
         return operations

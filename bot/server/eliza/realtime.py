@@ -12,6 +12,9 @@ intake rules. Everything about a message is sent to the channel's Socket.IO room
 the user's message, the reply's text while it is written (`messageStreamChunk`), the reply
 (`messageBroadcast`) and `messageComplete`. `relay` does the reply part for the session API too.
 Errors reach clients as `messageError {error}` with the REST API's messages.
+
+With several agents, a session's channel talks to the session's agent; another channel to the agent
+its joining socket named (`agentId`, an id or a name), else to the first character.
 """
 
 from __future__ import annotations
@@ -34,10 +37,10 @@ from ..access import AccessPolicy, is_direct_loopback, presented_keys
 from ..api import reply_timeout
 from ..app import STATE, ServerState, check_metadata, check_running, internal_error
 from ..conversation import Exchange, Pending, accept_message, channel_room_key
+from ..directory import Agents, AgentView
 from ..errors import ApiError
 from ..models import StreamChunk
 from ..replies import reply_events
-from ..sessions import SessionManager
 from .channels import DEFAULT_SERVER_ID
 from .realtime_events import (
     AgentBroadcast,
@@ -57,6 +60,7 @@ from .realtime_events import (
 
 if TYPE_CHECKING:
     from bot.runtime import AgentRuntime
+    from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -103,26 +107,31 @@ class _Socket:
 class Realtime:
     """The Socket.IO server, its sockets' identities and the relays of replies in flight."""
 
-    def __init__(self, runtime: AgentRuntime, policy: AccessPolicy, sessions: SessionManager) -> None:
-        self.runtime, self.policy, self.sessions = runtime, policy, sessions
+    def __init__(self, settings: Settings, policy: AccessPolicy) -> None:
+        self.policy = policy
+        self.agents: Agents | None = None  # given by `serve`, once the server has its agents
         # With API_KEY the key in the handshake (never ambient, like a cookie) admits a socket, so any
         # origin may connect, as in elizaOS. Without it a socket is admitted for coming from this
         # machine, and a page of another origin in the owner's browser comes from there too: then
         # only this server's own pages may connect.
         self.sio = socketio.AsyncServer(
             async_mode="aiohttp", cors_allowed_origins="*" if policy.api_key else None, logger=False,
-            engineio_logger=False, max_http_buffer_size=runtime.settings.max_body_bytes,
+            engineio_logger=False, max_http_buffer_size=settings.max_body_bytes,
         )
         self.sio.eio.logger.addFilter(_UNDECODABLE)  # engine.io's logger is global: added once
         self._sockets: dict[str, _Socket] = {}  # by socket id
         self._tasks: set[asyncio.Task[None]] = set()  # relays and greetings
         self._tails: dict[uuid.UUID, asyncio.Task[None]] = {}  # each channel's latest relay
+        self._channel_agents: dict[uuid.UUID, uuid.UUID] = {}  # a channel's agent, when a join named another
         self._turns: set[asyncio.Task[Any]] = set()  # events being handled
         self._state = ServerState()  # starting, until attached to the app, whose state it is then
         self._stopped = False
         for event, handler in (("connect", self._connect), ("disconnect", self._disconnect),
                                ("message", self._message), ("1", self._join), ("2", self._send)):
             self.sio.on(event, handler)
+
+    def serve(self, agents: Agents) -> None:
+        self.agents = agents
 
     def attach(self, app: web.Application) -> None:
         """Serve Socket.IO at /socket.io/ on `app`. Its requests are public to the HTTP middlewares:
@@ -209,19 +218,32 @@ class Realtime:
         if join.channel is None:
             raise ApiError(400, "INVALID_JOIN", NO_CHANNEL)
         channel = join.channel
+        if join.agent_id is not None:
+            assert self.agents is not None
+            agent = self.agents.named(join.agent_id)
+            if agent is self.agents.host.primary:
+                self._channel_agents.pop(channel, None)
+            else:
+                self._channel_agents[channel] = agent.id
         await self.sio.enter_room(sid, str(channel))
         joined = Joined(message=f"Socket {sid} successfully joined channel {channel}.", channel_id=channel,
                         room_id=channel, agent_id=join.agent_id)
         await self._emit("channel_joined", joined, sid)
         await self._emit("room_joined", joined, sid)
 
-    async def _room_of(self, channel: uuid.UUID) -> tuple[str, str]:
-        """The parley room a channel's messages go to: its session's, or the channel's own."""
-        session = await self.sessions.by_channel(channel)
-        if session is None:
-            return channel_room_key(channel), f"channel {channel}"
-        await self.sessions.touch(session.id)
-        return session.room_key, f"session {session.id}"
+    async def _room_of(self, channel: uuid.UUID) -> tuple[AgentView, str, str]:
+        """The agent and the parley room a channel's messages go to: its session's, or else the channel's
+        own with the agent a join named (the first character by default)."""
+        assert self.agents is not None
+        for view in self.agents:
+            session = await view.sessions.by_channel(channel)
+            if session is not None:
+                view = self.agents.usable(view.agent)
+                await view.sessions.touch(session.id)
+                return view, session.room_key, f"session {session.id}"
+        named = self._channel_agents.get(channel)
+        view = self.agents.usable(self.agents.named(str(named) if named else None))
+        return view, channel_room_key(channel), f"channel {channel}"
 
     async def _accept(self, sid: str, socket: _Socket, payload: Any) -> None:
         """Store the message (the reply's run starts), tell the channel, then relay the reply: the
@@ -230,12 +252,12 @@ class Realtime:
         if send.sender_id != socket.entity:
             raise ApiError(403, "FORBIDDEN", "senderId must be the entityId this socket authenticated with")
         check_running(self._state)
-        if send.metadata:
-            check_metadata(send.metadata, self.runtime.settings.session_max_metadata_bytes)
         channel = send.channel_id
-        room_key, room_name = await self._room_of(channel)
+        view, room_key, room_name = await self._room_of(channel)
+        if send.metadata:
+            check_metadata(send.metadata, view.runtime.settings.session_max_metadata_bytes)
         pending = await accept_message(
-            self.runtime, user=str(send.sender_id), user_name=send.sender_name, room_key=room_key,
+            view.runtime, user=str(send.sender_id), user_name=send.sender_name, room_key=room_key,
             room_name=room_name, text=send.message, context={"channel_id": str(channel)},
             client_metadata=send.metadata or None, stream=True,
             message_key=f"eliza:msg:{channel}:{send.message_id}" if send.message_id else None,
@@ -271,36 +293,39 @@ class Realtime:
     async def _relay(self, pending: Pending, channel_id: uuid.UUID, previous: asyncio.Task[None] | None) -> None:
         if previous is not None:
             await asyncio.wait([previous])
-        room = str(channel_id)
-        async with aclosing(reply_events(pending, reply_timeout(self.runtime))) as events:
+        room, runtime = str(channel_id), pending.runtime
+        async with aclosing(reply_events(pending, reply_timeout(runtime))) as events:
             async for event in events:
                 if isinstance(event, StreamChunk):
-                    await self._emit("messageStreamChunk", self._chunk(event, channel_id), room)
+                    await self._emit("messageStreamChunk", self._chunk(event, channel_id, runtime), room)
                 elif isinstance(event, ApiError):
                     error = MessageError(error=event.message, channel_id=channel_id)
                     await self._emit("messageError", error, room)
                 else:
-                    await self._broadcast(event, channel_id)
+                    await self._broadcast(event, channel_id, runtime)
 
-    def _chunk(self, chunk: StreamChunk, channel_id: uuid.UUID) -> StreamChunkEvent:
+    @staticmethod
+    def _chunk(chunk: StreamChunk, channel_id: uuid.UUID, runtime: AgentRuntime) -> StreamChunkEvent:
         return StreamChunkEvent(message_id=chunk.message_id, chunk=chunk.chunk, index=chunk.index,
-                                agent_id=self.runtime.agent_id, channel_id=channel_id, room_id=channel_id,
+                                agent_id=runtime.agent_id, channel_id=channel_id, room_id=channel_id,
                                 reset=True if chunk.reset else None)
 
-    async def _broadcast(self, exchange: Exchange, channel_id: uuid.UUID) -> None:
+    async def _broadcast(self, exchange: Exchange, channel_id: uuid.UUID, runtime: AgentRuntime) -> None:
         """Each reply with text (elizaOS sends none for silence), then messageComplete."""
         room = str(channel_id)
         for reply_id, content in exchange.replies:
             if content.text:
-                message = await self._agent_message(reply_id, content, channel_id)
+                message = await self._agent_message(reply_id, content, channel_id, runtime)
                 await self._emit("messageBroadcast", message, room)
         await self._emit("messageComplete", MessageComplete(channel_id=channel_id, room_id=channel_id), room)
 
-    async def _agent_message(self, reply_id: uuid.UUID, content: Content, channel_id: uuid.UUID) -> AgentBroadcast:
+    @staticmethod
+    async def _agent_message(reply_id: uuid.UUID, content: Content, channel_id: uuid.UUID,
+                             runtime: AgentRuntime) -> AgentBroadcast:
         """The reply as elizaOS broadcasts it, with the time it was stored (as history shows it)."""
-        stored = await self.runtime.store.get_memory(reply_id)
+        stored = await runtime.store.get_memory(reply_id)
         return AgentBroadcast(
-            id=reply_id, sender_id=self.runtime.agent_id, sender_name=self.runtime.character.name,
+            id=reply_id, sender_id=runtime.agent_id, sender_name=runtime.character.name,
             text=content.text, room_id=channel_id, channel_id=channel_id, server_id=DEFAULT_SERVER_ID,
             created_at=stored.created_at if stored is not None else now_ms(),
             thought=content.thought or None, actions=content.actions or None,

@@ -9,13 +9,14 @@ joined the session's channel (`Realtime`). `http` waits for the reply and `sse` 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from bot.types import Memory, MemoryType
 
-from ..api import RestApi, reply_timeout
+from ..api import reply_timeout
 from ..app import check_metadata, json_response, parse_body, parse_query
 from ..conversation import Exchange, room_id_for
 from ..errors import ApiError
@@ -53,10 +54,16 @@ PREFIX = "/api/messaging/sessions"
 class ElizaSessionApi:
     """Admin only: elizaOS's clients hold the API key (web chat visitors use `/api/sessions`)."""
 
-    def __init__(self, runtime: AgentRuntime, manager: SessionManager, rest: RestApi, realtime: Realtime,
-                 started_at: float) -> None:
-        self.runtime, self.manager, self.rest, self.realtime = runtime, manager, rest, realtime
+    def __init__(self, runtime: AgentRuntime, manager: SessionManager, realtime: Realtime, started_at: float, *,
+                 managers: Callable[[], list[SessionManager]]) -> None:
+        """`manager` holds this agent's sessions; `managers` every agent's, for the lists."""
+        self.runtime, self.manager, self.realtime, self.managers = runtime, manager, realtime, managers
         self.started_at = started_at  # time.monotonic() when the server started, for `uptime`
+
+    async def _live(self, request: web.Request) -> list[SessionInfo]:
+        """The live sessions of the agent the query names, else of every agent."""
+        managers = [self.manager] if "agent" in request.query else self.managers()
+        return [self._info(s) for manager in managers for s in await manager.live()]
 
     def _info(self, session: Session) -> SessionInfo:
         return session_info(session, self.manager.clock())
@@ -73,8 +80,7 @@ class ElizaSessionApi:
                            f"{PREFIX}") from None
 
     async def create_messaging_session(self, request: web.Request) -> web.Response:
-        body = await parse_body(request, CreateSession)
-        self.rest.resolve_agent(body.agent_id)
+        body = await parse_body(request, CreateSession)  # its agentId chose this agent (`directory.Agents`)
         check_metadata(body.metadata, self.runtime.settings.session_max_metadata_bytes)
         session = await self.manager.create(body.user_id, body.timeout_config, body.metadata)
         return json_response(self._info(session), status=201)
@@ -83,12 +89,12 @@ class ElizaSessionApi:
         return json_response(self._info(await self._session(request.match_info["session_id"])))
 
     async def list_messaging_sessions(self, request: web.Request) -> web.Response:
-        sessions = [self._info(s) for s in await self.manager.live()]
+        sessions = await self._live(request)
         stats = SessionStats(total_sessions=len(sessions), active_sessions=len(sessions), expired_sessions=0)
         return json_response(SessionList(sessions=sessions, total=len(sessions), stats=stats))
 
     async def messaging_sessions_health(self, request: web.Request) -> web.Response:
-        live = [self._info(s) for s in await self.manager.live()]
+        live = await self._live(request)
         return json_response(SessionsHealth(
             status="healthy", active_sessions=len(live), expiring_soon=sum(s.is_near_expiration for s in live),
             timestamp=from_seconds(time.time()), uptime=round(time.monotonic() - self.started_at, 3)))

@@ -2,6 +2,7 @@
 // WEB_CHAT=public: a visitor holds no key; the server's HttpOnly cookie scopes it to its own sessions.
 // WEB_CHAT=admin: the page asks for the server's API key and keeps it in this browser only.
 // Replies stream as Server-Sent Events (read from the POST's body) and show as they are written.
+// With several agents running, a picker chooses who to chat with; each agent has its own session.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -86,7 +87,20 @@ function typing(on) {
   $("send").disabled = on;
 }
 
-let sessionId = store.get("sessionId");
+let agents = [];  // the running agents, the first character first
+let agentId = null;  // the one chatted with
+let sessionId = null;
+
+// Each agent's session is kept apart; `sessionId` also names the current one (and, from before the
+// picker, the first character's).
+function rememberSession() {
+  store.set("session." + agentId, sessionId);
+  store.set("sessionId", sessionId);
+}
+
+function recalledSession(id) {
+  return store.get("session." + id) || (id === agents[0].id ? store.get("sessionId") : null);
+}
 
 async function newSession() {
   let userId = store.get("userId");
@@ -94,9 +108,9 @@ async function newSession() {
     userId = "web-" + crypto.randomUUID();
     store.set("userId", userId);
   }
-  const session = await api("POST", "/api/sessions", { userId, metadata: { client: "web-chat" } });
+  const session = await api("POST", "/api/sessions", { userId, agentId, metadata: { client: "web-chat" } });
   sessionId = session.sessionId;
-  store.set("sessionId", sessionId);
+  rememberSession();
 }
 
 async function loadHistory() {
@@ -107,24 +121,51 @@ async function loadHistory() {
   }
 }
 
+// Chat with agent `id`: its name on screen, its session and history.
+async function chooseAgent(id) {
+  agentId = id;
+  store.set("agent", id);
+  const { name } = agents.find((agent) => agent.id === id);
+  $("agent-name").textContent = name;
+  $("typing-name").textContent = name;
+  $("agent-picker").value = id;
+  document.title = "Chat with " + name;
+  $("messages").replaceChildren();
+  sessionId = recalledSession(id);
+  if (sessionId) {
+    try { await loadHistory(); } catch (error) { if (error.status !== 404) throw error; sessionId = null; }
+  }
+  if (sessionId) rememberSession();
+  else await newSession();
+}
+
 async function start() {
   try {
-    const { name, access } = await api("GET", "/api/web-chat");
-    publicChat = access === "public";
+    const info = await api("GET", "/api/web-chat");
+    publicChat = info.access === "public";
     if (publicChat) store.drop("apiKey");  // never send a key a visitor's page has no business holding
-    $("agent-name").textContent = name;
-    $("typing-name").textContent = name;
-    document.title = "Chat with " + name;
-    if (sessionId) {
-      try { await loadHistory(); } catch (error) { if (error.status !== 404) throw error; sessionId = null; }
-    }
-    if (!sessionId) await newSession();
+    agents = info.agents;
+    if (!agents.length) throw new Error(info.name + " is not running; try again later.");
+    const picker = $("agent-picker");
+    picker.replaceChildren(...agents.map((agent) => new Option(agent.name, agent.id)));
+    picker.hidden = agents.length < 2;  // a choice only when there is one to make
+    const saved = store.get("agent");
+    await chooseAgent(agents.some((agent) => agent.id === saved) ? saved : agents[0].id);
     setStatus("");
     $("input").focus();
   } catch (error) {
     setStatus(error.message);
   }
 }
+
+$("agent-picker").addEventListener("change", async (event) => {
+  try {
+    await chooseAgent(event.target.value);
+    setStatus("");
+  } catch (error) {
+    setStatus(error.message);
+  }
+});
 
 // Streams one message's reply into `drafts` (reply id -> its bubble, text as written so far);
 // resolves with the final result (`done`), rejects with the API's error (`error`).
