@@ -272,3 +272,20 @@ async def test_socket_io_channels_talk_to_their_agent(tmp_path: Path, model: Fak
         await sock.client.emit("message", {"type": 1, "payload": {"channelId": str(uuid.uuid4()), "agentId": "x"}})
         (error,) = await sock.wait("messageError")
         assert error["error"].startswith("no agent 'x'; the agents are Marlowe")
+
+
+async def test_a_plugin_route_serves_the_agent_it_names(tmp_path: Path, model: FakeOpenAI) -> None:
+    documents = "/api/knowledge/documents"
+    async with two_characters(tmp_path, model) as (app, api):
+        form = aiohttp.FormData()
+        form.add_field("file", b"# Inks\n\nQuill's ink is blue.\n", filename="inks.md",
+                       content_type="application/octet-stream")
+        uploaded = await api.ok("POST", documents, 201, params={"agent": QUILL}, data=form)
+        assert [d["source"] for d in uploaded["documents"]] == ["inks.md"]
+        quills = (await api.ok("GET", documents, params={"agent": QUILL}))["documents"]
+        assert [d["id"] for d in quills] == [uploaded["documents"][0]["id"]]
+        assert "inks.md" not in [d["source"] for d in (await api.ok("GET", documents))["documents"]]
+        status, body = await api.call("DELETE", f"{documents}/{quills[0]['id']}")
+        assert status == 404, "Marlowe has no such document"
+        await api.ok("DELETE", f"{documents}/{quills[0]['id']}", params={"agent": QUILL})
+        assert (await api.call("GET", documents, params={"agent": "nobody"}))[0] == 404

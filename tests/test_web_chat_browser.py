@@ -25,6 +25,7 @@ from bot.types import ModelType
 from tests.fakes.openai_server import FakeOpenAI
 from tests.runtime_helpers import ScriptedModel, make_character, make_settings
 from tests.server_helpers import fake_model, running_app, xml_reply
+from tests.test_characters import MARLOWE, QUILL, process_settings, running, voice, write_character
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian chromium is not installed")
@@ -110,6 +111,7 @@ async def test_type_a_message_and_see_the_reply(tmp_path: Path, fake: FakeOpenAI
     async with running_app(tmp_path, fake) as bot, chromium(tmp_path / "chromium", bot.url + "/") as page:
         assert await page.wait_for("document.getElementById('agent-name').textContent === 'Test'")
         assert await page.evaluate("document.title") == "Chat with Test"
+        assert await page.evaluate("document.getElementById('agent-picker').hidden") is True  # one agent: no choice
         await page.wait_for("localStorage.getItem('parley.sessionId')")
         # No API key on this server: the key form must not be on screen.
         assert await page.evaluate("getComputedStyle(document.getElementById('key-form')).display") == "none"
@@ -234,3 +236,37 @@ async def test_the_reply_shows_while_the_model_is_still_writing_it(tmp_path: Pat
             assert await page.evaluate(f"{agent}.textContent") == first + rest
     finally:
         await app.stop()
+
+
+async def test_a_visitor_picks_the_character_to_chat_with(tmp_path: Path) -> None:
+    """With several characters the page offers a picker; each one keeps its own conversation."""
+    paths = [write_character(tmp_path, name) for name in (MARLOWE, QUILL)]
+    async with FakeOpenAI(reply=voice) as model, running(process_settings(tmp_path, model, paths)) as app, \
+            chromium(tmp_path / "chromium", f"http://127.0.0.1:{app.server.port}/") as page:
+        await page.wait_for(f"document.getElementById('agent-name').textContent === '{MARLOWE}'")
+        await page.wait_for("localStorage.getItem('parley.sessionId')")
+        assert await page.evaluate("document.getElementById('agent-picker').hidden") is False
+        assert await page.evaluate("[...document.querySelectorAll('#agent-picker option')].map(o => o.text)") == [
+            MARLOWE, QUILL]
+
+        async def chat(text: str, count: int) -> list[list[str]]:
+            await page.evaluate(f"document.getElementById('input').value = {json.dumps(text)};"
+                                "document.getElementById('send').click();")
+            await page.wait_for(f"document.querySelectorAll('#messages li.agent').length === {count}")
+            return await page.evaluate("[...document.querySelectorAll('#messages li')].map(li => li.textContent)")
+
+        assert await chat("hello", 1) == ["hello", "Marlowe speaking."]
+        quill_id = json.dumps(str(app.agents.get(QUILL).id))
+        await page.evaluate(f"""const picker = document.getElementById('agent-picker');
+            picker.value = {quill_id}; picker.dispatchEvent(new Event('change'));""")
+        await page.wait_for(f"document.title === 'Chat with {QUILL}'")
+        await page.wait_for(f"localStorage.getItem('parley.session.' + {quill_id})")  # its own session
+        assert await page.evaluate("document.querySelectorAll('#messages li').length") == 0
+        assert await chat("hi there", 1) == ["hi there", "Quill speaking."]
+        # A reload comes back to the character picked last, with its own conversation.
+        await page.send("Page.reload")
+        await page.wait_for(f"document.getElementById('agent-name').textContent === '{QUILL}'")
+        await page.wait_for("document.querySelectorAll('#messages li').length === 2")
+        assert await page.evaluate("document.querySelector('#messages li.agent').textContent") == "Quill speaking."
+    marlowe_prompts = [json.dumps(r.body) for r in model.requests if f"You are {MARLOWE}, " in json.dumps(r.body)]
+    assert marlowe_prompts and not [p for p in marlowe_prompts if "hi there" in p], "the conversations stay apart"
