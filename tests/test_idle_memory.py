@@ -17,12 +17,15 @@ from pathlib import Path
 from bot.app import select_plugins
 from bot.character import parse_character
 from bot.settings import Settings
+from bot.store.factory import create_store
 
 character = parse_character(json.loads(sys.argv[2])).character
 settings = Settings(_env_file=None, data_dir=Path(sys.argv[1]), openai_api_key="sk-test-0123456789abcdef",
-                    model_providers=["openai"], telegram_bot_token="123456789:AA" + "x" * 33)
+                    model_providers=["openai"], telegram_bot_token="123456789:AA" + "x" * 33, **json.loads(sys.argv[3]))
+create_store(settings)  # the engine only: no connection is opened
 names = [plugin.name for plugin in select_plugins(settings, character).plugins]
-print(json.dumps({"plugins": names, "loaded": sorted({"mcp", "pypdf"} & set(sys.modules))}))
+heavy = {"mcp", "pypdf", "asyncpg"}
+print(json.dumps({"plugins": names, "loaded": sorted(heavy & set(sys.modules))}))
 """
 
 TELEGRAM = """
@@ -51,26 +54,31 @@ print(rss_mb() - before)
 """
 
 
+PLAIN = {"name": "Plain", "bio": ["A test character."]}
+
+
 def run(script: str, *args: str) -> str:
     done = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout.strip().splitlines()[-1]
 
 
-def test_the_mcp_sdk_and_pypdf_are_not_imported_when_unused(tmp_path: Path) -> None:
-    """No MCP server configured and no PDF read: neither the SDK (~28 MB) nor pypdf (~7 MB) is in the process,
-    while knowledge (which reads PDFs) and the platform are loaded."""
-    found = json.loads(run(SELECT, str(tmp_path), json.dumps({"name": "Plain", "bio": ["A test character."]})))
+def test_unused_heavy_modules_are_not_imported(tmp_path: Path) -> None:
+    """No MCP server configured, no PDF read, SQLite: neither the MCP SDK (~28 MB), pypdf (~7 MB) nor the
+    PostgreSQL driver are in the process, while knowledge (which reads PDFs) and the platform are."""
+    found = json.loads(run(SELECT, str(tmp_path), json.dumps(PLAIN), "{}"))
     assert {"knowledge", "telegram"} <= set(found["plugins"]) and "mcp" not in found["plugins"]
     assert found["loaded"] == []
 
 
-def test_a_configured_mcp_server_imports_the_sdk(tmp_path: Path) -> None:
-    """The counterpart: the same check sees the SDK once a server is configured."""
-    character = {"name": "Tooled", "bio": ["A test character."],
-                 "settings": {"mcp": {"servers": {"weather": {"type": "stdio", "command": "npx"}}}}}
-    found = json.loads(run(SELECT, str(tmp_path), json.dumps(character)))
-    assert "mcp" in found["plugins"] and found["loaded"] == ["mcp"]
+def test_what_is_configured_is_imported(tmp_path: Path) -> None:
+    """The counterpart: the same check sees the SDK once a server is configured, and asyncpg with a
+    PostgreSQL DATABASE_URL."""
+    character = {**PLAIN, "settings": {"mcp": {"servers": {"weather": {"type": "stdio", "command": "npx"}}}}}
+    found = json.loads(run(SELECT, str(tmp_path), json.dumps(character),
+                           json.dumps({"database_url": "postgresql://nobody@127.0.0.1:1/none"})))
+    assert "mcp" in found["plugins"]
+    assert found["loaded"] == ["asyncpg", "mcp"]
 
 
 def test_telegram_bots_share_one_tls_context(tmp_path: Path) -> None:
