@@ -3,11 +3,14 @@
 1. RSS: `python -m bot` as a real process with N characters (default 10), each with its own Telegram
    bot (one fake Bot API per token) and the first also on Discord (the fake gateway), the real OpenAI
    provider against the fake model API; RSS is read from /proc once every bot is up and the process
-   has idled. The same with one character gives the baseline. Goal: <= 150 MB with 10.
+   has idled. The same with one character gives the baseline. Goal: <= 150 MB with 10. Which modules
+   load depends on what is installed (httpx imports rich and pygments for its command line when they
+   are there; httpcore imports trio), so `--python` runs the bot with another interpreter, e.g. a venv
+   with only parley's dependencies (`pip install -r` of pyproject's list), as a dyno has.
 2. Per-message overhead: bench/pipeline.py's DMs through the primary runtime (its instant model, its
    rooms) with N agents loaded in the App versus one.
 
-    python bench/characters.py [--characters 10] [--messages 500] [--idle 5] [--json]
+    python bench/characters.py [--characters 10] [--messages 500] [--idle 5] [--python PATH] [--json]
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS in /proc")
 
 
-async def idle_process(count: int, idle: float, directory: Path) -> tuple[float, float]:
+async def idle_process(count: int, idle: float, directory: Path, python: str = sys.executable) -> tuple[float, float]:
     """RSS (MB) of `python -m bot` running `count` characters once every bot is up and it idled for
     `idle` seconds, and the share of one core it used while idle (%)."""
     telegrams = [FakeTelegram(token(i), username=f"bench{i}_bot", bot_id=7_100_000 + i) for i in range(count)]
@@ -89,7 +92,7 @@ async def idle_process(count: int, idle: float, directory: Path) -> tuple[float,
                "OPENAI_BASE_URL": model.base_url, "MODEL_PROVIDERS": "openai", "LOG_LEVEL": "WARNING",
                "TELEGRAM_BOT_TOKEN": "", "DISCORD_API_TOKEN": ""}
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
+            python, "-m", "bot", cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         try:
             for fake in telegrams:
@@ -132,14 +135,14 @@ async def message_cost(count: int, messages: int, directory: Path) -> dict[str, 
             "msgs_per_s": round(messages / elapsed, 1)}
 
 
-async def run(count: int, messages: int, idle: float) -> dict[str, Any]:
-    figures: dict[str, Any] = {"characters": count, "messages": messages}
+async def run(count: int, messages: int, idle: float, python: str) -> dict[str, Any]:
+    figures: dict[str, Any] = {"characters": count, "messages": messages, "python": python}
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         for n in (1, count):
             (base / f"rss{n}").mkdir()
             plural = "s" if n > 1 else ""
-            rss, cpu = await idle_process(n, idle, base / f"rss{n}")
+            rss, cpu = await idle_process(n, idle, base / f"rss{n}", python)
             figures[f"idle_rss_mb_{n}_character{plural}"], figures[f"idle_cpu_pct_{n}_character{plural}"] = rss, cpu
         for n in (1, count):
             (base / f"msg{n}").mkdir()
@@ -157,9 +160,11 @@ def main() -> None:
     parser.add_argument("--characters", type=int, default=10)
     parser.add_argument("--messages", type=int, default=500)
     parser.add_argument("--idle", type=float, default=5.0, help="seconds to idle before reading RSS")
+    parser.add_argument("--python", default=sys.executable,
+                        help="the interpreter that runs the bot for the RSS figures (default: this one)")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object last")
     args = parser.parse_args()
-    print_figures(asyncio.run(run(max(2, args.characters), args.messages, args.idle)), args.json)
+    print_figures(asyncio.run(run(max(2, args.characters), args.messages, args.idle, args.python)), args.json)
 
 
 if __name__ == "__main__":
