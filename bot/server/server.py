@@ -8,10 +8,10 @@ import logging
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from bot.runtime import AgentRuntime
 from bot.settings import Settings, WebChatMode
 
 from .access import API_PREFIX, Access, AccessPolicy, is_loopback_host
@@ -28,9 +28,6 @@ from .models import WebChatAgent, WebChatInfo
 from .openapi import Operation, build_openapi, route_operation
 from .session_api import SessionApi
 from .sessions import SessionManager
-
-if TYPE_CHECKING:
-    from bot.runtime import AgentRuntime
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +54,6 @@ class WebServer:
 
     def __init__(self, host: Host | AgentRuntime, settings: Settings, *,
                  clock: Callable[[], float] | None = None) -> None:
-        from bot.runtime import AgentRuntime
-
         self.host: Host = OneAgentHost(host) if isinstance(host, AgentRuntime) else host
         self.settings, self._clock = settings, clock
         self.state = ServerState()
