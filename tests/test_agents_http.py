@@ -289,3 +289,15 @@ async def test_a_plugin_route_serves_the_agent_it_names(tmp_path: Path, model: F
         assert status == 404, "Marlowe has no such document"
         await api.ok("DELETE", f"{documents}/{quills[0]['id']}", params={"agent": QUILL})
         assert (await api.call("GET", documents, params={"agent": "nobody"}))[0] == 404
+
+
+async def test_session_caps_hold_for_the_process_not_per_character(tmp_path: Path, model: FakeOpenAI) -> None:
+    paths = [write_character(tmp_path, name) for name in (MARLOWE, QUILL)]
+    settings = process_settings(tmp_path, model, paths, session_max_concurrent=2)
+    async with running(settings) as app, aiohttp.ClientSession() as http:
+        api = Client(f"http://127.0.0.1:{app.server.port}", http)
+        await api.ok("POST", "/api/sessions", 201, json={"userId": "ada"})
+        await api.ok("POST", "/api/sessions", 201, json={"userId": "ada", "agentId": QUILL})
+        for agent in (MARLOWE, QUILL):
+            status, body = await api.call("POST", "/api/sessions", json={"userId": "bob", "agentId": agent})
+            assert status == 429 and "SESSION_MAX_CONCURRENT" in body["error"]["message"], (agent, body)

@@ -27,7 +27,7 @@ from .metrics import Metrics
 from .models import WebChatAgent, WebChatInfo
 from .openapi import Operation, build_openapi, route_operation
 from .session_api import SessionApi
-from .sessions import SessionManager
+from .sessions import SessionCensus, SessionManager
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class WebServer:
                  clock: Callable[[], float] | None = None) -> None:
         self.host: Host = OneAgentHost(host) if isinstance(host, AgentRuntime) else host
         self.settings, self._clock = settings, clock
+        self._census = SessionCensus()  # the session caps count every agent's sessions
         self.state = ServerState()
         self.policy = AccessPolicy(settings)
         self.metrics = Metrics(active_sessions=lambda: sum(v.sessions.active_count() for v in self.agents),
@@ -95,7 +96,7 @@ class WebServer:
 
     def _view(self, agent: Hosted, runtime: AgentRuntime) -> AgentView:
         """One agent's handlers over its runtime and its own sessions (see `Agents`)."""
-        sessions = SessionManager(runtime, clock=self._clock)
+        sessions = SessionManager(runtime, clock=self._clock, census=self._census)
         rest = RestApi(runtime)
         memory = ElizaMemoryApi(runtime, sessions, lambda request: runtime.agent_id, names=self._names)
         eliza_sessions = ElizaSessionApi(runtime, sessions, self.realtime, self.health.started_at,

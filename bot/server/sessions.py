@@ -108,14 +108,38 @@ _SETTINGS = {
 }
 
 
+class SessionCensus:
+    """Every agent's session manager in this process, so SESSION_MAX_CONCURRENT and the web chat's
+    caps hold for the process, however many characters it runs. Sessions are counted as their
+    managers hold them (an agent's stored sessions once it has been asked for one since start)."""
+
+    def __init__(self) -> None:
+        self._managers: dict[uuid.UUID, SessionManager] = {}
+        self.lock = asyncio.Lock()  # a new session is checked against the caps and added under it
+
+    def join(self, manager: SessionManager) -> None:
+        """Count this manager's sessions (in place of an earlier manager of the same agent)."""
+        self._managers[manager.runtime.agent_id] = manager
+
+    def live(self, now: float) -> list[Session]:
+        return [s for m in self._managers.values() for s in m.sessions() if s.expires_at > now]
+
+
 class SessionManager:
-    def __init__(self, runtime: AgentRuntime, *, clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, runtime: AgentRuntime, *, clock: Callable[[], float] | None = None,
+                 census: SessionCensus | None = None) -> None:
         self.runtime = runtime
         self.clock = clock or runtime.clock
         self._sessions: dict[str, Session] = {}
         self._channels: dict[uuid.UUID, str] = {}  # channel -> session id
         self._loaded = False
         self._lock = asyncio.Lock()
+        self._census = census or SessionCensus()
+        self._census.join(self)
+
+    def sessions(self) -> list[Session]:
+        """The sessions held in memory now, expired ones included until the cleanup."""
+        return list(self._sessions.values())
 
     # Configuration ----------------------------------------------------------------------------
     def effective_config(self, requested: TimeoutConfig | None) -> EffectiveConfig:
@@ -174,20 +198,22 @@ class SessionManager:
         async with self._lock:
             await self._ensure_loaded()
             await self._cleanup_locked()
-            limit = self.runtime.settings.session_max_concurrent
-            if len(self._sessions) >= limit:
-                raise ApiError(429, "TOO_MANY_SESSIONS", f"{limit} sessions are open, the most this server "
-                               "allows (SESSION_MAX_CONCURRENT); end one or try again later",
-                               headers={"Retry-After": "60"})
-            if owner is not None:
-                self._check_visitor_room(client)
-            now = self.clock()
-            session = Session(id=str(uuid.uuid4()), agent_id=self.runtime.agent_id, user_id=user_id,
-                              created_at=now, last_activity=now, expires_at=now, config=config,
-                              metadata=metadata or {}, owner=owner, client=client, channel_id=uuid.uuid4())
-            session.expires_at = min(now + config.timeout_minutes * MINUTE, session.hard_limit)
-            self._sessions[session.id] = session
-            self._channels[session.channel] = session.id
+            async with self._census.lock:  # the caps are the process's: every agent's sessions count
+                now = self.clock()
+                everyone = self._census.live(now)
+                limit = self.runtime.settings.session_max_concurrent
+                if len(everyone) >= limit:
+                    raise ApiError(429, "TOO_MANY_SESSIONS", f"{limit} sessions are open, the most this server "
+                                   "allows (SESSION_MAX_CONCURRENT); end one or try again later",
+                                   headers={"Retry-After": "60"})
+                if owner is not None:
+                    self._check_visitor_room(client, everyone)
+                session = Session(id=str(uuid.uuid4()), agent_id=self.runtime.agent_id, user_id=user_id,
+                                  created_at=now, last_activity=now, expires_at=now, config=config,
+                                  metadata=metadata or {}, owner=owner, client=client, channel_id=uuid.uuid4())
+                session.expires_at = min(now + config.timeout_minutes * MINUTE, session.hard_limit)
+                self._sessions[session.id] = session
+                self._channels[session.channel] = session.id
             await self._save(session)
         return session
 
@@ -200,9 +226,9 @@ class SessionManager:
                 raise ApiError(400, "INVALID_BODY", f"invalid body: timeoutConfig.{alias}: {message}",
                                details=[{"field": f"timeoutConfig.{alias}", "message": message}])
 
-    def _check_visitor_room(self, client: str | None) -> None:
+    def _check_visitor_room(self, client: str | None, everyone: list[Session]) -> None:
         settings = self.runtime.settings
-        visitors = [s for s in self._sessions.values() if s.owner is not None]
+        visitors = [s for s in everyone if s.owner is not None]
         per_client = settings.web_chat_sessions_per_ip
         if sum(1 for s in visitors if s.client == client) >= per_client:
             raise ApiError(429, "TOO_MANY_SESSIONS", f"your address already has {per_client} open chat "
