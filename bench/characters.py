@@ -3,7 +3,9 @@
 1. RSS: `python -m bot` as a real process with N characters (default 10), each with its own Telegram
    bot (one fake Bot API per token) and the first also on Discord (the fake gateway), the real OpenAI
    provider against the fake model API; RSS is read from /proc once every bot is up and the process
-   has idled. The same with one character gives the baseline. Goal: <= 150 MB with 10. Which modules
+   has idled. The same with one character gives the baseline. Goal: <= 150 MB with 10. Then each
+   bot gets one DM and answers it, and RSS is read again after as long an idle: what the first
+   message imports and builds (numpy for its embedding, the vector index...) shows there. Which modules
    load depends on what is installed (httpx imports rich and pygments for its command line when they
    are there; httpcore imports trio), so `--python` runs the bot with another interpreter, e.g. a venv
    with only parley's dependencies (`pip install -r` of pyproject's list), as a dyno has.
@@ -74,9 +76,11 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS in /proc")
 
 
-async def idle_process(count: int, idle: float, directory: Path, python: str = sys.executable) -> tuple[float, float]:
+async def idle_process(count: int, idle: float, directory: Path,
+                       python: str = sys.executable) -> tuple[float, float, float]:
     """RSS (MB) of `python -m bot` running `count` characters once every bot is up and it idled for
-    `idle` seconds, and the share of one core it used while idle (%)."""
+    `idle` seconds, the share of one core it used while idle (%), and RSS once every bot answered one
+    DM and the process idled as long again."""
     telegrams = [FakeTelegram(token(i), username=f"bench{i}_bot", bot_id=7_100_000 + i) for i in range(count)]
     discord = FakeDiscord()
     model = FakeOpenAI(reply=REPLY)
@@ -102,7 +106,16 @@ async def idle_process(count: int, idle: float, directory: Path, python: str = s
             await asyncio.sleep(idle)
             if process.returncode is not None:
                 raise RuntimeError((await process.stderr.read()).decode()[-2000:])
-            return rss_mb(process.pid), round(100 * (cpu_seconds(process.pid) - cpu_before) / idle, 1)
+            idle_rss, cpu = rss_mb(process.pid), round(100 * (cpu_seconds(process.pid) - cpu_before) / idle, 1)
+            user = FakeTelegram.user()
+            for fake in telegrams:
+                fake.push({"message": fake.message(user, FakeTelegram.private_chat(user), "hello there")})
+            for fake in telegrams:
+                await fake.wait_for("sendMessage", timeout=60)
+            await asyncio.sleep(idle)
+            if process.returncode is not None:
+                raise RuntimeError((await process.stderr.read()).decode()[-2000:])
+            return idle_rss, cpu, rss_mb(process.pid)
         finally:
             if process.returncode is None:
                 process.terminate()
@@ -142,8 +155,9 @@ async def run(count: int, messages: int, idle: float, python: str) -> dict[str, 
         for n in (1, count):
             (base / f"rss{n}").mkdir()
             plural = "s" if n > 1 else ""
-            rss, cpu = await idle_process(n, idle, base / f"rss{n}", python)
+            rss, cpu, after = await idle_process(n, idle, base / f"rss{n}", python)
             figures[f"idle_rss_mb_{n}_character{plural}"], figures[f"idle_cpu_pct_{n}_character{plural}"] = rss, cpu
+            figures[f"rss_mb_after_one_dm_each_{n}_character{plural}"] = after
         for n in (1, count):
             (base / f"msg{n}").mkdir()
             for key, value in (await message_cost(n, messages, base / f"msg{n}")).items():
