@@ -147,7 +147,7 @@ class AgentHost:
 
     With one character every failure is the process's (as before: one line, exit 2). With several,
     a character that cannot be built or started is marked failed and the others carry on.
-    `primary` is the first character that could be built: its runtime serves the HTTP server.
+    `primary` is the first character that could be built: requests that name no agent reach it.
     """
 
     def __init__(self, configs: list[AgentConfig], build: Builder) -> None:
@@ -156,6 +156,7 @@ class AgentHost:
         self.agents = [HostedAgent(config) for config in configs]
         self.single = len(configs) == 1
         self._build = build
+        self._closing = False  # set by stop(): no agent starts after it
         for agent in self.agents:
             try:
                 self._make(agent)
@@ -203,6 +204,10 @@ class AgentHost:
 
     async def stop(self, timeout: float) -> None:
         """Stop taking work everywhere, finish replies in flight (≤ `timeout`), then stop in reverse order."""
+        self._closing = True
+        for agent in self.agents:  # an admin's start under way ends first, so it is stopped below
+            async with agent.lock:
+                pass
         agents = self.running()
         for agent in agents:
             await self._stop_receiving(agent)
@@ -220,6 +225,8 @@ class AgentHost:
         async with agent.lock:
             if agent.running:
                 return agent
+            if self._closing:
+                raise AgentError(f"{agent.name} cannot start: the process is stopping")
             try:
                 self._make(agent)
             except Exception as error:
@@ -229,8 +236,12 @@ class AgentHost:
         return agent
 
     async def stop_agent(self, key: str | uuid.UUID) -> HostedAgent:
-        """Stop one agent as the process stops: no new messages, replies in flight finished first."""
+        """Stop one agent as the process stops: no new messages, replies in flight finished first.
+        The primary agent (the one requests that name no agent reach) runs as long as the process."""
         agent = self._admin_target(key)
+        if agent is self.primary:
+            raise AgentError(f"{agent.name} is the primary agent (requests that name no agent reach it), so it "
+                             "runs as long as the process; stop the process instead")
         async with agent.lock:
             if agent.running:
                 await self._stop_receiving(agent)
@@ -242,9 +253,6 @@ class AgentHost:
         agent = self.get(key)
         if agent is None:
             raise AgentError(f"no agent {str(key)!r}; the agents are {', '.join(a.name for a in self.agents)}")
-        if agent is self.primary:
-            raise AgentError(f"{agent.name} is the primary agent: the HTTP server runs on its runtime, so it "
-                             "starts and stops with the process")
         return agent
 
     # Steps --------------------------------------------------------------------------------------------

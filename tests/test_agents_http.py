@@ -228,7 +228,9 @@ async def test_a_failed_agent_makes_ready_503_naming_it(tmp_path: Path, model: F
         reason = "failed: Telegram rejected TELEGRAM_BOT_TOKEN; check the token from @BotFather"
         status, ready = await api.call("GET", "/ready")
         assert status == 503 and ready["failing"] == [f"agent:{QUILL}"]
-        assert ready["checks"]["agents"] == {MARLOWE: "running", QUILL: reason}
+        assert ready["checks"]["agents"] == {MARLOWE: "running", QUILL: "failed"}, "the reason is for admins"
+        listed = {a["name"]: a for a in (await api.ok("GET", "/api/agents"))["data"]["agents"]}
+        assert listed[QUILL]["state"] == reason and listed[QUILL]["status"] == "inactive"
         assert await api.say("hello") == "Marlowe speaking."
         status, body = await api.call("GET", "/api/memories", params={"agent": QUILL})
         assert status == 409 and body["error"]["message"].startswith(f"agent {QUILL} is {reason}")
@@ -301,3 +303,20 @@ async def test_session_caps_hold_for_the_process_not_per_character(tmp_path: Pat
         for agent in (MARLOWE, QUILL):
             status, body = await api.call("POST", "/api/sessions", json={"userId": "bob", "agentId": agent})
             assert status == 429 and "SESSION_MAX_CONCURRENT" in body["error"]["message"], (agent, body)
+
+
+async def test_a_snake_case_agent_field_is_read_and_a_session_keeps_its_agent(tmp_path: Path,
+                                                                             model: FakeOpenAI) -> None:
+    async with two_characters(tmp_path, model) as (app, api):
+        quill_id = str(app.agents.get(QUILL).id)
+        session = await api.ok("POST", "/api/sessions", 201, json={"userId": "ada", "agent_id": QUILL})
+        assert session["agentId"] == quill_id
+        status, body = await api.call("POST", "/api/messaging/sessions",
+                                      json={"userId": str(uuid.uuid4()), "agent_id": "nobody"})
+        assert status == 404 and body["error"]["code"] == "AGENT_NOT_FOUND"
+        path = f"/api/sessions/{session['sessionId']}"
+        for named in ({"params": {"agent": MARLOWE}}, {"params": {"agent": "nobody"}}):
+            status, body = await api.call("GET", path, **named)
+            assert status == 400 and f"belongs to agent {QUILL}" in body["error"]["message"], body
+        assert (await api.ok("GET", path, params={"agent": QUILL}))["agentId"] == quill_id
+        assert (await api.ok("GET", path))["agentId"] == quill_id

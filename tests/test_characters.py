@@ -176,9 +176,11 @@ async def test_a_rejected_token_keeps_one_character_down_and_the_other_answering
         assert status[QUILL] == "failed: Telegram rejected TELEGRAM_BOT_TOKEN; check the token from @BotFather"
         assert app.agents.primary.name == QUILL, "the first character still serves the HTTP server"
         assert await dm(marlowe_telegram, "hello", 1) == "Marlowe speaking."
+        again = await app.start_agent(QUILL)  # a failed primary may be started again (here it fails again)
+        assert again.state == status[QUILL]
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [f"agent {QUILL} ({quill}) stays down: Telegram rejected TELEGRAM_BOT_TOKEN; check the "
-                      "token from @BotFather"]
+                      "token from @BotFather"] * 2
     # parley's own lines never carry the token (the HTTP clients' are masked by the process's log filter).
     assert all(wrong.split(":")[1] not in r.getMessage() for r in caplog.records if r.name.startswith("bot"))
 

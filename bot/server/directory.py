@@ -6,9 +6,10 @@ One process may run several characters (`bot.agents.AgentHost`). The server moun
 else, by one rule:
 
 - a path's `{agent_id}` (elizaOS's memory routes) names it;
-- a path's `{session_id}` names the session, which belongs to the agent it was created with;
-- otherwise `?agent=` in the query, or the JSON body's `agent` (or `agentId`) field, both an id or a
-  name; neither means the primary (first) agent, so a single-character client never names one.
+- a path's `{session_id}` names the session, which belongs to the agent it was created with (a
+  query or body naming another agent is a 400);
+- otherwise `?agent=` in the query, or the JSON body's `agent` (or `agentId`, `agent_id`) field, both
+  an id or a name; neither means the primary (first) agent, so a single-character client never names one.
 
 An unknown agent is a 404 naming the agents; one that is stopped or failed is a 409 saying so.
 """
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 QUERY = "agent"
-BODY_FIELDS = ("agent", "agentId")
+BODY_FIELDS = ("agent", "agentId", "agent_id")  # the API models take camelCase and snake_case alike
 DEFAULT = "default"  # always the primary agent, as elizaOS's examples name it
 
 
@@ -224,12 +225,16 @@ class Agents:
         match = request.match_info
         if "agent_id" in match:
             return self.usable(self.by_path(match["agent_id"]))
+        query, body = request.query.get(QUERY), await _body_agent(request)
         if "session_id" in match:
             for view in self.views():
                 if await view.sessions.knows(match["session_id"]):
+                    for named in (query, body):
+                        if named is not None and self.find(named) is not view.agent:
+                            raise ApiError(400, "INVALID_BODY", f"session {match['session_id']} belongs to agent "
+                                           f"{view.agent.name}, not {named!r}; name no agent or that one")
                     return self.usable(view.agent)
             return self.primary  # which answers that the session does not exist
-        query, body = request.query.get(QUERY), await _body_agent(request)
         agent = self.named(query if query is not None else body)
         if query is not None and body is not None and self.find(body) is not agent:
             raise ApiError(400, "INVALID_BODY", f"the query names agent {query!r} and the body {body!r}; name one")

@@ -2,7 +2,7 @@
 a model; and what services are busy with, e.g. knowledge indexing, which never makes it unready).
 
 With several characters /ready lists each agent's state under checks.agents ("running", "stopped",
-"failed: reason"). It is 200 when the database answers and every agent that should run does, with
+"failed"; the reason is for admins, in GET /api/agents). It is 200 when the database answers and every agent that should run does, with
 its connectors and a model: an agent an admin stopped is left out, but one that failed makes it 503
 naming it (`agent:Name`), since that character is not doing its job until someone fixes it and
 starts it (POST /api/agents/{id}/start) or restarts the process.
@@ -87,7 +87,8 @@ class Health:
             "database": await self._database(),
             "connectors": connectors,
             "model": bool(running) and all(a.runtime.has_model(ModelType.TEXT_LARGE) for a in running),
-            "agents": self.host.status(),
+            # /ready is public: a failure's reason (which may quote a plugin's error) is for admins (/api/agents)
+            "agents": {name: FAILED if state.startswith(FAILED) else state for name, state in self.host.status().items()},
         }
         if services:
             checks["services"] = services
