@@ -174,20 +174,82 @@ async def test_a_coordination_connection_that_stops_answering_is_replaced(
 
     store = SqlStore.from_url(DATABASE, connect_args={"server_settings": {"search_path": schema}})
     coordinator = store.coordinator()
-    room = uuid.uuid4()
+    room, owner = uuid.uuid4(), object()
     try:
-        assert await coordinator.claim(room)
+        assert await coordinator.claim(room, owner)
         monkeypatch.setattr(coordination, "STATEMENT_TIMEOUT", 0.2)
         with pytest.raises(TimeoutError):
-            await coordinator._execute("SELECT pg_sleep(5)")
+            await coordinator._execute("SELECT pg_sleep(1)")
         monkeypatch.setattr(coordination, "STATEMENT_TIMEOUT", 5.0)
-        assert await coordinator.claim(room)  # a new connection; the old one's lock went with it
-        other = SqlStore.from_url(DATABASE, connect_args={"server_settings": {"search_path": schema}}).coordinator()
+        # The old connection's lock goes with its server process once its statement ends (PostgreSQL
+        # notices the closed socket then; a half-open one, by keepalive, within ~25 s): wait for that.
+        waiter = await asyncpg.connect(make_url(DATABASE).set(drivername="postgresql")
+                                       .render_as_string(hide_password=False))
         try:
-            assert not await other.claim(room)
+            await waiter.execute("SELECT pg_advisory_lock($1)", coordination.lock_key(room), timeout=10)
+        finally:
+            await waiter.close()
+        assert await coordinator.claim(room, owner)  # on a new connection
+        other = SqlStore.from_url(DATABASE, connect_args={"server_settings": {"search_path": schema}})
+        try:
+            assert not await other.coordinator().claim(room, owner)
         finally:
             await other.close()
-            await other.engine.dispose()
     finally:
-        await coordinator.close()
         await store.close()
+
+
+async def test_one_coordinator_per_store_keeps_each_owner_s_claims_and_tells_every_listener(schema: str) -> None:
+    """Several characters share the store's coordinator (one pool connection): a room claimed by one
+    is refused to the others in the process too, one stopping frees only its own rooms, a dropped
+    connection drops everyone's claims and all can claim again, and every listener hears every run."""
+    def open_store() -> SqlStore:
+        return SqlStore.from_url(DATABASE, connect_args={"server_settings": {"search_path": schema}})
+
+    store, elsewhere = open_store(), open_store()
+    coordinator, other_process = store.coordinator(), elsewhere.coordinator()
+    ann, bea = object(), object()
+    ann_room, bea_room = uuid.uuid4(), uuid.uuid4()
+    heard: dict[str, list[tuple[uuid.UUID, str]]] = {"ann": [], "bea": []}
+    bea_heard = asyncio.Event()
+
+    def ann_listener(message_id: uuid.UUID, state: str) -> None:
+        heard["ann"].append((message_id, state))
+
+    def bea_listener(message_id: uuid.UUID, state: str) -> None:
+        heard["bea"].append((message_id, state))
+        bea_heard.set()
+
+    try:
+        assert coordinator is store.coordinator()
+        assert await coordinator.claim(ann_room, ann) and await coordinator.claim(bea_room, bea)
+        assert await coordinator.claim(ann_room, ann)  # re-entrant for its owner
+        assert not await coordinator.claim(ann_room, bea)  # not granted twice in one process
+        assert not await other_process.claim(ann_room, ann)
+
+        coordinator.add_listener(ann_listener)
+        coordinator.add_listener(bea_listener)
+        first, second = uuid.uuid4(), uuid.uuid4()
+        await other_process.announce(first, "done")
+        async with asyncio.timeout(5):
+            await bea_heard.wait()
+        assert heard == {"ann": [(first, "done")], "bea": [(first, "done")]}
+        coordinator.remove_listener(ann_listener)
+        bea_heard.clear()
+        await other_process.announce(second, "failed")
+        async with asyncio.timeout(5):
+            await bea_heard.wait()  # both are called from the same notification: Ann's call would be in
+        assert heard == {"ann": [(first, "done")], "bea": [(first, "done"), (second, "failed")]}
+
+        await coordinator.release_all(ann)  # Ann stopped at run time
+        assert await other_process.claim(ann_room, ann)
+        assert not await other_process.claim(bea_room, bea)  # Bea keeps hers
+        await other_process.release(ann_room, ann)
+
+        await coordinator._raw.close()  # the connection drops: every owner's claims go with it
+        assert await other_process.claim(bea_room, bea)
+        await other_process.release(bea_room, bea)
+        assert await coordinator.claim(bea_room, bea) and await coordinator.claim(ann_room, ann)
+        assert not await other_process.claim(bea_room, bea)
+    finally:
+        await asyncio.gather(store.close(), elsewhere.close())

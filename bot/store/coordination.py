@@ -1,7 +1,7 @@
 """Which process runs a room, when several share one PostgreSQL database.
 
 A room is claimed with a PostgreSQL session-level advisory lock, held on one connection this
-process keeps for coordination. PostgreSQL releases a session's locks when its connection ends,
+process keeps for coordination (one per store, shared by every character). PostgreSQL releases a session's locks when its connection ends,
 so a process that dies (even by kill -9: the kernel closes its socket) frees its rooms at once;
 no lease row has to time out. Finished runs are announced with NOTIFY, so the process that
 received a message learns that another one answered it.
@@ -32,6 +32,13 @@ def lock_key(room_id: uuid.UUID) -> int:
 class PgCoordinator:
     """Room claims and run announcements over one dedicated asyncpg connection.
 
+    One per store (`SqlStore.coordinator`), shared by every character of the process and by the
+    knowledge start-up pass, so the pool needs one connection for it, however many characters run.
+    Each claim has an owner (a character's dispatcher, an indexer): within the process a key held
+    by one owner is refused to the others, as PostgreSQL refuses it to other processes (session
+    advisory locks are re-entrant, so the connection alone would grant it twice), and an owner that
+    stops releases only its own claims (`release_all`).
+
     Calls on the connection are serialised (asyncpg runs one statement at a time per connection);
     each is a sub-millisecond statement, and claims are only taken for the run in progress.
     """
@@ -41,8 +48,14 @@ class PgCoordinator:
         self._conn: Any = None  # the SQLAlchemy connection kept out of the pool
         self._raw: Any = None  # its asyncpg connection
         self._lock = asyncio.Lock()
-        self._held: set[uuid.UUID] = set()
-        self.on_done: Announcement | None = None  # called for every run another process announces
+        self._held: dict[uuid.UUID, object] = {}  # claimed key → its owner
+        self._listeners: set[Announcement] = set()  # each hears every run announced (by any process)
+
+    def add_listener(self, listener: Announcement) -> None:
+        self._listeners.add(listener)
+
+    def remove_listener(self, listener: Announcement) -> None:
+        self._listeners.discard(listener)
 
     async def _connect(self) -> None:
         self._conn = await self.engine.connect()
@@ -62,20 +75,29 @@ class PgCoordinator:
             parsed = uuid.UUID(message_id)
         except ValueError:
             return
-        if self.on_done is not None:
-            self.on_done(parsed, state)
+        for listener in list(self._listeners):  # a listener may remove itself (its character stopping)
+            try:
+                listener(parsed, state)
+            except Exception:  # one character's failure must not keep the announcement from the others
+                log.exception("a run announcement listener failed")
 
     async def _execute(self, query: str, *args: Any) -> Any:
         async with self._lock:
-            if self._raw is None or self._raw.is_closed():  # first use, or PostgreSQL dropped it
-                await self._reconnect()
-            try:
-                return await self._raw.fetchval(query, *args, timeout=STATEMENT_TIMEOUT)
-            except TimeoutError:
-                # A connection that does not answer would hold every claim of this process: drop
-                # it (its locks go with it) and let the caller retry on a new one.
-                self._raw.terminate()
-                raise
+            return await self._execute_locked(query, *args)
+
+    async def _connected(self) -> None:
+        if self._raw is None or self._raw.is_closed():  # first use, or PostgreSQL dropped it
+            await self._reconnect()
+
+    async def _execute_locked(self, query: str, *args: Any) -> Any:
+        await self._connected()
+        try:
+            return await self._raw.fetchval(query, *args, timeout=STATEMENT_TIMEOUT)
+        except TimeoutError:
+            # A connection that does not answer would hold every claim of this process: drop
+            # it (its locks go with it) and let the caller retry on a new one.
+            self._raw.terminate()
+            raise
 
     async def _reconnect(self) -> None:
         if self._conn is not None:
@@ -86,25 +108,35 @@ class PgCoordinator:
                 log.debug("closing the lost coordination connection failed", exc_info=True)
         await self._connect()
 
-    async def claim(self, room_id: uuid.UUID) -> bool:
-        """True when this process now runs the room (no other process can until `release`)."""
-        if room_id in self._held:
+    async def claim(self, key: uuid.UUID, owner: object) -> bool:
+        """True when `owner` now holds the key (a room: no one else runs it until `release`)."""
+        async with self._lock:
+            await self._connected()  # a claim recorded on a dropped connection holds nothing any more
+            if key in self._held:
+                return self._held[key] is owner
+            if not await self._execute_locked("SELECT pg_try_advisory_lock($1)", lock_key(key)):
+                return False
+            self._held[key] = owner
             return True
-        if await self._execute("SELECT pg_try_advisory_lock($1)", lock_key(room_id)):
-            self._held.add(room_id)
-            return True
-        return False
 
-    async def release(self, room_id: uuid.UUID) -> None:
-        if room_id in self._held:
-            self._held.discard(room_id)
-            await self._execute("SELECT pg_advisory_unlock($1)", lock_key(room_id))
+    async def release(self, key: uuid.UUID, owner: object) -> None:
+        async with self._lock:
+            if self._held.get(key) is owner:
+                del self._held[key]
+                await self._execute_locked("SELECT pg_advisory_unlock($1)", lock_key(key))
+
+    async def release_all(self, owner: object) -> None:
+        """An owner stopping (a character stopped at run time): its claims go, the others' stay."""
+        for key in [key for key, held_by in self._held.items() if held_by is owner]:
+            await self.release(key, owner)
 
     async def announce(self, message_id: uuid.UUID, state: str) -> None:
         await self._execute("SELECT pg_notify($1, $2)", CHANNEL, f"{message_id}:{state}")
 
     async def close(self) -> None:
+        """The store closing: the connection ends, and with it every claim and the LISTEN."""
         async with self._lock:
+            self._listeners.clear()
             if self._conn is not None:
                 self._held.clear()
                 await self._conn.invalidate()  # closed, not pooled: its locks and LISTEN end with it

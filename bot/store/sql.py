@@ -249,6 +249,8 @@ class SqlStore(Store):
             self._fast_set_state = self._fast.prepare(self._set_state)
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._ready = False
+        # One per store, shared by every character and the knowledge pass: one pool connection in all.
+        self._coordinator = None if self._sqlite else PgCoordinator(engine)
         upsert_embedding = self._insert(embeddings)
         self._upsert_embedding = upsert_embedding.on_conflict_do_update(
             index_elements=["memory_id"],
@@ -311,6 +313,8 @@ class SqlStore(Store):
 
     async def close(self) -> None:
         try:
+            if self._coordinator is not None:  # before the engine: its connection is not pooled
+                await self._coordinator.close()
             if self._checkpoint_task is not None:
                 await self._checkpoint_task
             if self._fast is not None:
@@ -611,8 +615,9 @@ class SqlStore(Store):
         ))[0][0]
 
     def coordinator(self) -> PgCoordinator | None:
-        """How this process shares rooms with others on the same database (see coordination.py)."""
-        return None if self._sqlite else PgCoordinator(self.engine)
+        """How this process shares rooms with others on the same database (see coordination.py):
+        the same one on every call, which the store closes."""
+        return self._coordinator
 
     async def expire_unfinished(self, agent_id: uuid.UUID, *, before: int, running: bool = True) -> int:
         where = [*self._unfinished(agent_id), memories.c.created_at < before]

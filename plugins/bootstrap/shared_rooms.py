@@ -78,8 +78,8 @@ class SharedRooms:
     def __init__(self, dispatcher: MessageDispatcher, coordinator: PgCoordinator) -> None:
         self.dispatcher = dispatcher
         self.runtime = dispatcher.runtime
-        self.coordinator = coordinator
-        coordinator.on_done = self._announced
+        self.coordinator = coordinator  # the store's, shared with the process's other characters
+        coordinator.add_listener(self._announced)
         self.window = self.runtime.settings.resume_window
         # Messages received here and not yet run here, with what waits for them.
         self.local: dict[UUID, tuple[Job, asyncio.Future[RunOutcome]]] = {}
@@ -138,7 +138,7 @@ class SharedRooms:
         None when another process holds the room (or its oldest message is still being prepared)."""
         dispatcher, store = self.dispatcher, self.runtime.store
         async with dispatcher._slots:
-            if not await self._can_answer(room_id) or not await self.coordinator.claim(room_id):
+            if not await self._can_answer(room_id) or not await self.coordinator.claim(room_id, self):
                 return None
             try:
                 queue = await self._pending(room_id)
@@ -172,7 +172,7 @@ class SharedRooms:
                 await self._finish(message.id, "failed" if outcome.status == "error" else "done")
                 return True
             finally:
-                await self.coordinator.release(room_id)
+                await self.coordinator.release(room_id, self)
 
     async def _can_answer(self, room_id: UUID) -> bool:
         """An API room can be answered anywhere (the receiver reads the stored reply back); a platform
@@ -250,9 +250,12 @@ class SharedRooms:
             await asyncio.gather(self._sweeper, return_exceptions=True)
 
     async def close(self) -> None:
-        """What another process runs for us is its to finish; our claims end with the connection."""
+        """What another process runs for us is its to finish. The coordinator is the store's (the other
+        characters keep using it): only this character's claims go, so a character stopped at run
+        time frees its rooms at once."""
+        self.coordinator.remove_listener(self._announced)
         for job, future in self.local.values():
             if not future.done():
                 future.set_result(RunOutcome(status="error", run_id=job.run_id, error="shutdown"))
         self.local.clear()
-        await self.coordinator.close()
+        await self.coordinator.release_all(self)

@@ -197,7 +197,7 @@ class KnowledgeBase:
         key = create_unique_uuid(runtime.agent_id, "knowledge:indexing")
         try:
             for attempt in itertools.count():
-                if await coordinator.claim(key):
+                if await coordinator.claim(key, self):
                     break
                 if attempt == 0:
                     log.info("knowledge: another process is indexing this agent's documents; waiting for it")
@@ -206,7 +206,7 @@ class KnowledgeBase:
                 runtime.store.forget_vectors(runtime.agent_id)
             yield
         finally:
-            await coordinator.close()  # the lock ends with its connection
+            await coordinator.release(key, self)  # the store's coordinator, shared: only our lock goes
 
     async def _index_all(self, progress: IndexProgress) -> None:
         found = await asyncio.to_thread(discover, self.character, self.settings)
