@@ -28,9 +28,9 @@ import json
 import os
 import platform
 import re
-import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -270,20 +270,24 @@ def results_reply(steps: list[ToolStep]) -> str:
 
 class LoadedModel:
     """One llama.cpp model in memory, loaded on first use. Every character of the process whose
-    settings name the same file and context size shares it (a model is over 100 MB), and its calls
-    run one at a time: the lock is taken in the worker thread, so it serves any event loop."""
+    settings name the same file and context size shares it (a model is over 100 MB). Its calls run
+    one at a time on its own thread, so waiting calls hold no thread of the loop's default pool
+    (which other blocking work needs) and any event loop can use it."""
 
     def __init__(self, path: Path, context_size: int) -> None:
         self.path, self.context_size = path, context_size
         self._server: Server | None = None
-        self._lock = threading.Lock()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
 
-    def call(self, work: Callable[[Server], T]) -> T:
-        """Run blocking `work` on the model (in a worker thread), loading it first if need be."""
-        with self._lock:
-            if self._server is None:
-                self._server = self._load()
-            return work(self._server)
+    async def run(self, work: Callable[[], T]) -> T:
+        """Run blocking `work` on the model's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, work)
+
+    def server(self) -> Server:
+        """The model, loaded first if need be (on the model's thread)."""
+        if self._server is None:
+            self._server = self._load()
+        return self._server
 
     def _load(self) -> Server:
         import xllamacpp
@@ -319,7 +323,6 @@ class LocalProvider:
         self.path = path
         self.model_name = path.stem
         self.model = loaded_model(path, settings.local_context_size)
-        self._lock = asyncio.Lock()  # this character's calls queue here, not in worker threads
 
     def _request(self, params: dict[str, Any], system: str, json_schema: dict[str, Any] | None,
                  want_json: bool) -> dict[str, Any]:
@@ -342,8 +345,8 @@ class LocalProvider:
         return request
 
     def _complete(self, request: dict[str, Any]) -> ModelOutput:
-        """Blocking inference; runs in a worker thread while the lock is held."""
-        result: dict[str, Any] = self.model.call(lambda server: server.handle_chat_completions(request))
+        """Blocking inference; runs on the model's thread."""
+        result: dict[str, Any] = self.model.server().handle_chat_completions(request)
         _raise_error(result)
         choice = result["choices"][0]
         return self._output(request, choice["message"].get("content") or "", choice.get("finish_reason"),
@@ -370,8 +373,8 @@ class LocalProvider:
             return False  # go on
 
         try:
-            result = self.model.call(lambda server: server.handle_chat_completions(
-                {**request, "stream": True, "stream_options": {"include_usage": True}}, on_chunk))
+            result = self.model.server().handle_chat_completions(
+                {**request, "stream": True, "stream_options": {"include_usage": True}}, on_chunk)
             _raise_error(result)
             _raise_error(errors[0] if errors else None)
         finally:
@@ -394,10 +397,9 @@ class LocalProvider:
                    want_json: bool = False) -> ModelOutput:
         request = self._request(params, system, json_schema, want_json)
         on_text: TextListener | None = None if want_json else params.get("stream")
-        async with self._lock:
-            if on_text is None:
-                return await asyncio.to_thread(self._complete, request)
-            return await self._stream(request, on_text)
+        if on_text is None:
+            return await self.model.run(lambda: self._complete(request))
+        return await self._stream(request, on_text)
 
     async def _stream(self, request: dict[str, Any], on_text: TextListener) -> ModelOutput:
         loop = asyncio.get_running_loop()
@@ -406,7 +408,7 @@ class LocalProvider:
         def deliver(piece: str | None) -> None:
             loop.call_soon_threadsafe(pieces.put_nowait, piece)
 
-        work = asyncio.ensure_future(asyncio.to_thread(self._complete_streaming, request, deliver))
+        work = asyncio.ensure_future(self.model.run(lambda: self._complete_streaming(request, deliver)))
         while (piece := await pieces.get()) is not None:
             await on_text(piece)
         return await work
@@ -434,8 +436,7 @@ class LocalProvider:
         request = self._request({"messages": [{"role": "user", "content": text}], "max_tokens": TOOL_CALL_TOKENS,
                                  "temperature": 0.0}, tool_call_prompt(candidates),
                                 tool_call_schema(candidates, text), want_json=True)
-        async with self._lock:
-            output = await asyncio.to_thread(self._complete, request)
+        output = await self.model.run(lambda: self._complete(request))
         call = parse_tool_call(output.value, candidates)
         output.value, output.tool_calls = "", [call] if call else []
         return output
