@@ -10,6 +10,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from bot.lru import LRU
 from bot.plugin import ModelOutput, ModelRegistration
 from bot.store.base import ModelUsage, Store
@@ -19,7 +21,7 @@ from bot.types import EventType, ModelType
 log = logging.getLogger("bot.runtime")
 
 USAGE_FLUSH_SECONDS = 1.0
-EMBEDDING_CACHE_SIZE = 512  # recent texts' vectors: a message is asked for by several parts of its run
+EMBEDDING_CACHE_SIZE = 64  # recent texts' vectors: a message is asked for by several parts of its run
 
 
 class ModelError(Exception):
@@ -35,7 +37,7 @@ class ModelsMixin:
     _models: dict[ModelType, list[ModelRegistration]]
     _usage: list[Any]
     _usage_task: asyncio.Task[None] | None
-    _vectors: LRU[str, list[float]]
+    _vectors: LRU[str, np.ndarray]  # float32: a 1536-dimension vector is 6 KB, not 50 KB of floats
     _embedding: dict[str, asyncio.Future[list[float]]]
     _embedding_size: int | None
 
@@ -125,7 +127,7 @@ class ModelsMixin:
         knowledge search all ask for the new message's, so recent vectors are kept by text and
         concurrent asks share one call. Raises ModelError as `use_model` does."""
         if (vector := self._vectors.get(text)) is not None:
-            return list(vector)
+            return vector.tolist()
         call = self._embedding.get(text)
         if call is None:
             call = asyncio.ensure_future(self.use_model(ModelType.TEXT_EMBEDDING, {
@@ -136,7 +138,7 @@ class ModelsMixin:
 
     async def embed_many(self, texts: list[str]) -> list[list[float]]:
         """Vectors for a batch (one call for the texts not embedded lately), in the order given."""
-        known = {t: self._vectors[t] for t in texts if t in self._vectors}
+        known = {t: self._vectors[t].tolist() for t in texts if t in self._vectors}
         missing = [t for t in dict.fromkeys(texts) if t not in known]
         if missing:
             vectors = await self.use_model(ModelType.TEXT_EMBEDDING, {"texts": missing})
@@ -160,7 +162,7 @@ class ModelsMixin:
 
     def _remember_vector(self, text: str, vector: list[float]) -> None:
         if vector:
-            self._vectors[text] = vector
+            self._vectors[text] = np.asarray(vector, dtype=np.float32)
             self._embedding_size = len(vector)
 
     async def _record_usage(

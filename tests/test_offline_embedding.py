@@ -21,7 +21,7 @@ from bot.store.sql import SqlStore
 from bot.types import Content, Memory, MemoryType, ModelType
 from plugins import offline_embedding
 from plugins.bootstrap import bootstrap_plugin
-from plugins.bootstrap.embeddings import VectorSizeCheck
+from plugins.bootstrap.embeddings import BATCH_SIZE, VectorSizeCheck
 from plugins.offline_embedding import DIMENSIONS, choose_embedding, offline_embedding_plugin
 from tests.runtime_helpers import ScriptedModel, make_character, make_chat, make_settings, start_runtime
 
@@ -253,3 +253,19 @@ def test_characters_share_one_offline_model() -> None:
     handlers = [plugin.models[0].handler for plugin in (offline_embedding_plugin(), offline_embedding_plugin())
                 if plugin is not None]
     assert len(handlers) == 2 and handlers[0].__self__ is handlers[1].__self__, "one model in memory for all"
+
+
+async def test_re_embedding_goes_past_memories_without_text(sqlite_store: SqlStore, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    first = await start_runtime(sqlite_store, settings, ScriptedModel())
+    blank = [Memory(agent_id=first.agent_id, entity_id=first.agent_id, room_id=first.agent_id, type=MemoryType.FACT,
+                    content=Content(text=" "), created_at=1000 + i) for i in range(BATCH_SIZE + 1)]
+    fact = Memory(agent_id=first.agent_id, entity_id=first.agent_id, room_id=first.agent_id, type=MemoryType.FACT,
+                  content=Content(text="I had pasta for dinner."), created_at=5000)
+    for memory in (*blank, fact):
+        await sqlite_store.create_memory(memory)
+    await sqlite_store.set_embeddings([(m.id, [0.5] * 384) for m in (*blank, fact)])
+    await first.stop()
+    runtime = await start_runtime(sqlite_store, settings, ScriptedModel(), offline_embedding_plugin())
+    await next(s for s in runtime.services if isinstance(s, VectorSizeCheck)).task
+    assert len((await sqlite_store.get_memory(fact.id)).embedding) == DIMENSIONS, "a full page of blanks came first"

@@ -272,7 +272,10 @@ async def test_memories_embedded_in_another_size_are_listed_oldest_first(store: 
     kinds = (MemoryType.MESSAGE, MemoryType.FACT)
     found = await store.embedded_in_other_size(agent_id, 4, types=kinds, count=10)
     assert [m.id for m in found] == [fact.id, *(m.id for m in old)], "oldest first, no fragment, no other agent"
-    assert [m.id for m in await store.embedded_in_other_size(agent_id, 4, types=kinds, count=2)] == [fact.id, old[0].id]
+    first_page = await store.embedded_in_other_size(agent_id, 4, types=kinds, count=2)
+    assert [m.id for m in first_page] == [fact.id, old[0].id]
+    next_page = await store.embedded_in_other_size(agent_id, 4, types=kinds, count=2, after=first_page[-1])
+    assert [m.id for m in next_page] == [old[1].id, old[2].id]
     await store.set_embeddings([(m.id, [0.0, 0.0, 0.0, 1.0]) for m in found])
     assert await store.embedded_in_other_size(agent_id, 4, types=kinds) == []
     assert await store.count_embeddings(agent_id) == {4: 5, 3: 1}

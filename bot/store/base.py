@@ -228,8 +228,9 @@ class Store(ABC):
 
     @abstractmethod
     async def embedded_in_other_size(self, agent_id: uuid.UUID, dim: int, *, types: Sequence[MemoryType],
-                                     count: int = 100) -> list[Memory]:
-        """Up to `count` of the agent's memories of these types whose vector is not of size `dim`, oldest first."""
+                                     count: int = 100, after: Memory | None = None) -> list[Memory]:
+        """Up to `count` of the agent's memories of these types whose vector is not of size `dim`,
+        oldest first (after `after`, the last of the previous page)."""
 
     @abstractmethod
     def forget_vectors(self, agent_id: uuid.UUID) -> None:

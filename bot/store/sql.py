@@ -732,12 +732,15 @@ class SqlStore(Store):
         return {int(dim): int(count) for dim, count in await self._rows(stmt)}
 
     async def embedded_in_other_size(self, agent_id: uuid.UUID, dim: int, *, types: Sequence[MemoryType],
-                                     count: int = 100) -> list[Memory]:
+                                     count: int = 100, after: Memory | None = None) -> list[Memory]:
+        where = [memories.c.agent_id == str(agent_id), embeddings.c.dim != dim,
+                 memories.c.type.in_([t.value for t in types])]
+        if after is not None:
+            where.append(sa.tuple_(memories.c.created_at, memories.c.id) > (after.created_at, str(after.id)))
         stmt = (
             sa.select(*_MEMORY_COLUMNS)
             .select_from(memories.join(embeddings, embeddings.c.memory_id == memories.c.id))
-            .where(memories.c.agent_id == str(agent_id), embeddings.c.dim != dim,
-                   memories.c.type.in_([t.value for t in types]))
+            .where(*where)
             .order_by(memories.c.created_at, memories.c.id)
             .limit(count)
         )

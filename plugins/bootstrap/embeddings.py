@@ -112,15 +112,18 @@ class VectorSizeCheck(Service):
             await self.reembed(size)
 
     async def reembed(self, size: int) -> int:
-        """Embed messages and facts again with the current model, a batch at a time; how many."""
-        runtime, done = self.runtime, 0
+        """Embed messages and facts again with the current model, a batch at a time, oldest first
+        (a page past the last, so each is looked at once); how many."""
+        runtime, done, last = self.runtime, 0, None
         while batch := await runtime.store.embedded_in_other_size(runtime.agent_id, size, types=REEMBEDDED,
-                                                                  count=BATCH_SIZE):
+                                                                  count=BATCH_SIZE, after=last):
+            last = batch[-1]
             embeddable = [m for m in batch if m.content.text.strip()]
-            if not embeddable:  # nothing here has text to embed: leave the rest as it is
-                break
-            try:
-                vectors = await runtime.embed_many([m.content.text for m in embeddable])
+            if not embeddable:
+                continue
+            try:  # not through runtime.embed_many: a history would push recent vectors out of its cache
+                vectors = await runtime.use_model(ModelType.TEXT_EMBEDDING, {"texts": [m.content.text
+                                                                                       for m in embeddable]})
             except ModelError as error:
                 log.warning("re-embedding messages and facts stopped (they keep their old vectors): %s", error)
                 break
