@@ -268,5 +268,13 @@ async def test_a_visitor_picks_the_character_to_chat_with(tmp_path: Path) -> Non
         await page.wait_for(f"document.getElementById('agent-name').textContent === '{QUILL}'")
         await page.wait_for("document.querySelectorAll('#messages li').length === 2")
         assert await page.evaluate("document.querySelector('#messages li.agent').textContent") == "Quill speaking."
+        # A page that knows Marlowe's session by no key of its own (as one from before the picker) does not
+        # take the current session, Quill's, for Marlowe's.
+        marlowe_id = json.dumps(str(app.agents.get(MARLOWE).id))
+        await page.evaluate(f"localStorage.removeItem('parley.session.' + {marlowe_id})")
+        await page.evaluate(f"""const back = document.getElementById('agent-picker');
+            back.value = {marlowe_id}; back.dispatchEvent(new Event('change'));""")
+        await page.wait_for(f"localStorage.getItem('parley.session.' + {marlowe_id})")
+        assert await page.evaluate("document.querySelectorAll('#messages li').length") == 0
     marlowe_prompts = [json.dumps(r.body) for r in model.requests if f"You are {MARLOWE}, " in json.dumps(r.body)]
     assert marlowe_prompts and not [p for p in marlowe_prompts if "hi there" in p], "the conversations stay apart"

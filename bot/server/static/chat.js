@@ -91,15 +91,25 @@ let agents = [];  // the running agents, the first character first
 let agentId = null;  // the one chatted with
 let sessionId = null;
 
-// Each agent's session is kept apart; `sessionId` also names the current one (and, from before the
-// picker, the first character's).
+// Each agent's session is kept apart; `sessionId` names the current one, whichever agent's it is.
 function rememberSession() {
   store.set("session." + agentId, sessionId);
   store.set("sessionId", sessionId);
 }
 
-function recalledSession(id) {
-  return store.get("session." + id) || (id === agents[0].id ? store.get("sessionId") : null);
+// This agent's last session: its own key, else (a page from before the picker kept only
+// `sessionId`) the current one if the server says it is this agent's.
+async function recalledSession(id) {
+  const own = store.get("session." + id);
+  const current = store.get("sessionId");
+  if (own || !current) return own;
+  try {
+    const session = await api("GET", `/api/sessions/${encodeURIComponent(current)}`);
+    return session.agentId === id ? current : null;
+  } catch (error) {
+    if (error.status === 404) return null;
+    throw error;
+  }
 }
 
 async function newSession() {
@@ -131,7 +141,7 @@ async function chooseAgent(id) {
   $("agent-picker").value = id;
   document.title = "Chat with " + name;
   $("messages").replaceChildren();
-  sessionId = recalledSession(id);
+  sessionId = await recalledSession(id);
   if (sessionId) {
     try { await loadHistory(); } catch (error) { if (error.status !== 404) throw error; sessionId = null; }
   }
