@@ -31,6 +31,7 @@ import socketio
 from aiohttp import web
 from socketio.exceptions import ConnectionRefusedError as Refused
 
+from bot.lru import LRU
 from bot.types import Content, now_ms
 
 from ..access import AccessPolicy, is_direct_loopback, presented_keys
@@ -68,6 +69,7 @@ BAD_KEY = "Invalid or missing API Key"
 BAD_ENTITY = "Valid entityId required"
 AUTH_FAILED = "Authentication failed"
 NO_CHANNEL = "channelId is required for joining."
+CHANNEL_AGENTS = 10_000  # channels remembered with the agent a join named
 TURN_GRACE_SECONDS = 5.0  # what stop() gives events being handled, as the HTTP runner gives its requests
 
 
@@ -122,7 +124,8 @@ class Realtime:
         self._sockets: dict[str, _Socket] = {}  # by socket id
         self._tasks: set[asyncio.Task[None]] = set()  # relays and greetings
         self._tails: dict[uuid.UUID, asyncio.Task[None]] = {}  # each channel's latest relay
-        self._channel_agents: dict[uuid.UUID, uuid.UUID] = {}  # a channel's agent, when a join named another
+        # A channel's agent, when a join named another than the first (bounded: joins are cheap to repeat).
+        self._channel_agents: LRU[uuid.UUID, uuid.UUID] = LRU(CHANNEL_AGENTS)
         self._turns: set[asyncio.Task[Any]] = set()  # events being handled
         self._state = ServerState()  # starting, until attached to the app, whose state it is then
         self._stopped = False
