@@ -336,7 +336,8 @@ async def text_only_models(fake: FakeOpenAI, tmp_path: Path) -> list[Plugin]:
     """The OpenAI provider with only its text and embedding models: no speech, no vision."""
     from plugins.openai_provider import openai_plugin
 
-    full = openai_plugin(settings_for(tmp_path, fake.base_url), character())
+    settings = settings_for(tmp_path, fake.base_url)
+    full = openai_plugin(settings, settings.openai_api_key.get_secret_value() if settings.openai_api_key else None)
     keep = {ModelType.TEXT_SMALL, ModelType.TEXT_LARGE, ModelType.TEXT_EMBEDDING}
     models: list[ModelRegistration] = [m for m in full.models if m.model_type in keep]
     return [Plugin(name=full.name, priority=Priority.MODEL, models=models, services=full.services)]
