@@ -53,6 +53,20 @@ kept += [connector(index) for index in range(1, 11)]
 print(rss_mb() - before)
 """
 
+SERVER = """
+import sys
+from pathlib import Path
+from bot.character import parse_character
+from bot.runtime import AgentRuntime
+from bot.server import WebServer
+from bot.settings import Settings
+from bot.store.factory import create_store
+
+settings = Settings(_env_file=None, data_dir=Path(sys.argv[1]), port=0)
+character = parse_character({"name": "Plain", "bio": ["A test character."]}).character
+WebServer(AgentRuntime(character, settings, create_store(settings), []), settings)
+print(sorted({"socketio", "engineio"} & set(sys.modules)))
+"""
 
 PLAIN = {"name": "Plain", "bio": ["A test character."]}
 
@@ -85,3 +99,9 @@ def test_telegram_bots_share_one_tls_context(tmp_path: Path) -> None:
     """Ten more Telegram connectors cost well under the ~15 MB that a CA bundle per HTTP client took."""
     grown = float(run(TELEGRAM, str(tmp_path)))
     assert grown < 5, f"10 Telegram connectors took {grown:.1f} MB"
+
+
+def test_socket_io_is_loaded_by_its_first_client(tmp_path: Path) -> None:
+    """The HTTP server serves /socket.io/ without holding python-socketio until a client asks
+    (tests/test_realtime.py has the clients)."""
+    assert run(SERVER, str(tmp_path)) == "[]"

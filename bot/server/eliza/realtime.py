@@ -20,6 +20,7 @@ its joining socket named (`agentId`, an id or a name), else to the first charact
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -27,9 +28,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import socketio
 from aiohttp import web
-from socketio.exceptions import ConnectionRefusedError as Refused
 
 from bot.lru import LRU
 from bot.types import Content, now_ms
@@ -60,6 +59,8 @@ from .realtime_events import (
 )
 
 if TYPE_CHECKING:
+    import socketio
+
     from bot.runtime import AgentRuntime
     from bot.settings import Settings
 
@@ -69,6 +70,7 @@ BAD_KEY = "Invalid or missing API Key"
 BAD_ENTITY = "Valid entityId required"
 AUTH_FAILED = "Authentication failed"
 NO_CHANNEL = "channelId is required for joining."
+SOCKET_PATH = "/socket.io/"
 CHANNEL_AGENTS = 10_000  # channels remembered with the agent a join named
 TURN_GRACE_SECONDS = 5.0  # what stop() gives events being handled, as the HTTP runner gives its requests
 
@@ -110,17 +112,12 @@ class Realtime:
     """The Socket.IO server, its sockets' identities and the relays of replies in flight."""
 
     def __init__(self, settings: Settings, policy: AccessPolicy) -> None:
-        self.policy = policy
+        self.policy, self.settings = policy, settings
         self.agents: Agents | None = None  # given by `serve`, once the server has its agents
-        # With API_KEY the key in the handshake (never ambient, like a cookie) admits a socket, so any
-        # origin may connect, as in elizaOS. Without it a socket is admitted for coming from this
-        # machine, and a page of another origin in the owner's browser comes from there too: then
-        # only this server's own pages may connect.
-        self.sio = socketio.AsyncServer(
-            async_mode="aiohttp", cors_allowed_origins="*" if policy.api_key else None, logger=False,
-            engineio_logger=False, max_http_buffer_size=settings.max_body_bytes,
-        )
-        self.sio.eio.logger.addFilter(_UNDECODABLE)  # engine.io's logger is global: added once
+        # Made on the first /socket.io/ request: python-socketio and engine.io are 6-7 MB a process
+        # that no Socket.IO client talks to need not hold.
+        self.sio: socketio.AsyncServer | None = None
+        self._making = asyncio.Lock()
         self._sockets: dict[str, _Socket] = {}  # by socket id
         self._tasks: set[asyncio.Task[None]] = set()  # relays and greetings
         self._tails: dict[uuid.UUID, asyncio.Task[None]] = {}  # each channel's latest relay
@@ -129,18 +126,43 @@ class Realtime:
         self._turns: set[asyncio.Task[Any]] = set()  # events being handled
         self._state = ServerState()  # starting, until attached to the app, whose state it is then
         self._stopped = False
-        for event, handler in (("connect", self._connect), ("disconnect", self._disconnect),
-                               ("message", self._message), ("1", self._join), ("2", self._send)):
-            self.sio.on(event, handler)
 
     def serve(self, agents: Agents) -> None:
         self.agents = agents
 
     def attach(self, app: web.Application) -> None:
-        """Serve Socket.IO at /socket.io/ on `app`. Its requests are public to the HTTP middlewares:
-        the socket's own handshake auth admits it."""
-        self.sio.attach(app)
+        """Serve Socket.IO at /socket.io/ on `app` (the routes engine.io's own attach adds). Its
+        requests are public to the HTTP middlewares: the socket's own handshake auth admits it."""
+        for method in ("GET", "POST", "OPTIONS"):
+            app.router.add_route(method, SOCKET_PATH, self._handle)
         self._state = app[STATE]
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self._stopped:
+            raise ApiError(503, "STOPPING", "the server is shutting down")
+        return await (await self._server()).handle_request(request)
+
+    async def _server(self) -> socketio.AsyncServer:
+        """The Socket.IO server, imported (off the loop) and made on first use."""
+        if self.sio is not None:
+            return self.sio
+        async with self._making:
+            if self.sio is None:
+                module = await asyncio.to_thread(importlib.import_module, "socketio")
+                # With API_KEY the key in the handshake (never ambient, like a cookie) admits a socket,
+                # so any origin may connect, as in elizaOS. Without it a socket is admitted for coming
+                # from this machine, and a page of another origin in the owner's browser comes from
+                # there too: then only this server's own pages may connect.
+                sio = module.AsyncServer(
+                    async_mode="aiohttp", cors_allowed_origins="*" if self.policy.api_key else None, logger=False,
+                    engineio_logger=False, max_http_buffer_size=self.settings.max_body_bytes,
+                )
+                sio.eio.logger.addFilter(_UNDECODABLE)  # engine.io's logger is global: added once
+                for event, handler in (("connect", self._connect), ("disconnect", self._disconnect),
+                                       ("message", self._message), ("1", self._join), ("2", self._send)):
+                    sio.on(event, handler)
+                self.sio = sio
+        return self.sio
 
     # Connections -------------------------------------------------------------------------------
     def _is_admin(self, request: web.Request | None, auth: dict[str, Any]) -> bool:
@@ -154,6 +176,8 @@ class Realtime:
     async def _connect(self, sid: str, environ: dict[str, Any], auth: Any) -> None:
         """Admit the socket or refuse it with elizaOS's reasons. Every failure becomes a refusal: an
         error escaping here would leave the client waiting for an answer that never comes."""
+        from socketio.exceptions import ConnectionRefusedError as Refused  # loaded with the server
+
         if self._stopped:
             raise Refused("the server is shutting down")
         auth = auth if isinstance(auth, dict) else {}
@@ -228,6 +252,7 @@ class Realtime:
                 self._channel_agents.pop(channel, None)
             else:
                 self._channel_agents[channel] = agent.id
+        assert self.sio is not None  # a socket's event: the server exists
         await self.sio.enter_room(sid, str(channel))
         joined = Joined(message=f"Socket {sid} successfully joined channel {channel}.", channel_id=channel,
                         room_id=channel, agent_id=join.agent_id)
@@ -336,7 +361,8 @@ class Realtime:
 
     # Plumbing ----------------------------------------------------------------------------------
     async def _emit(self, event: str, data: Event, to: str, *, skip_sid: str | None = None) -> None:
-        await self.sio.emit(event, data.dump(), to=to, skip_sid=skip_sid)
+        if self.sio is not None:  # else no socket has ever connected to hear it
+            await self.sio.emit(event, data.dump(), to=to, skip_sid=skip_sid)
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(work, name=name)
@@ -349,18 +375,23 @@ class Realtime:
         """Disconnect every socket, let the events being handled end (briefly) and wait for the relays
         in flight to end (their runs go on)."""
         self._stopped = True
+        async with self._making:  # a server being made is made first, then stopped
+            sio = self.sio
         for sid in list(self._sockets):
-            await self.sio.disconnect(sid)
-        # Engine.IO sessions left (handshakes that never became sockets, long-polling clients): closed
-        # without waiting for a poll to carry the close packet, which a client that left never sends.
-        engine = self.sio.eio
-        for session in list(engine.sockets.values()):
-            await session.close(wait=False, reason=engine.reason.SERVER_DISCONNECT)
-        engine.sockets.clear()
+            if sio is not None:
+                await sio.disconnect(sid)
+        if sio is not None:
+            # Engine.IO sessions left (handshakes that never became sockets, long-polling clients): closed
+            # without waiting for a poll to carry the close packet, which a client that left never sends.
+            engine = sio.eio
+            for session in list(engine.sockets.values()):
+                await session.close(wait=False, reason=engine.reason.SERVER_DISCONNECT)
+            engine.sockets.clear()
         if self._turns:  # an acceptance under way is let finish: it stores a message
             await asyncio.wait(list(self._turns), timeout=TURN_GRACE_SECONDS)
         tasks = [*self._turns, *self._tasks]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.sio.shutdown()
+        if sio is not None:
+            await sio.shutdown()
