@@ -68,15 +68,27 @@ async def _postgres_store(url: str) -> AsyncIterator[SqlStore]:
 
 
 @pytest.fixture
-async def shared_postgres() -> AsyncIterator[list[SqlStore]]:
-    """Two stores (two processes' pools) on one fresh PostgreSQL schema; the runtimes started on
-    them are stopped first."""
+async def schema() -> AsyncIterator[str]:
+    """A fresh schema of the PostgreSQL test database (TEST_DATABASE_URL), dropped afterwards, for tests
+    that open their own stores on it (several processes' pools)."""
     url = os.environ.get("TEST_DATABASE_URL")
     if not url:
         pytest.skip("set TEST_DATABASE_URL to run the PostgreSQL tests of several processes")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
+    name = f"t_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(make_url(url).set(drivername="postgresql").render_as_string(hide_password=False))
-    await admin.execute(f"CREATE SCHEMA {schema}")
+    await admin.execute(f"CREATE SCHEMA {name}")
+    try:
+        yield name
+    finally:
+        await admin.execute(f"DROP SCHEMA {name} CASCADE")
+        await admin.close()
+
+
+@pytest.fixture
+async def shared_postgres(schema: str) -> AsyncIterator[list[SqlStore]]:
+    """Two stores (two processes' pools) on one fresh PostgreSQL schema; the runtimes started on
+    them are stopped first."""
+    url = os.environ["TEST_DATABASE_URL"]
     stores = [SqlStore.from_url(url, connect_args={"server_settings": {"search_path": schema}}) for _ in range(2)]
     try:
         yield stores
@@ -84,8 +96,6 @@ async def shared_postgres() -> AsyncIterator[list[SqlStore]]:
         for store in stores:
             await stop_started(store)
             await store.close()
-        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
-        await admin.close()
 
 
 @pytest.fixture(params=STORE_BACKENDS)

@@ -10,16 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
-from sqlalchemy.engine import make_url
 
 from bot.agents import configure_agents, load_characters
 from bot.app import App
@@ -47,18 +44,6 @@ def voice(body: dict[str, Any]) -> str:
 async def model() -> AsyncIterator[FakeOpenAI]:
     async with FakeOpenAI(reply=voice) as fake:
         yield fake
-
-
-@pytest.fixture
-async def schema() -> AsyncIterator[str]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(make_url(DATABASE).set(drivername="postgresql").render_as_string(hide_password=False))
-    await admin.execute(f"CREATE SCHEMA {name}")
-    try:
-        yield name
-    finally:
-        await admin.execute(f"DROP SCHEMA {name} CASCADE")
-        await admin.close()
 
 
 def in_schema(schema: str) -> dict[str, Any]:

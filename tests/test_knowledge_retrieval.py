@@ -327,14 +327,20 @@ async def test_words_most_fragments_hold_are_left_out_of_the_full_text_query(sto
     assert "zorblax" in queries[-1].split() and "widget" not in queries[-1].split()
 
 
-async def test_a_small_local_model_reads_the_passage_in_its_system_prompt(sqlite_store, tmp_path, model):
-    model.defaults[ModelType.TEXT_LARGE] = "Seven years."
+async def small_model_runtime(store, tmp_path, model: ScriptedModel):
+    """The documents, and a small local model (plain prompts) answering."""
     tiny = model.plugin(ModelType.TEXT_LARGE, name="tiny", structured=False)
-    runtime = await start_runtime(sqlite_store, make_settings(tmp_path), model, knowledge_plugin(), tiny,
+    runtime = await start_runtime(store, make_settings(tmp_path), model, knowledge_plugin(), tiny,
                                   model_types=(ModelType.TEXT_SMALL, ModelType.TEXT_EMBEDDING))
     for source, fragments in DOCS.items():
-        await put_document(sqlite_store, runtime.agent_id, source, fragments)
+        await put_document(store, runtime.agent_id, source, fragments)
     knowledge_changed(runtime)
+    return runtime
+
+
+async def test_a_small_local_model_reads_the_passage_in_its_system_prompt(sqlite_store, tmp_path, model):
+    model.defaults[ModelType.TEXT_LARGE] = "Seven years."
+    runtime = await small_model_runtime(sqlite_store, tmp_path, model)
     chat = make_chat(runtime)
     assert (await chat.send("How long is the warranty on the Zorblax 3000?")).status == "completed"
     params = next(p for t, p in model.calls if t is ModelType.TEXT_LARGE)
@@ -344,12 +350,7 @@ async def test_a_small_local_model_reads_the_passage_in_its_system_prompt(sqlite
 async def test_a_small_local_model_keeps_the_passage_when_the_question_recalls_a_statement(
         sqlite_store, tmp_path, model):
     model.defaults[ModelType.TEXT_LARGE] = "Seven years."
-    tiny = model.plugin(ModelType.TEXT_LARGE, name="tiny", structured=False)
-    runtime = await start_runtime(sqlite_store, make_settings(tmp_path), model, knowledge_plugin(), tiny,
-                                  model_types=(ModelType.TEXT_SMALL, ModelType.TEXT_EMBEDDING))
-    for source, fragments in DOCS.items():
-        await put_document(sqlite_store, runtime.agent_id, source, fragments)
-    knowledge_changed(runtime)
+    runtime = await small_model_runtime(sqlite_store, tmp_path, model)
     chat = make_chat(runtime)
     await chat.send("I bought a Zorblax 3000 blender last week.")
     model.calls.clear()
@@ -361,12 +362,7 @@ async def test_a_small_local_model_keeps_the_passage_when_the_question_recalls_a
 
 async def test_a_message_is_embedded_once_for_recall_knowledge_and_storage(sqlite_store, tmp_path, model):
     model.defaults[ModelType.TEXT_LARGE] = "You had pasta."
-    tiny = model.plugin(ModelType.TEXT_LARGE, name="tiny", structured=False)
-    runtime = await start_runtime(sqlite_store, make_settings(tmp_path), model, knowledge_plugin(), tiny,
-                                  model_types=(ModelType.TEXT_SMALL, ModelType.TEXT_EMBEDDING))
-    for source, fragments in DOCS.items():
-        await put_document(sqlite_store, runtime.agent_id, source, fragments)
-    knowledge_changed(runtime)
+    runtime = await small_model_runtime(sqlite_store, tmp_path, model)
     chat = make_chat(runtime)
     await chat.send("I had pasta for dinner.")
     question = chat.message("What did I eat yesterday?")  # no word in common: recall goes by meaning

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +27,6 @@ from tests.runtime_helpers import Chat, ScriptedModel, make_chat, make_settings,
 
 DATABASE = os.environ.get("TEST_DATABASE_URL", "")
 pytestmark = pytest.mark.skipif(not DATABASE, reason="set TEST_DATABASE_URL to run the shared-room tests")
-
-
-@pytest.fixture
-async def schema() -> AsyncIterator[str]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(make_url(DATABASE).set(drivername="postgresql").render_as_string(hide_password=False))
-    await admin.execute(f"CREATE SCHEMA {name}")
-    try:
-        yield name
-    finally:
-        await admin.execute(f"DROP SCHEMA {name} CASCADE")
-        await admin.close()
 
 
 def slow_model(delay: float) -> ScriptedModel:
