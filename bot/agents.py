@@ -237,11 +237,12 @@ class AgentHost:
 
     async def stop_agent(self, key: str | uuid.UUID) -> HostedAgent:
         """Stop one agent as the process stops: no new messages, replies in flight finished first.
-        The primary agent (the one requests that name no agent reach) runs as long as the process."""
+        The only agent of a process runs as long as the process. Once the primary agent is stopped,
+        requests that name no agent are told so until it is started again."""
         agent = self._admin_target(key)
-        if agent is self.primary:
-            raise AgentError(f"{agent.name} is the primary agent (requests that name no agent reach it), so it "
-                             "runs as long as the process; stop the process instead")
+        if self.single:
+            raise AgentError(f"{agent.name} is the only agent: it runs as long as the process; stop the process "
+                             "instead")
         async with agent.lock:
             if agent.running:
                 await self._stop_receiving(agent)

@@ -198,9 +198,6 @@ async def test_an_admin_stops_and_starts_an_agent_and_ready_says_which_run(tmp_p
                                                              "agent": QUILL}) == (409, stopped)
         assert await api.call("POST", f"/api/sessions/{session['sessionId']}/messages",
                               json={"content": "hi"}) == (409, stopped)
-        status, body = await api.call("POST", f"/api/agents/{MARLOWE}/stop")
-        assert status == 409 and body["error"]["code"] == "NOT_SUPPORTED"
-        assert body["error"]["message"].startswith(f"{MARLOWE} is the primary agent")
         assert (await api.call("POST", "/api/agents/nobody/stop"))[0] == 400
 
         assert await api.ok("POST", f"/api/agents/{quill_id}/start") == {
@@ -218,6 +215,15 @@ async def test_an_admin_stops_and_starts_an_agent_and_ready_says_which_run(tmp_p
         # Counted per agent, across its restart (the refused messages were never received).
         assert float(lines[f'parley_messages_received_total{{agent="{QUILL}",platform="api"}}']) == 2
         assert float(lines[f'parley_messages_received_total{{agent="{MARLOWE}",platform="telegram"}}']) == 1
+
+        # The first character can be stopped too; meanwhile a request that names no agent is told so.
+        marlowe_id = str(app.agents.get(MARLOWE).id)
+        await api.ok("POST", f"/api/agents/{marlowe_id}/stop")
+        status, body = await api.call("POST", "/api/messages", json={"text": "hi", "user_id": "u", "room_id": "r"})
+        assert status == 409 and body["error"]["code"] == "AGENT_NOT_RUNNING"
+        assert await api.say("still here?", json={"agent": QUILL}) == "Quill speaking."
+        await api.ok("POST", f"/api/agents/{marlowe_id}/start")
+        assert await api.say("hello again") == "Marlowe speaking."
 
 
 async def test_a_failed_agent_makes_ready_503_naming_it(tmp_path: Path, model: FakeOpenAI) -> None:

@@ -236,8 +236,6 @@ async def test_an_agent_stops_and_starts_at_run_time_while_the_others_run(
     quill = write_character(tmp_path, QUILL, TELEGRAM_BOT_TOKEN=QUILL_TOKEN, TELEGRAM_API_ROOT=quill_telegram.root)
     async with running(process_settings(tmp_path, model, [marlowe, quill])) as app:
         quill_id = str(app.agents.get(QUILL).id)
-        with pytest.raises(AgentError, match="Marlowe is the primary agent"):
-            await app.stop_agent(MARLOWE)
         with pytest.raises(AgentError, match="no agent 'nobody'; the agents are Marlowe, Quill"):
             await app.stop_agent("nobody")
         assert (await app.stop_agent(quill_id)).state == "stopped"
@@ -250,6 +248,17 @@ async def test_an_agent_stops_and_starts_at_run_time_while_the_others_run(
         assert (await app.start_agent("quill")).state == "running"
         (reply,) = await quill_telegram.wait_for("sendMessage", timeout=20)
         assert reply["text"] == "Quill speaking.", "the message sent while it was down is answered"
+        # The first character too, as elizaOS's server allows any agent.
+        assert (await app.stop_agent(MARLOWE)).state == "stopped"
+        assert app.agents.status() == {MARLOWE: "stopped", QUILL: "running"}
+        assert (await app.start_agent(MARLOWE)).state == "running"
+        assert await dm(marlowe_telegram, "back?", 2) == "Marlowe speaking."
+
+
+async def test_the_only_character_runs_as_long_as_the_process(tmp_path: Path, model: FakeOpenAI) -> None:
+    async with running(process_settings(tmp_path, model, [write_character(tmp_path, MARLOWE)])) as app:
+        with pytest.raises(AgentError, match="Marlowe is the only agent"):
+            await app.stop_agent(MARLOWE)
 
 
 # Configuration -------------------------------------------------------------------------------------------

@@ -264,7 +264,7 @@ class Agents:
         return started
 
     async def stop(self, agent: Hosted) -> Hosted:
-        """Stop an agent (its connectors stop, replies in flight finish); the primary cannot be."""
+        """Stop an agent (its connectors stop, replies in flight finish); not the only one of a process."""
         try:
             return await self.host.stop_agent(agent.id)
         except AgentError as error:

@@ -5,7 +5,7 @@ Agents answer in elizaOS's envelope, `{"success": true, "data": ...}` (the clien
 and reads `error.code`/`error.message` from a failure); the server routes answer bare JSON (the
 client returns the body as is). Every character of the process is an agent: "active" while it runs,
 "inactive" when an admin stopped it or it failed. An admin starts and stops one as in elizaOS
-(`POST /api/agents/{agentId}/start`, `.../stop`), except the primary agent, which the process runs.
+(`POST /api/agents/{agentId}/start`, `.../stop`); the only agent of a process runs as long as it.
 
 What elizaOS does and parley does not (create, change or delete agents, worlds, panels, logs,
 message-server groups) is listed in `UNSUPPORTED`: each such route answers one 409 NOT_SUPPORTED
@@ -237,7 +237,7 @@ class ElizaApi:
 
     async def stop_agent(self, request: web.Request) -> web.Response:
         """Stop an agent: its connectors stop taking messages, replies in flight finish first, and its
-        API answers 409 until it is started again. The primary agent runs as long as the process."""
+        API answers 409 until it is started again. The only agent of a process runs as long as it."""
         if not self.agents.several:  # whatever the path names, as before there were several
             raise not_supported(f"{_ONE_AGENT}: stop the process (SIGTERM) to stop the agent")
         await self.agents.stop(self.agents.by_path(request.match_info["agent_id"]))
@@ -288,7 +288,7 @@ class ElizaApi:
                       "found active (elizaOS)", "agents", {200: ElizaAgentStartedResponse}, errors=[400, 404, 409],
                       path_params=AGENT_PARAM, path_schemas=agent),
             Operation("POST", "/api/agents/{agent_id}/stop", self.stop_agent, "Stop an agent (elizaOS); the "
-                      "primary agent runs as long as the process (409)", "agents", {200: ElizaAgentStoppedResponse},
+                      "only agent of a process runs as long as it (409)", "agents", {200: ElizaAgentStoppedResponse},
                       errors=[400, 404, 409], path_params=AGENT_PARAM, path_schemas=agent),
             Operation("GET", "/api/server/ping", self.server_ping, "Ping (elizaOS)", "server", {200: ElizaPing},
                       description=bare),
