@@ -157,6 +157,7 @@ class AgentHost:
         self.single = len(configs) == 1
         self._build = build
         self._closing = False  # set by stop(): no agent starts after it
+        self._stopping: set[HostedAgent] = set()  # agents an admin is stopping now
         for agent in self.agents:
             try:
                 self._make(agent)
@@ -205,9 +206,13 @@ class AgentHost:
     async def stop(self, timeout: float) -> None:
         """Stop taking work everywhere, finish replies in flight (≤ `timeout`), then stop in reverse order."""
         self._closing = True
-        for agent in self.agents:  # an admin's start under way ends first, so it is stopped below
-            async with agent.lock:
-                pass
+        try:  # an admin's start or stop under way ends first (so a started agent is stopped below)
+            async with asyncio.timeout(timeout):
+                for agent in self.agents:
+                    async with agent.lock:
+                        pass
+        except TimeoutError:
+            log.warning("an agent's start or stop was still under way after %.0fs; stopping the others", timeout)
         agents = self.running()
         for agent in agents:
             await self._stop_receiving(agent)
@@ -243,11 +248,17 @@ class AgentHost:
         if self.single:
             raise AgentError(f"{agent.name} is the only agent: it runs as long as the process; stop the process "
                              "instead")
-        async with agent.lock:
-            if agent.running:
-                await self._stop_receiving(agent)
-                await self._drain(agent, agent.config.settings.shutdown_timeout)
-                await self._stop_runtime(agent)
+        if [a for a in self.running() if a not in self._stopping] == [agent]:
+            raise AgentError(f"{agent.name} is the last agent running; stop the process instead")
+        self._stopping.add(agent)  # decided with no await since the check: two stops cannot both pass it
+        try:
+            async with agent.lock:
+                if agent.running:
+                    await self._stop_receiving(agent)
+                    await self._drain(agent, agent.config.settings.shutdown_timeout)
+                    await self._stop_runtime(agent)
+        finally:
+            self._stopping.discard(agent)
         return agent
 
     def _admin_target(self, key: str | uuid.UUID) -> HostedAgent:

@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import re
+import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -352,14 +353,18 @@ class LocalProvider:
         return self._output(request, choice["message"].get("content") or "", choice.get("finish_reason"),
                             result.get("usage") or {})
 
-    def _complete_streaming(self, request: dict[str, Any], deliver: Callable[[str | None], None]) -> ModelOutput:
-        """Like `_complete`, handing each piece of text to `deliver` as llama.cpp writes it (None at the end)."""
+    def _complete_streaming(self, request: dict[str, Any], deliver: Callable[[str | None], None],
+                            abandoned: threading.Event) -> ModelOutput:
+        """Like `_complete`, handing each piece of text to `deliver` as llama.cpp writes it (None at
+        the end); it stops early once the caller has `abandoned` it, so the shared model is free."""
         parts: list[str] = []
         finish: list[str] = []
         usage: dict[str, Any] = {}
         errors: list[dict[str, Any]] = []
 
         def on_chunk(chunk: dict[str, Any]) -> bool:  # called from llama.cpp: it must not raise
+            if abandoned.is_set():
+                return True  # stop
             if "error" in chunk:
                 errors.append(chunk)
                 return True  # stop
@@ -405,12 +410,20 @@ class LocalProvider:
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
 
-        def deliver(piece: str | None) -> None:
-            loop.call_soon_threadsafe(pieces.put_nowait, piece)
+        abandoned = threading.Event()
 
-        work = asyncio.ensure_future(self.model.run(lambda: self._complete_streaming(request, deliver)))
-        while (piece := await pieces.get()) is not None:
-            await on_text(piece)
+        def deliver(piece: str | None) -> None:
+            if not abandoned.is_set():  # else the loop may be gone
+                loop.call_soon_threadsafe(pieces.put_nowait, piece)
+
+        work = asyncio.ensure_future(self.model.run(lambda: self._complete_streaming(request, deliver, abandoned)))
+        try:
+            while (piece := await pieces.get()) is not None:
+                await on_text(piece)
+        except BaseException:  # the caller was cancelled or its listener failed: stop writing for no one
+            abandoned.set()
+            work.add_done_callback(lambda done: done.cancelled() or done.exception())
+            raise
         return await work
 
     async def text(self, runtime: AgentRuntime, params: dict[str, Any]) -> ModelOutput:

@@ -326,3 +326,8 @@ async def test_a_snake_case_agent_field_is_read_and_a_session_keeps_its_agent(tm
             assert status == 400 and f"belongs to agent {QUILL}" in body["error"]["message"], body
         assert (await api.ok("GET", path, params={"agent": QUILL}))["agentId"] == quill_id
         assert (await api.ok("GET", path))["agentId"] == quill_id
+        # A final newline: spaces around an agent's name or id are ignored; a memory id with one is no UUID.
+        assert (await api.call("GET", "/api/memories", params={"agent": quill_id + "\n"}))[0] == 200
+        assert (await api.call("GET", f"/api/memory/{quill_id}%0A/memories"))[0] == 200
+        status, body = await api.call("DELETE", f"/api/memory/{quill_id}/memories/{uuid.uuid4()}%0A")
+        assert status == 400 and body["error"]["code"] == "INVALID_ID"

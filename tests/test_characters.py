@@ -253,6 +253,9 @@ async def test_an_agent_stops_and_starts_at_run_time_while_the_others_run(
         assert app.agents.status() == {MARLOWE: "stopped", QUILL: "running"}
         assert (await app.start_agent(MARLOWE)).state == "running"
         assert await dm(marlowe_telegram, "back?", 2) == "Marlowe speaking."
+        assert (await app.stop_agent(QUILL)).state == "stopped"
+        with pytest.raises(AgentError, match="Marlowe is the last agent running; stop the process instead"):
+            await app.stop_agent(MARLOWE)
 
 
 async def test_the_only_character_runs_as_long_as_the_process(tmp_path: Path, model: FakeOpenAI) -> None:

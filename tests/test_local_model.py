@@ -4,6 +4,7 @@ skip: the test command installs the `local` extra), and its configuration errors
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -178,3 +179,17 @@ async def test_characters_share_one_loaded_model_and_take_turns(tmp_path: Path) 
         for runtime in runtimes:
             await runtime.stop()
         await store.close()
+
+
+async def test_a_stream_its_caller_abandoned_stops_writing(tmp_path: Path) -> None:
+    """A caller gone (cancelled, or its listener failed) frees the shared model at the next piece."""
+    provider = local_provider.LocalProvider(make_settings(tmp_path), BUNDLED_MODEL)
+    request = provider._request({"prompt": "Tell me a long story about the sea.", "max_tokens": 64}, "", None, False)
+    written: list[str | None] = []
+    abandoned = threading.Event()
+    whole = await provider.model.run(lambda: provider._complete_streaming(request, written.append, abandoned))
+    assert whole.value and whole.completion_tokens > 1
+    abandoned.set()
+    written.clear()
+    cut = await provider.model.run(lambda: provider._complete_streaming(request, written.append, abandoned))
+    assert cut.value == "" and written == [None], "nothing written after the caller left"

@@ -238,5 +238,11 @@ async def test_one_coordinator_per_store_keeps_each_owner_s_claims_and_tells_eve
         await other_process.release(bea_room, bea)
         assert await coordinator.claim(bea_room, bea) and await coordinator.claim(ann_room, ann)
         assert not await other_process.claim(bea_room, bea)
+
+        lost = coordinator._raw
+        await lost.close()  # and when it is lost as a character stops, the stop does not reconnect
+        await coordinator.release_all(ann)
+        assert coordinator._raw is lost and lost.is_closed(), "no new connection just to unlock"
+        assert await other_process.claim(ann_room, ann)
     finally:
         await asyncio.gather(store.close(), elsewhere.close())

@@ -276,5 +276,15 @@ async def test_a_visitor_picks_the_character_to_chat_with(tmp_path: Path) -> Non
             back.value = {marlowe_id}; back.dispatchEvent(new Event('change'));""")
         await page.wait_for(f"localStorage.getItem('parley.session.' + {marlowe_id})")
         assert await page.evaluate("document.querySelectorAll('#messages li').length") == 0
+        # Quill stopped by an admin: a page whose current session is Quill's still opens, with Marlowe.
+        await page.evaluate(f"""const again = document.getElementById('agent-picker');
+            again.value = {quill_id}; again.dispatchEvent(new Event('change'));""")
+        await page.wait_for(f"document.title === 'Chat with {QUILL}'")
+        await page.evaluate(f"localStorage.removeItem('parley.session.' + {marlowe_id})")
+        await app.stop_agent(QUILL)
+        await page.send("Page.reload")
+        await page.wait_for(f"localStorage.getItem('parley.session.' + {marlowe_id})")
+        assert await page.evaluate("document.getElementById('agent-name').textContent") == MARLOWE
+        assert "stopped" not in await page.evaluate("document.getElementById('status').textContent")
     marlowe_prompts = [json.dumps(r.body) for r in model.requests if f"You are {MARLOWE}, " in json.dumps(r.body)]
     assert marlowe_prompts and not [p for p in marlowe_prompts if "hi there" in p], "the conversations stay apart"

@@ -17,7 +17,6 @@ An unknown agent is a 404 naming the agents; one that is stopped or failed is a 
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from aiohttp import web
 from bot.agents import RUNNING, AgentError
 
 from .errors import ApiError
-from .models import UUID_PATTERN
+from .models import is_uuid
 
 if TYPE_CHECKING:
     from bot.runtime import AgentRuntime
@@ -193,7 +192,7 @@ class Agents:
         """By id or name (case-insensitive); None or "default" is the primary agent."""
         if key is None or key.strip() in ("", DEFAULT):
             return self.host.primary
-        return self.host.get(str(uuid.UUID(key)) if _is_uuid(key) else key)  # any case of a UUID
+        return self.host.get(str(uuid.UUID(key)) if is_uuid(key) else key)  # any case of a UUID
 
     def named(self, key: str | None) -> Hosted:
         agent = self.find(key)
@@ -207,7 +206,7 @@ class Agents:
         agent = self.find(raw)
         if agent is not None:
             return agent
-        if _is_uuid(raw):  # elizaOS's words, which its clients match
+        if is_uuid(raw):  # elizaOS's words, which its clients match
             raise ApiError(404, "NOT_FOUND", "Agent not found")
         raise ApiError(400, "INVALID_ID", "Invalid agent ID format: use an agent's id (a UUID), its name or "
                        f"'default'; the agents are {self.listing()}")
@@ -269,10 +268,6 @@ class Agents:
             return await self.host.stop_agent(agent.id)
         except AgentError as error:
             raise ApiError(409, "NOT_SUPPORTED", str(error)) from None
-
-
-def _is_uuid(raw: str) -> bool:
-    return re.match(UUID_PATTERN, raw) is not None
 
 
 async def _body_agent(request: web.Request) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -20,6 +21,12 @@ Vector = Annotated[list[Annotated[float, Field(ge=-1e9, le=1e9)]], Field(min_len
 # The largest time in epoch milliseconds that JavaScript (elizaOS's clients) holds exactly.
 MAX_TIME_MS = 2**53
 UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_UUID = re.compile(UUID_PATTERN.strip("^$"))
+
+
+def is_uuid(raw: str) -> bool:
+    """Whether `raw` is a UUID in its usual form, and nothing more (a `$` would let a final newline in)."""
+    return _UUID.fullmatch(raw) is not None
 
 
 class Body(BaseModel):

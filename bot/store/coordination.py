@@ -108,22 +108,40 @@ class PgCoordinator:
                 log.debug("closing the lost coordination connection failed", exc_info=True)
         await self._connect()
 
+    async def _lock_statement(self, query: str, key: uuid.UUID) -> Any:
+        """A lock or unlock. One cut short (its task cancelled) leaves the server's state of that lock
+        unknown: the connection is dropped, and every claim with it, as when it is lost."""
+        try:
+            return await self._execute_locked(query, lock_key(key))
+        except asyncio.CancelledError:
+            if self._raw is not None:
+                self._raw.terminate()
+            raise
+
     async def claim(self, key: uuid.UUID, owner: object) -> bool:
         """True when `owner` now holds the key (a room: no one else runs it until `release`)."""
         async with self._lock:
             await self._connected()  # a claim recorded on a dropped connection holds nothing any more
             if key in self._held:
                 return self._held[key] is owner
-            if not await self._execute_locked("SELECT pg_try_advisory_lock($1)", lock_key(key)):
+            if not await self._lock_statement("SELECT pg_try_advisory_lock($1)", key):
                 return False
             self._held[key] = owner
             return True
 
     async def release(self, key: uuid.UUID, owner: object) -> None:
+        """Let the key go. With the connection gone the lock went with it: nothing to reconnect for
+        (a database that is away must not hold up a character's stop)."""
         async with self._lock:
-            if self._held.get(key) is owner:
-                del self._held[key]
-                await self._execute_locked("SELECT pg_advisory_unlock($1)", lock_key(key))
+            if self._held.get(key) is not owner:
+                return
+            del self._held[key]
+            if self._raw is None or self._raw.is_closed():
+                return
+            try:
+                await self._lock_statement("SELECT pg_advisory_unlock($1)", key)
+            except Exception as error:  # the connection failed under it (a timeout drops it): so did the lock
+                log.debug("unlocking on the coordination connection failed: %s", error)
 
     async def release_all(self, owner: object) -> None:
         """An owner stopping (a character stopped at run time): its claims go, the others' stay."""

@@ -18,7 +18,6 @@ message also leaves the recent history its prompts are built from.
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -31,7 +30,7 @@ from bot.types import Entity, Memory, MemoryType, Room, World, now_ms
 from ..app import check_metadata, json_response, parse_body, parse_query
 from ..conversation import channel_room_key, room_id_for
 from ..errors import ApiError
-from ..models import UUID_PATTERN
+from ..models import is_uuid
 from ..openapi import Operation
 from ..sessions import SessionManager
 from .wire import (
@@ -62,7 +61,6 @@ if TYPE_CHECKING:
 PREFIX = "/api/memory/{agent_id}"
 AGENT_PARAM = {"agent_id": "The agent's id, its name, or 'default'."}
 UUID_SCHEMA = {"format": "uuid"}  # anything else is 400 INVALID_ID
-_UUID = re.compile(UUID_PATTERN)
 Links = dict[str, tuple[str, dict[str, str]]]
 Q = TypeVar("Q", bound=BaseModel)
 _TARGETS = ("agent_memories", "room_memories", "update_memory", "delete_memory", "clear_room_memories",
@@ -74,10 +72,6 @@ def agent_schema(names: list[str]) -> dict[str, Any]:
     """What names an agent (anything else is 400 INVALID_ID, another UUID 404); "default" always
     names the primary one, so a tester (schemathesis) can reach the operation."""
     return {"anyOf": [{"format": "uuid"}, {"enum": ["default", *names]}], "examples": ["default"]}
-
-
-def is_uuid(raw: str) -> bool:
-    return _UUID.match(raw) is not None
 
 
 def parse_id(raw: str, what: str) -> uuid.UUID:

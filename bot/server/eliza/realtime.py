@@ -270,6 +270,8 @@ class Realtime:
                 await view.sessions.touch(session.id)
                 return view, session.room_key, f"session {session.id}"
         named = self._channel_agents.get(channel)
+        if named is not None:
+            self._channel_agents.move_to_end(channel)  # a channel in use stays remembered
         view = self.agents.usable(self.agents.named(str(named) if named else None))
         return view, channel_room_key(channel), f"channel {channel}"
 

@@ -107,7 +107,8 @@ async function recalledSession(id) {
     const session = await api("GET", `/api/sessions/${encodeURIComponent(current)}`);
     return session.agentId === id ? current : null;
   } catch (error) {
-    if (error.status === 404) return null;
+    // Gone, or its agent stopped (409): not this agent's to resume. Only a missing key is the visitor's to fix.
+    if (error.status >= 400 && error.status < 500 && error.status !== 401) return null;
     throw error;
   }
 }
