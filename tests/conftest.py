@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import uuid
@@ -15,6 +16,15 @@ from sqlalchemy.engine import make_url
 from bot.store.sql import SqlStore
 from bot.types import Agent
 from tests.runtime_helpers import stop_started
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Each App started here froze the objects then alive (gc.freeze, once per process in production),
+    garbage included: a store some test left unclosed keeps its SQLite worker thread, which the
+    interpreter would wait for at exit. Unfreeze and collect, so such garbage is finalised first."""
+    gc.unfreeze()
+    gc.collect()
+
 
 # Loggers that configure_logging quiets and tests turn up again to prove nothing secret is written.
 NOISY_LOGGERS = ("discord", "discord.http", "discord.gateway", "discord.client", "discord.webhook.async_",

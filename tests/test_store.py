@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -506,3 +507,18 @@ async def test_postgresql_connections_per_process_are_bounded_by_database_pool_s
             await conn.close()
     finally:
         await store.close()
+
+
+async def test_a_fast_write_after_close_opens_no_connection(tmp_path: Path) -> None:
+    """An SQLite connection's worker thread keeps a process from exiting: once the store is closed,
+    the fast writer refuses instead of opening one that no one would close."""
+    store = create_store(Settings(_env_file=None, data_dir=tmp_path, database_url=None))
+    await store.init()
+    agent = uuid.uuid4()
+    await store.create_memory(memory(agent, uuid.uuid4(), "before"))
+    await store.close()
+    workers = {t for t in threading.enumerate() if "_connection_worker_thread" in t.name}
+    assert store._fast is not None
+    with pytest.raises(sa.exc.InvalidRequestError, match="the store is closed"):
+        await store._fast.run(store._fast.prepare(memories.insert()), {})
+    assert {t for t in threading.enumerate() if "_connection_worker_thread" in t.name} <= workers

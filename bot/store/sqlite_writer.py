@@ -47,9 +47,12 @@ class SqliteAutocommitWriter:
         self.statements = 0  # counted so benchmarks see these statements too
         self._connection: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self._closed = False
 
     async def _connect(self) -> aiosqlite.Connection:
         async with self._lock:
+            if self._closed:  # a write after the store closed must not open a connection no one closes
+                raise sa.exc.InvalidRequestError("the store is closed")
             if self._connection is None:
                 connection = await aiosqlite.connect(self.database, isolation_level=None)
                 await connection.execute("PRAGMA busy_timeout=5000")
@@ -80,6 +83,10 @@ class SqliteAutocommitWriter:
         await connection.executemany(statement.sql, [statement.params(values) for values in rows])
 
     async def close(self) -> None:
-        if self._connection is not None:
-            await self._connection.close()
-            self._connection = None
+        """Close the connection; later writes are refused (a connection still being opened is closed
+        too: the lock makes close wait for it). An open connection's thread keeps a process alive."""
+        async with self._lock:
+            self._closed = True
+            connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.close()

@@ -83,7 +83,8 @@ class VectorSizeCheck(Service):
         self.task = self.runtime.run_in_background(self.check(), "vector-size-check")
 
     async def stop(self) -> None:
-        self.task.cancel()
+        self.task.cancel()  # and waited for: no re-embedding write may reach a store closing after us
+        await asyncio.gather(self.task, return_exceptions=True)
 
     async def check(self) -> None:
         runtime = self.runtime
