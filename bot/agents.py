@@ -106,6 +106,13 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+def names(character: Character, key: str | uuid.UUID) -> bool:
+    """Whether `key` names this character: its agent id, or its name or username in any case."""
+    text = str(key).strip()
+    return text == str(character.agent_id) or text.casefold() in {
+        n.casefold() for n in (character.name, character.username) if n}
+
+
 @dataclass
 class Selection:
     """What a builder made for one agent: its plugins' notes (logged at start) and its runtime."""
@@ -179,13 +186,7 @@ class AgentHost:
 
     def get(self, key: str | uuid.UUID) -> HostedAgent | None:
         """By agent id, or by name or username (case-insensitive)."""
-        text = str(key).strip()
-        for agent in self.agents:
-            character = agent.config.character
-            if text == str(agent.id) or text.casefold() in {n.casefold() for n in (character.name, character.username)
-                                                             if n}:
-                return agent
-        return None
+        return next((agent for agent in self.agents if names(agent.config.character, key)), None)
 
     def status(self) -> dict[str, str]:
         """Agent name → "running", "stopped" or "failed: reason" (for /ready)."""

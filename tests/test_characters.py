@@ -115,6 +115,12 @@ async def dm(telegram: FakeTelegram, text: str, count: int) -> str:
     return replies[-1]["text"]
 
 
+def on_own_bots(tmp_path: Path, marlowe_telegram: FakeTelegram, quill_telegram: FakeTelegram) -> tuple[Path, Path]:
+    """Marlowe's and Quill's character files, each on its own Telegram bot."""
+    return (write_character(tmp_path, MARLOWE, TELEGRAM_BOT_TOKEN=MARLOWE_TOKEN, TELEGRAM_API_ROOT=marlowe_telegram.root),
+            write_character(tmp_path, QUILL, TELEGRAM_BOT_TOKEN=QUILL_TOKEN, TELEGRAM_API_ROOT=quill_telegram.root))
+
+
 def prompts_of(model: FakeOpenAI, name: str) -> list[str]:
     """Every request body the model received while playing `name`."""
     texts = [json.dumps(r.body) for r in model.requests]
@@ -231,9 +237,7 @@ async def test_no_character_starting_is_a_start_up_error(
 async def test_an_agent_stops_and_starts_at_run_time_while_the_others_run(
     tmp_path: Path, model: FakeOpenAI, marlowe_telegram: FakeTelegram, quill_telegram: FakeTelegram,
 ) -> None:
-    marlowe = write_character(tmp_path, MARLOWE, TELEGRAM_BOT_TOKEN=MARLOWE_TOKEN,
-                              TELEGRAM_API_ROOT=marlowe_telegram.root)
-    quill = write_character(tmp_path, QUILL, TELEGRAM_BOT_TOKEN=QUILL_TOKEN, TELEGRAM_API_ROOT=quill_telegram.root)
+    marlowe, quill = on_own_bots(tmp_path, marlowe_telegram, quill_telegram)
     async with running(process_settings(tmp_path, model, [marlowe, quill])) as app:
         quill_id = str(app.agents.get(QUILL).id)
         with pytest.raises(AgentError, match="no agent 'nobody'; the agents are Marlowe, Quill"):
@@ -349,9 +353,7 @@ async def test_python_m_bot_refuses_a_shared_token_without_printing_it(tmp_path:
 async def test_python_m_bot_runs_two_characters_on_their_own_bots_without_logging_their_tokens(
     tmp_path: Path, model: FakeOpenAI, marlowe_telegram: FakeTelegram, quill_telegram: FakeTelegram,
 ) -> None:
-    marlowe = write_character(tmp_path, MARLOWE, TELEGRAM_BOT_TOKEN=MARLOWE_TOKEN,
-                              TELEGRAM_API_ROOT=marlowe_telegram.root)
-    quill = write_character(tmp_path, QUILL, TELEGRAM_BOT_TOKEN=QUILL_TOKEN, TELEGRAM_API_ROOT=quill_telegram.root)
+    marlowe, quill = on_own_bots(tmp_path, marlowe_telegram, quill_telegram)
     quiet = write_character(tmp_path, "Silent")
     # TELEGRAM_BOT_TOKEN in the environment is ignored with several characters: were it Silent's, it
     # would be Marlowe's token twice and start-up would stop.

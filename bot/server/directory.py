@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
-from bot.agents import RUNNING, AgentError
+from bot.agents import RUNNING, AgentError, names
 
 from .errors import ApiError
 from .models import is_uuid
@@ -106,9 +106,7 @@ class OneAgentHost:
     def get(self, key: str | uuid.UUID) -> OneAgent | None:
         runtime = self.primary.runtime
         assert runtime is not None
-        names = {n.casefold() for n in (runtime.character.name, runtime.character.username) if n}
-        text = str(key).strip()
-        return self.primary if text == str(runtime.agent_id) or text.casefold() in names else None
+        return self.primary if names(runtime.character, key) else None
 
     def status(self) -> dict[str, str]:
         return {self.primary.name: self.primary.state}
